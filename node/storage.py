@@ -1,0 +1,781 @@
+"""Durable Raft storage on RocksDB (rocksdict): `RocksStorage`.
+
+It serves the read-only `Storage` interface the Raft core reads (`node/raft/_storage.py`, same
+semantics as `MemoryStorage`) and the two writes of the driver: `persist(ready)` (step 1 of the
+`Ready` contract: one atomic `WriteBatch`, synced when `ready.must_sync`) and
+`save_snapshot(index, data, voters)` (the application's snapshot, which compacts the log).
+
+On-disk layout (one RocksDB database per node, raw bytes keys and values, three column families):
+
+- `meta`: `b"identity"` -> CBOR `{"format": 1, "cluster_id": str, "node_id": int}`;
+  `b"hard_state"` -> CBOR `[term, vote | null, commit]`;
+  `b"snapshot"` -> CBOR `[index, term, [voter, ...], size_bytes, chunk_count]`.
+- `log`: key = 8-byte big-endian log index; value = 8-byte big-endian term, 1-byte kind, data.
+- `snapshot`: key = 8-byte big-endian snapshot index + 4-byte big-endian chunk number;
+  value = up to `snapshot_chunk_bytes` of snapshot data.
+
+Every value starts with a 4-byte big-endian CRC32 (zlib) of the key followed by the rest of the
+value, so a flipped bit, or a value under the wrong key, is caught. `open` verifies every record
+(identity, hard state, snapshot meta and chunks, each log entry), that the log has no gap after
+the snapshot and that its terms never decrease, and raises `CorruptStorageError` naming the
+database path and the record rather than start with silently lost data.
+
+Reads of recent entries and of any term cost no disk I/O: the terms of the whole log (8 bytes an
+entry) and the entries of its tail (up to `cache_max_bytes`) are kept in memory; older entries
+are read from the database.
+
+Not thread-safe: calls must be serialised (the driver runs each call, in a worker thread through
+`trio.to_thread.run_sync`, one at a time, and does not step the core while a write is running).
+"""
+
+from __future__ import annotations
+
+import collections
+import zlib
+from array import array
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from struct import Struct
+from types import TracebackType
+from typing import Any, cast
+
+import cbor2
+from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+
+from node.raft._errors import CompactedError, UnavailableError
+from node.raft._ready import Ready
+from node.raft._storage import entry_size_bytes
+from node.raft._types import (
+    Entry,
+    EntryKind,
+    HardState,
+    Index,
+    NodeId,
+    Snapshot,
+    SnapshotMeta,
+    Term,
+)
+
+__all__ = [
+    "DEFAULT_CACHE_MAX_BYTES",
+    "DEFAULT_SNAPSHOT_CHUNK_BYTES",
+    "FORMAT_VERSION",
+    "CorruptStorageError",
+    "RocksStorage",
+    "StorageError",
+]
+
+FORMAT_VERSION = 1
+"""Version of the on-disk layout, recorded in the identity record."""
+
+DEFAULT_CACHE_MAX_BYTES = 64 * 1024 * 1024
+"""Default budget of the in-memory cache of the log tail (sizes as `entry_size_bytes`)."""
+
+DEFAULT_SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
+"""Default size of the values snapshot data is split into."""
+
+_CF_META = "meta"
+_CF_LOG = "log"
+_CF_SNAPSHOT = "snapshot"
+_K_IDENTITY = b"identity"
+_K_HARD_STATE = b"hard_state"
+_K_SNAPSHOT = b"snapshot"
+
+_CRC = Struct(">I")
+_LOG_KEY = Struct(">Q")
+_ENTRY_HEAD = Struct(">IQB")  # crc, term, kind
+_CHUNK_KEY = Struct(">QI")  # snapshot index, chunk number
+_MAX_INDEX = 2**63 - 1
+_LOG_KEY_END = _LOG_KEY.pack(_MAX_INDEX + 1)  # sorts after every log key
+_KINDS = {kind.value: kind for kind in EntryKind}
+
+
+class StorageError(Exception):
+    """The node's database cannot be used (wrong identity, locked, unreadable, ...).
+
+    Attributes:
+        code: stable error code.
+    """
+
+    code = "STORAGE_ERROR"
+
+
+class CorruptStorageError(StorageError):
+    """A record in the database fails its checks; the message names the path and the record."""
+
+    code = "CORRUPT_STORAGE"
+
+
+def _crc(key: bytes, body: bytes | memoryview) -> int:
+    return zlib.crc32(body, zlib.crc32(key))
+
+
+def _seal(key: bytes, body: bytes) -> bytes:
+    return _CRC.pack(_crc(key, body)) + body
+
+
+def _log_key(index: int) -> bytes:
+    return _LOG_KEY.pack(index)
+
+
+def _encode_entry_value(key: bytes, entry: Entry) -> bytes:
+    data = entry.data
+    head = _ENTRY_HEAD.pack(0, entry.term, entry.kind)
+    crc = zlib.crc32(data, zlib.crc32(memoryview(head)[4:], zlib.crc32(key)))
+    return _ENTRY_HEAD.pack(crc, entry.term, entry.kind) + data
+
+
+class _Bad(Exception):
+    """A record failed a check; turned into CorruptStorageError with the path and record name."""
+
+
+def _unseal(key: bytes, value: bytes) -> memoryview:
+    if len(value) < _CRC.size:
+        raise _Bad(f"value of {len(value)} bytes is too short for its checksum")
+    body = memoryview(value)[_CRC.size :]
+    stored = _CRC.unpack_from(value)[0]
+    actual = _crc(key, body)
+    if stored != actual:
+        raise _Bad(f"checksum mismatch (stored {stored:#010x}, computed {actual:#010x})")
+    return body
+
+
+def _decode_entry_value(index: int, key: bytes, value: bytes) -> Entry:
+    if len(value) < _ENTRY_HEAD.size:
+        raise _Bad(f"value of {len(value)} bytes is shorter than an entry header")
+    _unseal(key, value)
+    _, term, kind = _ENTRY_HEAD.unpack_from(value)
+    entry_kind = _KINDS.get(kind)
+    if entry_kind is None:
+        raise _Bad(f"unknown entry kind {kind}")
+    return Entry(Term(term), Index(index), entry_kind, value[_ENTRY_HEAD.size :])
+
+
+def _is_uint(value: object) -> bool:
+    return type(value) is int and 0 <= value <= _MAX_INDEX
+
+
+def _decode_cbor(body: memoryview) -> Any:
+    try:
+        return cbor2.loads(bytes(body))
+    except Exception as exc:
+        raise _Bad(f"undecodable CBOR ({exc})") from exc
+
+
+def _decode_hard_state(body: memoryview) -> HardState:
+    obj = _decode_cbor(body)
+    if (
+        type(obj) is not list
+        or len(obj) != 3
+        or not _is_uint(obj[0])
+        or not (obj[1] is None or (_is_uint(obj[1]) and obj[1] > 0))
+        or not _is_uint(obj[2])
+    ):
+        raise _Bad(f"malformed hard state {obj!r:.80}")
+    return HardState(Term(obj[0]), None if obj[1] is None else NodeId(obj[1]), Index(obj[2]))
+
+
+def _encode_hard_state(hs: HardState) -> bytes:
+    return cbor2.dumps([hs.term, hs.vote, hs.commit])
+
+
+def _decode_snapshot_record(body: memoryview) -> tuple[SnapshotMeta, int, int]:
+    obj = _decode_cbor(body)
+    if (
+        type(obj) is not list
+        or len(obj) != 5
+        or not all(_is_uint(v) for v in (obj[0], obj[1], obj[3], obj[4]))
+        or type(obj[2]) is not list
+        or not all(_is_uint(v) and v > 0 for v in obj[2])
+    ):
+        raise _Bad(f"malformed snapshot meta {obj!r:.80}")
+    meta = SnapshotMeta(Index(obj[0]), Term(obj[1]), tuple(NodeId(v) for v in obj[2]))
+    return meta, obj[3], obj[4]
+
+
+def _encode_snapshot_record(meta: SnapshotMeta, size_bytes: int, chunk_count: int) -> bytes:
+    return cbor2.dumps([meta.index, meta.term, list(meta.voters), size_bytes, chunk_count])
+
+
+def _limit_bytes(entries: Iterable[Entry], max_bytes: int | None) -> list[Entry]:
+    """Collect entries, stopping before the one that takes the total past `max_bytes`.
+
+    The first entry is always kept (as `MemoryStorage.entries` does).
+    """
+    if max_bytes is None:
+        return entries if type(entries) is list else list(entries)
+    out: list[Entry] = []
+    total = 0
+    for entry in entries:
+        total += entry_size_bytes(entry)
+        if total > max_bytes and out:
+            break
+        out.append(entry)
+    return out
+
+
+class RocksStorage:
+    """A node's durable Raft state (hard state, log, snapshot) in a RocksDB database.
+
+    Create with `RocksStorage.open(...)`; close with `close()` or use it as a context manager.
+    Reads follow `node.raft._storage.Storage` (and `MemoryStorage`) exactly. Blocking: run
+    `persist` and `save_snapshot` in a worker thread, one call at a time.
+    """
+
+    def __init__(
+        self,
+        db: Rdict,
+        path: Path,
+        *,
+        cache_max_bytes: int,
+        snapshot_chunk_bytes: int,
+    ) -> None:
+        """Wrap an open database; use `RocksStorage.open` instead."""
+        self._db: Rdict | None = db
+        self._path = path
+        self._cache_max_bytes = cache_max_bytes
+        self._snapshot_chunk_bytes = snapshot_chunk_bytes
+        self._meta = db.get_column_family(_CF_META)
+        self._log = db.get_column_family(_CF_LOG)
+        self._snapshot_cf = db.get_column_family(_CF_SNAPSHOT)
+        self._h_meta = db.get_column_family_handle(_CF_META)
+        self._h_log = db.get_column_family_handle(_CF_LOG)
+        self._h_snapshot = db.get_column_family_handle(_CF_SNAPSHOT)
+        self._wo_sync = WriteOptions()
+        self._wo_sync.sync = True
+        self._wo_nosync = WriteOptions()
+        # In-memory state, rebuilt by _load and kept equal to the database by every write.
+        self._hard_state = HardState()
+        self._snap_meta = SnapshotMeta()
+        self._snap_data: bytes | None = b""  # None: on disk only, loaded on first snapshot()
+        self._snap_size_bytes = 0
+        self._terms = array("q")  # terms of entries snap_meta.index + 1 .. last_index
+        self._cache: list[Entry] = []  # the last len(_cache) entries of the log
+        self._cache_bytes = 0
+
+    # -- opening and closing ------------------------------------------------------------------
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        *,
+        cluster_id: str,
+        node_id: int,
+        voters: tuple[int, ...],
+        cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
+        snapshot_chunk_bytes: int = DEFAULT_SNAPSHOT_CHUNK_BYTES,
+    ) -> RocksStorage:
+        """Open the node's database at `path`, creating it on first use, and verify it.
+
+        Args:
+            path: directory of the database (created with its parents if missing).
+            cluster_id: the cluster this node belongs to; recorded on creation, checked after.
+            node_id: this node's id (>= 1); recorded on creation, checked after.
+            voters: the initial cluster configuration, used only when the database is created
+                (it then lives in the snapshot meta at index 0).
+            cache_max_bytes: budget of the in-memory log tail cache (`entry_size_bytes` units).
+            snapshot_chunk_bytes: size of the values snapshot data is stored in.
+
+        Returns:
+            The open storage.
+
+        Raises:
+            StorageError: RocksDB cannot open the database (e.g. another process holds it), or
+                it belongs to another cluster or node, or has an unknown format.
+            CorruptStorageError: a record fails its checksum or checks, or the log has a gap.
+        """
+        path = Path(path)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            options = Options(raw_mode=True)
+            options.create_if_missing(True)
+            options.create_missing_column_families(True)
+            families = {name: Options(raw_mode=True) for name in (_CF_META, _CF_LOG, _CF_SNAPSHOT)}
+            db = Rdict(str(path), options, column_families=families)
+        except Exception as exc:
+            raise StorageError(f"cannot open database {path}: {exc}") from exc
+        try:
+            self = cls(
+                db, path, cache_max_bytes=cache_max_bytes, snapshot_chunk_bytes=snapshot_chunk_bytes
+            )
+        except BaseException:
+            db.close()
+            raise
+        try:
+            self._load(cluster_id, node_id, tuple(sorted(NodeId(v) for v in voters)))
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        """Close the database (idempotent).
+
+        Afterwards writes, and reads that need the database, raise `StorageError`.
+        """
+        db = self._db
+        if db is None:
+            return
+        self._db = None
+        # Column family objects keep RocksDB open: drop them before closing it.
+        del self._meta, self._log, self._snapshot_cf, self._h_meta, self._h_log, self._h_snapshot
+        db.close()
+
+    def __enter__(self) -> RocksStorage:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    @property
+    def path(self) -> Path:
+        """Directory of the database."""
+        return self._path
+
+    def _corrupt(self, record: str, problem: str) -> CorruptStorageError:
+        return CorruptStorageError(f"database {self._path}: {record}: {problem}")
+
+    def _load(self, cluster_id: str, node_id: int, voters: tuple[NodeId, ...]) -> None:
+        identity_value = self._meta.get(_K_IDENTITY)
+        if identity_value is None:
+            self._create(cluster_id, node_id, voters)
+            return
+        try:
+            identity = _decode_cbor(_unseal(_K_IDENTITY, identity_value))
+        except _Bad as exc:
+            raise self._corrupt("identity record", str(exc)) from None
+        if type(identity) is not dict or identity.get("format") != FORMAT_VERSION:
+            raise StorageError(
+                f"database {self._path}: unknown format {identity!r:.80} "
+                f"(this version reads format {FORMAT_VERSION})"
+            )
+        stored = (identity.get("cluster_id"), identity.get("node_id"))
+        if stored != (cluster_id, node_id):
+            raise StorageError(
+                f"database {self._path} belongs to cluster {stored[0]!r} node {stored[1]!r}, "
+                f"not cluster {cluster_id!r} node {node_id!r}"
+            )
+        self._hard_state = self._load_hard_state()
+        self._snap_meta = self._load_snapshot()
+        self._snap_data = None if self._snap_meta.index else b""
+        self._load_log()
+        if self._hard_state.commit > self.last_index():
+            raise self._corrupt(
+                "hard state",
+                f"commit index {self._hard_state.commit} is past the last log index "
+                f"{self.last_index()} (log entries lost?)",
+            )
+
+    def _create(self, cluster_id: str, node_id: int, voters: tuple[NodeId, ...]) -> None:
+        families = {_CF_META: self._meta, _CF_LOG: self._log, _CF_SNAPSHOT: self._snapshot_cf}
+        for name, family in families.items():
+            for key in family.keys():
+                raise self._corrupt(
+                    "identity record", f"missing, but column family {name!r} holds {key!r:.40}"
+                )
+        identity = {"format": FORMAT_VERSION, "cluster_id": cluster_id, "node_id": node_id}
+        meta = SnapshotMeta(Index(0), Term(0), voters)
+        batch = WriteBatch(raw_mode=True)
+        batch.put(_K_IDENTITY, _seal(_K_IDENTITY, cbor2.dumps(identity)), self._h_meta)
+        batch.put(
+            _K_HARD_STATE, _seal(_K_HARD_STATE, _encode_hard_state(HardState())), self._h_meta
+        )
+        batch.put(
+            _K_SNAPSHOT, _seal(_K_SNAPSHOT, _encode_snapshot_record(meta, 0, 0)), self._h_meta
+        )
+        self._write(batch, sync=True)
+        self._snap_meta = meta
+
+    def _load_hard_state(self) -> HardState:
+        value = self._meta.get(_K_HARD_STATE)
+        if value is None:
+            raise self._corrupt("hard state", "missing")
+        try:
+            return _decode_hard_state(_unseal(_K_HARD_STATE, value))
+        except _Bad as exc:
+            raise self._corrupt("hard state", str(exc)) from None
+
+    def _load_snapshot(self) -> SnapshotMeta:
+        value = self._meta.get(_K_SNAPSHOT)
+        if value is None:
+            raise self._corrupt("snapshot meta", "missing")
+        try:
+            meta, size_bytes, chunk_count = _decode_snapshot_record(_unseal(_K_SNAPSHOT, value))
+        except _Bad as exc:
+            raise self._corrupt("snapshot meta", str(exc)) from None
+        # Read every chunk once to check it; the data is loaded again on first snapshot().
+        seen = total = 0
+        for key, value in _items(self._snapshot_cf):
+            record = f"snapshot {meta.index} chunk {seen}"
+            if len(key) != _CHUNK_KEY.size:
+                raise self._corrupt(record, f"malformed key {key!r:.40}")
+            index, number = _CHUNK_KEY.unpack(key)
+            if index != meta.index or number >= chunk_count:
+                raise self._corrupt(f"snapshot {index} chunk {number}", "stray chunk")
+            if number != seen:
+                raise self._corrupt(record, "missing")
+            try:
+                total += len(_unseal(key, value))
+            except _Bad as exc:
+                raise self._corrupt(record, str(exc)) from None
+            seen += 1
+        if seen != chunk_count:
+            raise self._corrupt(f"snapshot {meta.index} chunk {seen}", "missing")
+        if total != size_bytes:
+            raise self._corrupt(
+                f"snapshot {meta.index}", f"data is {total} bytes, meta says {size_bytes}"
+            )
+        self._snap_size_bytes = size_bytes
+        return meta
+
+    def _load_log(self) -> None:
+        expected = self._snap_meta.index + 1
+        prev_term = self._snap_meta.term
+        terms = array("q")
+        cache: collections.deque[Entry] = collections.deque()
+        cache_bytes = 0
+        for key, value in _items(self._log):
+            if len(key) != _LOG_KEY.size:
+                raise self._corrupt(f"log entry {expected}", f"malformed key {key!r:.40}")
+            index = _LOG_KEY.unpack(key)[0]
+            if index < expected:
+                raise self._corrupt(
+                    f"log entry {index}",
+                    f"left behind at or below snapshot index {self._snap_meta.index}",
+                )
+            if index > expected:
+                raise self._corrupt(
+                    f"log entry {expected}", f"missing (the next entry stored is {index})"
+                )
+            try:
+                entry = _decode_entry_value(index, key, value)
+            except _Bad as exc:
+                raise self._corrupt(f"log entry {index}", str(exc)) from None
+            if entry.term < prev_term:
+                raise self._corrupt(
+                    f"log entry {index}",
+                    f"term {entry.term} is lower than the term {prev_term} before it",
+                )
+            prev_term = entry.term
+            terms.append(entry.term)
+            cache.append(entry)
+            cache_bytes += entry_size_bytes(entry)
+            while cache_bytes > self._cache_max_bytes and len(cache) > 1:
+                cache_bytes -= entry_size_bytes(cache.popleft())
+            expected += 1
+        self._terms = terms
+        self._cache = list(cache)
+        self._cache_bytes = cache_bytes
+
+    # -- reads (the Storage protocol) ---------------------------------------------------------
+
+    def initial_state(self) -> tuple[HardState, tuple[NodeId, ...]]:
+        """Return the persisted hard state and the voters of the latest snapshot."""
+        return self._hard_state, self._snap_meta.voters
+
+    def first_index(self) -> Index:
+        """Index of the first entry in the log (snapshot index + 1)."""
+        return Index(self._snap_meta.index + 1)
+
+    def last_index(self) -> Index:
+        """Index of the last entry in the log (the snapshot index when the log is empty)."""
+        return Index(self._snap_meta.index + len(self._terms))
+
+    def term(self, index: Index) -> Term:
+        """Return the term of the entry at `index` (the snapshot's term at its index).
+
+        Raises:
+            CompactedError: index < first_index() - 1.
+            UnavailableError: index > last_index().
+        """
+        offset = self._snap_meta.index
+        if index < offset:
+            raise CompactedError(index)
+        if index - offset > len(self._terms):
+            raise UnavailableError(index)
+        if index == offset:
+            return self._snap_meta.term
+        return Term(self._terms[index - offset - 1])
+
+    def entries(self, lo: Index, hi: Index, max_bytes: int | None = None) -> list[Entry]:
+        """Return entries with index in [lo, hi): at least one, then stop before `max_bytes`.
+
+        Args:
+            lo: first index wanted, >= first_index().
+            hi: one past the last index wanted, <= last_index() + 1.
+            max_bytes: budget in `entry_size_bytes` units, or None for no limit.
+
+        Returns:
+            The entries, in index order (empty when lo >= hi).
+
+        Raises:
+            CompactedError: lo < first_index().
+            UnavailableError: hi > last_index() + 1.
+            CorruptStorageError: an older entry read from the database fails its checks.
+        """
+        if lo <= self._snap_meta.index:
+            raise CompactedError(lo)
+        if hi > self.last_index() + 1:
+            raise UnavailableError(hi)
+        if lo >= hi:
+            return []
+        cache_first = self.last_index() + 1 - len(self._cache)
+        if lo >= cache_first:
+            return _limit_bytes(self._cache[lo - cache_first : hi - cache_first], max_bytes)
+        older = self._read_log(lo, min(hi, cache_first))
+        if hi <= cache_first:
+            return _limit_bytes(older, max_bytes)
+        return _limit_bytes(
+            _chain(older, self._cache[: hi - cache_first]),
+            max_bytes,
+        )
+
+    def _read_log(self, lo: int, hi: int) -> Iterator[Entry]:
+        """Yield entries lo .. hi - 1 from the database, checking each."""
+        self._require_open()
+        expected = lo
+        for key, value in _items(self._log, _log_key(lo)):
+            if expected >= hi:
+                return
+            index = _LOG_KEY.unpack(key)[0]
+            if index != expected:
+                raise self._corrupt(f"log entry {expected}", "missing")
+            try:
+                yield _decode_entry_value(index, key, value)
+            except _Bad as exc:
+                raise self._corrupt(f"log entry {index}", str(exc)) from None
+            expected += 1
+        if expected < hi:
+            raise self._corrupt(f"log entry {expected}", "missing")
+
+    def snapshot(self) -> Snapshot:
+        """The latest snapshot (an empty one at index 0 when there is none).
+
+        Its data is read from the database on the first call after `open`, then kept.
+
+        Raises:
+            CorruptStorageError: a chunk fails its checksum or is missing.
+        """
+        if self._snap_data is None:
+            self._snap_data = self._read_snapshot_data()
+        return Snapshot(self._snap_meta, self._snap_data)
+
+    def snapshot_meta(self) -> SnapshotMeta:
+        """Index, term and voters of the latest snapshot, without its data."""
+        return self._snap_meta
+
+    def _read_snapshot_data(self) -> bytes:
+        self._require_open()
+        index = self._snap_meta.index
+        parts: list[memoryview] = []
+        for number, (key, value) in enumerate(_items(self._snapshot_cf, _CHUNK_KEY.pack(index, 0))):
+            if key != _CHUNK_KEY.pack(index, number):
+                break
+            try:
+                parts.append(_unseal(key, value))
+            except _Bad as exc:
+                raise self._corrupt(f"snapshot {index} chunk {number}", str(exc)) from None
+        data = b"".join(parts)
+        if len(data) != self._snap_size_bytes:
+            raise self._corrupt(
+                f"snapshot {index}",
+                f"data is {len(data)} bytes, meta says {self._snap_size_bytes}",
+            )
+        return data
+
+    # -- writes (driver only) -----------------------------------------------------------------
+
+    def persist(self, ready: Ready) -> None:
+        """Write what `ready` asks to persist, in one atomic batch (Ready contract, step 1).
+
+        In order: `ready.snapshot` if newer than the current one (it replaces the whole log),
+        `ready.entries` (entries at or after `entries[0].index` are deleted first; entries the
+        snapshot covers are skipped), then `ready.hard_state`. Synced when `ready.must_sync`.
+        When it returns, reads reflect the write.
+
+        Args:
+            ready: the Ready being handled.
+
+        Raises:
+            ValueError: the entries are not contiguous, would leave a gap after the last index,
+                or would make terms decrease; or the hard state's commit index is past the
+                last index. Nothing is written then.
+            StorageError: RocksDB failed to write; the in-memory state is unchanged.
+        """
+        self._require_open()
+        snap = ready.snapshot
+        if snap is not None and snap.meta.index <= self._snap_meta.index:
+            snap = None
+        entries = ready.entries
+        hard_state = ready.hard_state
+        if snap is None and not entries and hard_state is None:
+            return
+        snap_meta = snap.meta if snap is not None else self._snap_meta
+        kept = len(self._terms) if snap is None else 0  # entries kept, before truncation
+
+        batch = WriteBatch(raw_mode=True)
+        if snap is not None:
+            batch.delete_range(_log_key(0), _LOG_KEY_END, self._h_log)
+            self._put_snapshot(batch, snap_meta, snap.data)
+        if entries and entries[0].index <= snap_meta.index:
+            entries = tuple(e for e in entries if e.index > snap_meta.index)
+        if entries:
+            first = entries[0].index
+            last = snap_meta.index + kept
+            if first > last + 1:
+                raise ValueError(f"gap in log: append at {first} after {last}")
+            prev_term: int
+            if first == snap_meta.index + 1:
+                prev_term = snap_meta.term
+            else:
+                prev_term = self._terms[first - snap_meta.index - 2]
+            for n, entry in enumerate(entries):
+                if entry.index != first + n:
+                    raise ValueError(f"entries not contiguous: {entry.index} after {first + n - 1}")
+                if entry.term < prev_term:
+                    raise ValueError(
+                        f"entry {entry.index} has term {entry.term} below the previous {prev_term}"
+                    )
+                prev_term = entry.term
+            if first <= last:
+                batch.delete_range(_log_key(first), _log_key(last + 1), self._h_log)
+            h_log = self._h_log
+            for entry in entries:
+                key = _log_key(entry.index)
+                batch.put(key, _encode_entry_value(key, entry), h_log)
+            kept = first - snap_meta.index - 1 + len(entries)
+        if hard_state is not None:
+            if hard_state.commit > snap_meta.index + kept:
+                raise ValueError(
+                    f"commit index {hard_state.commit} past last index {snap_meta.index + kept}"
+                )
+            value = _seal(_K_HARD_STATE, _encode_hard_state(hard_state))
+            batch.put(_K_HARD_STATE, value, self._h_meta)
+
+        self._write(batch, sync=ready.must_sync or snap is not None)
+
+        if snap is not None:
+            self._snap_meta = snap_meta
+            self._snap_data = snap.data
+            self._snap_size_bytes = len(snap.data)
+            self._terms = array("q")
+            self._cache = []
+            self._cache_bytes = 0
+        if entries:
+            self._append_in_memory(entries)
+        if hard_state is not None:
+            self._hard_state = hard_state
+
+    def _append_in_memory(self, entries: tuple[Entry, ...]) -> None:
+        offset = self._snap_meta.index
+        first = entries[0].index
+        cache_first = offset + len(self._terms) + 1 - len(self._cache)
+        # Truncate at `first`, then append.
+        del self._terms[first - offset - 1 :]
+        self._terms.extend(e.term for e in entries)
+        if first <= cache_first:
+            self._cache = []
+            self._cache_bytes = 0
+        else:
+            dropped = self._cache[first - cache_first :]
+            del self._cache[first - cache_first :]
+            self._cache_bytes -= sum(map(entry_size_bytes, dropped))
+        self._cache.extend(entries)
+        self._cache_bytes += sum(map(entry_size_bytes, entries))
+        self._trim_cache()
+
+    def _trim_cache(self) -> None:
+        if self._cache_bytes <= self._cache_max_bytes:
+            return
+        # Evict down to 3/4 of the budget at once, so eviction is amortized over appends.
+        target = self._cache_max_bytes * 3 // 4
+        total = self._cache_bytes
+        cut = 0
+        cache = self._cache
+        while total > target and cut < len(cache) - 1:
+            total -= entry_size_bytes(cache[cut])
+            cut += 1
+        del cache[:cut]
+        self._cache_bytes = total
+
+    def save_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None:
+        """Store the application's snapshot at applied `index` and compact the log up to it.
+
+        Entries <= `index` are deleted; the snapshot meta keeps the term of `index`. Written in
+        one synced batch (data split into `snapshot_chunk_bytes` values). Does nothing when
+        `index` is not newer than the current snapshot.
+
+        Args:
+            index: last applied log index the snapshot covers.
+            data: the application's snapshot bytes (any size that fits in memory).
+            voters: the cluster configuration at `index`.
+
+        Raises:
+            ValueError: index > last_index().
+            StorageError: RocksDB failed to write; the in-memory state is unchanged.
+        """
+        self._require_open()
+        offset = self._snap_meta.index
+        if index <= offset:
+            return
+        if index > self.last_index():
+            raise ValueError(f"snapshot index {index} past last index {self.last_index()}")
+        meta = SnapshotMeta(index, self.term(index), tuple(sorted(voters)))
+        batch = WriteBatch(raw_mode=True)
+        self._put_snapshot(batch, meta, data)
+        batch.delete_range(_log_key(0), _log_key(index + 1), self._h_log)
+        self._write(batch, sync=True)
+
+        self._snap_meta = meta
+        self._snap_data = data
+        self._snap_size_bytes = len(data)
+        del self._terms[: index - offset]
+        cache_first = self.last_index() + 1 - len(self._cache)
+        if cache_first <= index:
+            dropped = self._cache[: index + 1 - cache_first]
+            del self._cache[: index + 1 - cache_first]
+            self._cache_bytes -= sum(map(entry_size_bytes, dropped))
+
+    def _put_snapshot(self, batch: WriteBatch, meta: SnapshotMeta, data: bytes) -> int:
+        """Add a snapshot (meta and data chunks, replacing any older one) to `batch`."""
+        h_snapshot = self._h_snapshot
+        batch.delete_range(b"", b"\xff" * (_CHUNK_KEY.size + 1), h_snapshot)
+        view = memoryview(data)
+        step = self._snapshot_chunk_bytes
+        chunk_count = 0
+        for start in range(0, len(data), step):
+            key = _CHUNK_KEY.pack(meta.index, chunk_count)
+            chunk = view[start : start + step]
+            batch.put(key, _CRC.pack(_crc(key, chunk)) + chunk, h_snapshot)
+            chunk_count += 1
+        record = _encode_snapshot_record(meta, len(data), chunk_count)
+        batch.put(_K_SNAPSHOT, _seal(_K_SNAPSHOT, record), self._h_meta)
+        return chunk_count
+
+    def _require_open(self) -> None:
+        if self._db is None:
+            raise StorageError(f"database {self._path} is closed")
+
+    def _write(self, batch: WriteBatch, *, sync: bool) -> None:
+        db = self._db
+        assert db is not None
+        try:
+            db.write(batch, self._wo_sync if sync else self._wo_nosync)
+        except Exception as exc:
+            raise StorageError(f"database {self._path}: write failed: {exc}") from exc
+
+
+def _items(family: Rdict, from_key: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
+    """Iterate a raw-mode column family (keys and values are bytes) from `from_key` on."""
+    return cast(Iterator[tuple[bytes, bytes]], family.items(from_key=from_key))
+
+
+def _chain(first: Iterator[Entry], second: list[Entry]) -> Iterator[Entry]:
+    yield from first
+    yield from second
