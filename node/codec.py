@@ -176,7 +176,7 @@ class FrameDecoder:
         """Bytes received but not yet handed out as frames."""
         return len(self._buf) - self._pos
 
-    def feed(self, data: bytes) -> None:
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Append received bytes.
 
         Args:
@@ -325,16 +325,29 @@ def decode_entry(obj: object) -> Entry:
     if type(obj) is not list or len(obj) != 4:
         _bad("an entry must be [term, index, kind, data]")
     term, index, kind, data = obj
-    if type(term) is not int or not 0 <= term <= MAX_WIRE_INT:
-        _bad(f"entry term {term!r} is not a non-negative int")
-    if type(index) is not int or not 1 <= index <= MAX_WIRE_INT:
-        _bad(f"entry index {index!r} is not a positive int")
     entry_kind = _KIND_BY_VALUE.get(kind) if type(kind) is int else None
-    if entry_kind is None:
-        _bad(f"entry kind {kind!r} is unknown")
+    if (
+        type(term) is not int
+        or type(index) is not int
+        or type(data) is not bytes
+        or entry_kind is None
+        or term < 0
+        or index < 1
+        or term > MAX_WIRE_INT
+        or index > MAX_WIRE_INT
+    ):
+        _bad_entry(term, index, kind, data)
+    return Entry(Term(term), Index(index), entry_kind, data)
+
+
+def _bad_entry(term: object, index: object, kind: object, data: object) -> NoReturn:
+    if type(term) is not int or not 0 <= term <= MAX_WIRE_INT:
+        _bad(f"entry term {_short_repr(term)} is not a non-negative int")
+    if type(index) is not int or not 1 <= index <= MAX_WIRE_INT:
+        _bad(f"entry index {_short_repr(index)} is not a positive int")
     if type(data) is not bytes:
         _bad(f"entry data is {type(data).__name__}, not bytes")
-    return Entry(Term(term), Index(index), entry_kind, data)
+    _bad(f"entry kind {_short_repr(kind)} is unknown")
 
 
 def encode_snapshot_meta(meta: SnapshotMeta) -> list[Any]:
