@@ -527,7 +527,7 @@ class Transport:
     async def run(
         self, *, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED
     ) -> None:
-        """Listen, and run one sender per peer, until cancelled.
+        """Listen, and run one sender per peer, until cancelled. Run it once per Transport.
 
         Args:
             task_status: `started` with the listen (host, port) once listening.

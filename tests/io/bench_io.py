@@ -143,10 +143,12 @@ async def _bench_transport(messages: list[Message], label: str) -> None:
 
 
 def bench_transport() -> None:
-    hb = Heartbeat(Term(5), NodeId(1), NodeId(2), Index(9))
+    hb: Message = Heartbeat(Term(5), NodeId(1), NodeId(2), Index(9))
+    small: Message = _ae(1, 200)
+    large: Message = _ae(64, 1024)
     trio.run(_bench_transport, [hb] * 1000, "Heartbeat, 1000 queued per round")
-    trio.run(_bench_transport, [_ae(1, 200)] * 1000, "AppendEntries 1 x 200 B, 1000 per round")
-    trio.run(_bench_transport, [_ae(64, 1024)] * 50, "AppendEntries 64 x 1 KiB, 50 per round")
+    trio.run(_bench_transport, [small] * 1000, "AppendEntries 1 x 200 B, 1000 per round")
+    trio.run(_bench_transport, [large] * 50, "AppendEntries 64 x 1 KiB, 50 per round")
 
 
 if __name__ == "__main__":

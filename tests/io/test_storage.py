@@ -361,14 +361,14 @@ def test_reopen_recovers_everything(tmp_path: Path) -> None:
         assert s.initial_state() == (hs, VOTERS)
         assert s.snapshot() == snap
         assert (s.first_index(), s.last_index()) == (11, 14)
-        assert s.entries(11, 15) == log
-        assert s.entries(11, 15, max_bytes=1100) == log[:2]
+        assert s.entries(Index(11), Index(15)) == log
+        assert s.entries(Index(11), Index(15), max_bytes=1100) == log[:2]
         assert [s.term(Index(i)) for i in range(10, 15)] == [3, 3, 4, 4, 5]
         # Appends after reopen, truncating across the cached and uncached part.
         s.persist(ready(ents(12, [6])))
-        assert s.entries(11, 13) == log[:1] + ents(12, [6])
+        assert s.entries(Index(11), Index(13)) == log[:1] + ents(12, [6])
     with open_rocks(path) as s:
-        assert s.entries(11, 13) == log[:1] + ents(12, [6])
+        assert s.entries(Index(11), Index(13)) == log[:1] + ents(12, [6])
 
 
 def test_compaction_survives_reopen(tmp_path: Path) -> None:
@@ -380,7 +380,7 @@ def test_compaction_survives_reopen(tmp_path: Path) -> None:
         assert (s.first_index(), s.last_index()) == (16, 20)
         assert s.snapshot().data == b"at 15"
         with pytest.raises(CompactedError):
-            s.entries(15, 16)
+            s.entries(Index(15), Index(16))
 
 
 def test_wrong_cluster_or_node_is_refused(tmp_path: Path) -> None:
@@ -457,7 +457,9 @@ def raw_db(path: Path) -> Iterator[dict[str, Rdict]]:
 
 
 def flip_byte(family: Rdict, key: bytes, position: int = -1) -> None:
-    value = bytearray(family[key])
+    stored = family[key]
+    assert isinstance(stored, bytes)
+    value = bytearray(stored)
     value[position] ^= 0x01
     family[key] = bytes(value)
 
@@ -576,3 +578,13 @@ def test_corruption_after_open_is_detected_on_read(tmp_path: Path) -> None:
             s.entries(Index(1), Index(4))
         with pytest.raises(CorruptStorageError, match="log entry 5: missing"):
             s.entries(Index(4), Index(6))
+
+
+def test_rocks_storage_satisfies_the_storage_protocol(tmp_path: Path) -> None:
+    from node.raft._storage import Storage
+
+    def as_storage(s: RocksStorage) -> Storage:  # checked by mypy
+        return s
+
+    with open_rocks(tmp_path / "db") as s:
+        assert as_storage(s).last_index() == 0
