@@ -51,9 +51,7 @@ def test_create_queue_without_dead_letter_queue_and_fifo_dlq() -> None:
     assert m.query_queue_options(h.state, "nope") is None
 
 
-@pytest.mark.parametrize(
-    "name", ["", "a" * 81, "a b", "ü", "a/b", 5, None, "x" * 77 + "é"]
-)
+@pytest.mark.parametrize("name", ["", "a" * 81, "a b", "ü", "a/b", 5, None, "x" * 77 + "é"])
 def test_create_queue_rejects_bad_names(name: object) -> None:
     h = Harness()
     h.err(m.make_create_queue(name, dead_letter_queue=None), m.BAD_REQUEST)  # type: ignore[arg-type]
