@@ -73,10 +73,6 @@ OPTION_NAMES: tuple[str, ...] = (
 )
 
 
-def _is_int(value: object) -> bool:
-    return type(value) is int
-
-
 def _int_in(value: object, low: int, high: int) -> bool:
     return type(value) is int and low <= value <= high
 

@@ -63,12 +63,8 @@ def clean_timer_top(s: MachineState) -> None:
         heappop(timers)
 
 
-def wake(s: MachineState, q: Queue) -> None:
-    """Note that `q` has a newly deliverable message (becomes a `WakeWaiters`)."""
-    s.woken[q.name] = q.wake
-
-
 def _push_ready(s: MachineState, q: Queue, mid: int) -> None:
+    """Make `mid` deliverable: push it on the ready heap and note a `WakeWaiters`."""
     ready = q.ready
     heappush(ready, mid)
     if len(ready) > q.ready_limit:
