@@ -1,0 +1,790 @@
+"""`RaftNode`: one Raft participant as a pure, deterministic state machine (no I/O).
+
+Sources: Ongaro & Ousterhout, "In Search of an Understandable Consensus Algorithm" (2014),
+Figure 2 for the rules, section 5.4 for safety (Figure 8: commit only entries of the current
+term); Ongaro's thesis (2014) for pre-vote (9.6), check-quorum / leader lease (6.2, 9.6),
+leadership transfer (3.10) and snapshots (chapter 5). Shape after etcd-io/raft's `raft.go`.
+
+Input arrives as calls: `tick()` (time, in ticks), `step(message)`, `propose(data)`,
+`transfer_leadership(target)`. Output leaves as data: `ready()` returns a `Ready` that the
+driver persists, sends and applies before calling `advance`. Randomness (election jitter) comes
+from the injected `random.Random`. Only one Ready may be outstanding at a time; `tick`, `step`
+and `propose` may be called between `ready()` and `advance()`.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from ._errors import CompactedError, NotLeader, ProposalDropped
+from ._log import RaftLog
+from ._progress import Progress, ProgressState
+from ._ready import Ready, SoftState
+from ._storage import Storage
+from ._types import (
+    AppendEntries,
+    AppendEntriesResponse,
+    Entry,
+    EntryKind,
+    HardState,
+    Heartbeat,
+    HeartbeatResponse,
+    Index,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+    Message,
+    NodeId,
+    RequestVote,
+    RequestVoteResponse,
+    Role,
+    Snapshot,
+    SnapshotMeta,
+    Term,
+    TimeoutNow,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """Tuning of one node. Times are in ticks; the driver decides how long a tick is.
+
+    Attributes:
+        id: this node's id.
+        election_ticks: base election timeout; the randomized timeout lies in
+            [election_ticks, 2 * election_ticks). Also the check-quorum period.
+        heartbeat_ticks: ticks between leader heartbeats; must be < election_ticks.
+        max_append_entries: most entries in one AppendEntries.
+        max_append_bytes: about the most entry bytes in one AppendEntries (at least one entry).
+        max_inflight_appends: AppendEntries outstanding per follower in REPLICATE state.
+        max_snapshot_chunk_bytes: bytes of snapshot data per InstallSnapshot message.
+        max_committed_bytes_per_ready: about the most entry bytes in one Ready's committed_entries.
+        pre_vote: run the pre-vote phase before an election (thesis 9.6).
+        check_quorum: a leader steps down when it has not heard from a majority for an election
+            timeout, and followers that heard from a leader within one ignore votes (thesis 6.2).
+    """
+
+    id: NodeId
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    max_append_entries: int = 1024
+    max_append_bytes: int = 1 << 20
+    max_inflight_appends: int = 64
+    max_snapshot_chunk_bytes: int = 1 << 20
+    max_committed_bytes_per_ready: int = 8 << 20
+    pre_vote: bool = True
+    check_quorum: bool = True
+
+    def __post_init__(self) -> None:
+        if self.id <= 0:
+            raise ValueError("node id must be positive")
+        if not 0 < self.heartbeat_ticks < self.election_ticks:
+            raise ValueError("need 0 < heartbeat_ticks < election_ticks")
+        if self.max_append_entries < 1 or self.max_inflight_appends < 1:
+            raise ValueError("max_append_entries and max_inflight_appends must be >= 1")
+        if self.max_snapshot_chunk_bytes < 1:
+            raise ValueError("max_snapshot_chunk_bytes must be >= 1")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerStatus:
+    """Replication status of one peer, as the leader sees it."""
+
+    match_index: Index
+    next_index: Index
+    state: str
+    recent_active: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    """What an operator wants to know about a node."""
+
+    id: NodeId
+    role: Role
+    term: Term
+    leader_id: NodeId | None
+    vote: NodeId | None
+    commit_index: Index
+    applied_index: Index
+    last_index: Index
+    first_index: Index
+    voters: tuple[NodeId, ...]
+    peers: dict[NodeId, PeerStatus] = field(default_factory=dict)
+
+
+class RaftNode:
+    """One Raft node. See the module docstring for the calling rules.
+
+    Args:
+        config: tuning and this node's id.
+        storage: read-only view of what the driver persisted (hard state, log, snapshot).
+        rng: the only source of randomness (election jitter).
+
+    Raises:
+        ValueError: the storage's commit index is past its last index, or this node is not a
+            voter of the stored configuration.
+    """
+
+    def __init__(self, config: Config, storage: Storage, rng: random.Random) -> None:
+        self.config = config
+        self.id = config.id
+        self.rng = rng
+        hard_state, voters = storage.initial_state()
+        if self.id not in voters:
+            raise ValueError(f"node {self.id} is not among the voters {voters}")
+        self.voters: tuple[NodeId, ...] = tuple(sorted(voters))
+        self.log = RaftLog(storage, hard_state.commit)
+        self.term: Term = hard_state.term
+        self.vote: NodeId | None = hard_state.vote
+        self.role = Role.FOLLOWER
+        self.leader_id: NodeId | None = None
+        self.progress: dict[NodeId, Progress] = {}
+        self.votes: dict[NodeId, bool] = {}
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_ticks = self.config.election_ticks
+        self.transfer_target: NodeId | None = None
+        self.msgs: list[Message] = []
+        self.dropped: list[Index] = []
+        # Leader: entries were appended since the last broadcast (sent lazily in ready()).
+        self._append_pending = False
+        # Follower: snapshot being received in chunks.
+        self._incoming_meta: SnapshotMeta | None = None
+        self._incoming_data = bytearray()
+        # Last values handed out in a Ready, to detect changes.
+        self._prev_hard = hard_state
+        self._prev_soft = SoftState(self.role, None, self.term)
+        self._outstanding: Ready | None = None
+        self._reset_randomized_timeout()
+
+    # =========================================================================================
+    # Public surface
+    # =========================================================================================
+    @property
+    def quorum(self) -> int:
+        return len(self.voters) // 2 + 1
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+    def tick(self) -> None:
+        """Advance time by one tick: election timeout for followers, heartbeats for leaders."""
+        self.election_elapsed += 1
+        if self.role is Role.LEADER:
+            self._tick_leader()
+        elif self.election_elapsed >= self.randomized_election_ticks:
+            self.election_elapsed = 0
+            self._campaign(transfer=False)
+
+    def propose(self, data: bytes) -> Index:
+        """Append one entry of application data to the leader's log.
+
+        Returns:
+            The entry's log index; its term is `self.term`. The driver learns the outcome when
+            the entry at that index is applied (same term: committed) or when the index appears
+            in a Ready's `dropped` (outcome unknown).
+
+        Raises:
+            NotLeader: this node is not the leader; carries the leader id if known.
+            ProposalDropped: a leadership transfer is under way.
+        """
+        return self.propose_many((data,))
+
+    def propose_many(self, datas: tuple[bytes, ...] | list[bytes]) -> Index:
+        """Append several entries at once; returns the index of the first (they are consecutive).
+
+        Raises:
+            NotLeader, ProposalDropped: as `propose`.
+            ValueError: `datas` is empty.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if self.transfer_target is not None:
+            raise ProposalDropped("leadership transfer in progress")
+        if not datas:
+            raise ValueError("nothing to propose")
+        first = Index(self.log.last_index() + 1)
+        term = self.term
+        self._append_entries_as_leader(
+            [Entry(term, Index(first + n), EntryKind.NORMAL, d) for n, d in enumerate(datas)]
+        )
+        return first
+
+    def step(self, msg: Message) -> None:
+        """Handle one message from a peer. Messages for another node, or stale ones, are ignored."""
+        if msg.to_id != self.id or msg.from_id == self.id:
+            return
+        if msg.term > self.term:
+            if not self._accept_higher_term(msg):
+                return
+        elif msg.term < self.term:
+            self._handle_lower_term(msg)
+            return
+        self._dispatch(msg)
+
+    def transfer_leadership(self, target: NodeId) -> None:
+        """Hand leadership to `target` (thesis 3.10): catch it up, then send TimeoutNow.
+
+        New proposals are refused with ProposalDropped until the transfer ends; it is abandoned
+        after one election timeout.
+
+        Raises:
+            NotLeader: this node is not the leader.
+            ValueError: target is this node or not a voter.
+        """
+        if self.role is not Role.LEADER:
+            raise NotLeader(self.leader_id)
+        if target == self.id or target not in self.voters:
+            raise ValueError(f"cannot transfer leadership to {target}")
+        self.transfer_target = target
+        self.election_elapsed = 0
+        pr = self.progress[target]
+        if pr.match == self.log.last_index():
+            self._send(TimeoutNow(self.term, self.id, target))
+        else:
+            self._maybe_send_append(target, allow_empty=True)
+
+    def has_ready(self) -> bool:
+        """True when `ready()` has work for the driver."""
+        if self._outstanding is not None:
+            return False
+        self._flush_appends()
+        log = self.log
+        return bool(
+            self.msgs
+            or log.unstable_entries
+            or log.unstable_snapshot is not None
+            or log.has_next_committed_entries()
+            or self.dropped
+            or self._hard_state() != self._prev_hard
+            or self._soft_state() != self._prev_soft
+        )
+
+    def ready(self) -> Ready:
+        """Take the pending work. See `Ready` for the persist, send, apply, advance contract.
+
+        Raises:
+            RuntimeError: the previous Ready was not yet passed to `advance`.
+        """
+        if self._outstanding is not None:
+            raise RuntimeError("ready() called again before advance()")
+        self._flush_appends()
+        log = self.log
+        hard = self._hard_state()
+        soft = self._soft_state()
+        committed: tuple[Entry, ...] = ()
+        if log.has_next_committed_entries():
+            committed = tuple(log.next_committed_entries(self.config.max_committed_bytes_per_ready))
+        entries = tuple(log.unstable_entries)
+        rd = Ready(
+            hard_state=hard if hard != self._prev_hard else None,
+            entries=entries,
+            snapshot=log.unstable_snapshot,
+            messages=tuple(self.msgs),
+            committed_entries=committed,
+            soft_state=soft if soft != self._prev_soft else None,
+            dropped=tuple(self.dropped),
+            must_sync=bool(entries)
+            or log.unstable_snapshot is not None
+            or hard.term != self._prev_hard.term
+            or hard.vote != self._prev_hard.vote,
+        )
+        self.msgs = []
+        self.dropped = []
+        self._prev_hard = hard
+        self._prev_soft = soft
+        self._outstanding = rd
+        return rd
+
+    def advance(self, rd: Ready) -> None:
+        """The driver persisted, sent and applied `rd`.
+
+        Raises:
+            RuntimeError: `rd` is not the outstanding Ready.
+        """
+        if rd is not self._outstanding:
+            raise RuntimeError("advance() with a Ready that is not the outstanding one")
+        self._outstanding = None
+        log = self.log
+        if rd.snapshot is not None:
+            log.stable_snapshot_to(rd.snapshot.meta.index)
+            log.applied = max(log.applied, rd.snapshot.meta.index)
+        if rd.entries:
+            last = rd.entries[-1]
+            log.stable_to(last.index, last.term)
+        if rd.committed_entries:
+            log.applied = max(log.applied, rd.committed_entries[-1].index)
+
+    def status(self) -> Status:
+        """Role, term, leader, commit and applied index, and (on a leader) each peer's progress."""
+        peers: dict[NodeId, PeerStatus] = {}
+        if self.role is Role.LEADER:
+            for pid, pr in self.progress.items():
+                peers[pid] = PeerStatus(pr.match, pr.next, pr.state.value, pr.recent_active)
+        return Status(
+            id=self.id,
+            role=self.role,
+            term=self.term,
+            leader_id=self.leader_id,
+            vote=self.vote,
+            commit_index=self.log.committed,
+            applied_index=self.log.applied,
+            last_index=self.log.last_index(),
+            first_index=self.log.first_index(),
+            voters=self.voters,
+            peers=peers,
+        )
+
+    # =========================================================================================
+    # Roles
+    # =========================================================================================
+    def _hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def _soft_state(self) -> SoftState:
+        return SoftState(self.role, self.leader_id, self.term)
+
+    def _reset_randomized_timeout(self) -> None:
+        e = self.config.election_ticks
+        self.randomized_election_ticks = e + self.rng.randrange(e)
+
+    def _reset(self, term: Term) -> None:
+        if self.role is Role.LEADER:
+            self._drop_pending_proposals()  # before the term changes: they are of the old term
+        if self.term != term:
+            self.term = term
+            self.vote = None
+        self.leader_id = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_randomized_timeout()
+        self.votes = {}
+        self.transfer_target = None
+        self.progress = {}
+        self._append_pending = False
+
+    def _drop_pending_proposals(self) -> None:
+        """A leader leaves office: its uncommitted proposals have an unknown outcome."""
+        log = self.log
+        last = log.last_index()
+        lo = Index(max(log.committed + 1, log.first_index()))
+        if lo > last:
+            return
+        for e in log.entries(lo, Index(last + 1)):
+            if e.term == self.term and e.kind is EntryKind.NORMAL:
+                self.dropped.append(e.index)
+
+    def _become_follower(self, term: Term, leader_id: NodeId | None) -> None:
+        self._reset(term)
+        self.role = Role.FOLLOWER
+        self.leader_id = leader_id
+
+    def _become_pre_candidate(self) -> None:
+        # Thesis 9.6: no term change and no vote yet; only ask whether we could win.
+        self.role = Role.PRE_CANDIDATE
+        self.leader_id = None
+        self.votes = {}
+        self.progress = {}
+        self.transfer_target = None
+        self._reset_randomized_timeout()
+
+    def _become_candidate(self) -> None:
+        self._reset(Term(self.term + 1))
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+
+    def _become_leader(self) -> None:
+        self._reset(self.term)
+        self.role = Role.LEADER
+        self.leader_id = self.id
+        last = self.log.last_index()
+        for pid in self.voters:
+            pr = Progress(Index(last + 1), self.config.max_inflight_appends)
+            if pid == self.id:
+                pr.match = last
+                pr.become_replicate()
+                pr.recent_active = True
+            self.progress[pid] = pr
+        # Paper 5.4.2 / 8: a no-op entry of the new term lets earlier entries commit.
+        self._append_entries_as_leader([Entry(self.term, Index(last + 1), EntryKind.NOOP)])
+
+    def _campaign(self, transfer: bool) -> None:
+        """Start a pre-election (thesis 9.6), or an election at once when `transfer` is set
+        (started by TimeoutNow) or pre-vote is off."""
+        if self.id not in self.voters:
+            return
+        if not self.config.pre_vote or transfer:
+            self._start_election(transfer)
+            return
+        self._become_pre_candidate()
+        self.votes[self.id] = True
+        if self._tally() >= self.quorum:
+            self._start_election(transfer=False)
+            return
+        term = Term(self.term + 1)
+        last_index = self.log.last_index()
+        last_term = self.log.last_term()
+        for pid in self.voters:
+            if pid != self.id:
+                self._send(RequestVote(term, self.id, pid, last_index, last_term, pre_vote=True))
+
+    def _start_election(self, transfer: bool) -> None:
+        self._become_candidate()
+        self.votes[self.id] = True
+        if self._tally() >= self.quorum:
+            self._become_leader()
+            return
+        last_index = self.log.last_index()
+        last_term = self.log.last_term()
+        for pid in self.voters:
+            if pid != self.id:
+                self._send(
+                    RequestVote(self.term, self.id, pid, last_index, last_term, transfer=transfer)
+                )
+
+    def _tally(self) -> int:
+        return sum(1 for granted in self.votes.values() if granted)
+
+    # =========================================================================================
+    # Term rules (paper Figure 2 "All servers"; thesis 9.6 for lease and pre-vote)
+    # =========================================================================================
+    def _in_lease(self) -> bool:
+        return (
+            self.config.check_quorum
+            and self.leader_id is not None
+            and self.election_elapsed < self.config.election_ticks
+        )
+
+    def _accept_higher_term(self, msg: Message) -> bool:
+        """A message with a higher term arrived. Returns False if it must be ignored."""
+        if isinstance(msg, RequestVote):
+            if not msg.transfer and self._in_lease():
+                # Thesis 6.2 / 9.6: we heard from a live leader recently; do not let a
+                # disconnected node disrupt it.
+                return False
+            if msg.pre_vote:
+                return True  # a pre-vote never changes our term
+            self._become_follower(msg.term, None)
+            return True
+        if isinstance(msg, RequestVoteResponse) and msg.pre_vote and msg.granted:
+            return True  # granted pre-votes carry the term we would campaign in
+        leader = (
+            msg.from_id
+            if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot | TimeoutNow)
+            else None
+        )
+        self._become_follower(msg.term, leader)
+        return True
+
+    def _handle_lower_term(self, msg: Message) -> None:
+        if isinstance(msg, AppendEntries | Heartbeat) and (
+            self.config.check_quorum or self.config.pre_vote
+        ):
+            # A leader of an older term may be cut off from the rest; tell it our term so it
+            # steps down (etcd-io/raft does the same: with pre-vote it cannot learn otherwise).
+            self._send(AppendEntriesResponse(self.term, self.id, msg.from_id, False))
+        elif isinstance(msg, RequestVote) and msg.pre_vote:
+            self._send(RequestVoteResponse(self.term, self.id, msg.from_id, False, True))
+        # Anything else from an older term is stale: ignore it.
+
+    def _dispatch(self, msg: Message) -> None:
+        if isinstance(msg, RequestVote):
+            self._handle_request_vote(msg)
+            return
+        role = self.role
+        if role is Role.LEADER:
+            if isinstance(msg, AppendEntriesResponse):
+                self._handle_append_response(msg)
+            elif isinstance(msg, HeartbeatResponse):
+                self._handle_heartbeat_response(msg)
+            elif isinstance(msg, InstallSnapshotResponse):
+                self._handle_snapshot_response(msg)
+            return
+        if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot):
+            if role is not Role.FOLLOWER or self.leader_id != msg.from_id:
+                # A leader exists in our term (or in the term we would have moved to).
+                self._become_follower(msg.term, msg.from_id)
+            self.election_elapsed = 0
+            if isinstance(msg, AppendEntries):
+                self._handle_append_entries(msg)
+            elif isinstance(msg, Heartbeat):
+                self._handle_heartbeat(msg)
+            else:
+                self._handle_install_snapshot(msg)
+        elif isinstance(msg, RequestVoteResponse):
+            self._handle_vote_response(msg)
+        elif isinstance(msg, TimeoutNow):
+            if role is Role.FOLLOWER and msg.from_id == self.leader_id:
+                self._campaign(transfer=True)
+
+    # =========================================================================================
+    # Elections
+    # =========================================================================================
+    def _handle_request_vote(self, msg: RequestVote) -> None:
+        can_vote = (
+            self.vote == msg.from_id
+            or (self.vote is None and self.leader_id is None)
+            or (msg.pre_vote and msg.term > self.term)
+        )
+        if can_vote and self.log.is_up_to_date(msg.last_log_index, msg.last_log_term):
+            self._send(RequestVoteResponse(msg.term, self.id, msg.from_id, True, msg.pre_vote))
+            if not msg.pre_vote:
+                self.election_elapsed = 0
+                self.vote = msg.from_id
+        else:
+            self._send(RequestVoteResponse(self.term, self.id, msg.from_id, False, msg.pre_vote))
+
+    def _handle_vote_response(self, msg: RequestVoteResponse) -> None:
+        expect_pre = self.role is Role.PRE_CANDIDATE
+        if self.role not in (Role.PRE_CANDIDATE, Role.CANDIDATE) or msg.pre_vote != expect_pre:
+            return
+        self.votes.setdefault(msg.from_id, msg.granted)
+        granted = self._tally()
+        if granted >= self.quorum:
+            if expect_pre:
+                self._start_election(transfer=False)
+            else:
+                self._become_leader()
+        elif len(self.votes) - granted >= self.quorum:
+            self._become_follower(self.term, None)
+
+    # =========================================================================================
+    # Leader: replication
+    # =========================================================================================
+    def _tick_leader(self) -> None:
+        cfg = self.config
+        self.heartbeat_elapsed += 1
+        if self.election_elapsed >= cfg.election_ticks:
+            self.election_elapsed = 0
+            if cfg.check_quorum:
+                active = sum(
+                    1 for pid, pr in self.progress.items() if pid == self.id or pr.recent_active
+                )
+                for pid, pr in self.progress.items():
+                    pr.recent_active = pid == self.id
+                if active < self.quorum:
+                    self._become_follower(self.term, None)
+                    return
+            self.transfer_target = None  # a transfer that did not finish in time is abandoned
+        if self.heartbeat_elapsed >= cfg.heartbeat_ticks:
+            self.heartbeat_elapsed = 0
+            self._broadcast_heartbeat()
+
+    def _broadcast_heartbeat(self) -> None:
+        committed = self.log.committed
+        for pid, pr in self.progress.items():
+            if pid != self.id:
+                self._send(Heartbeat(self.term, self.id, pid, Index(min(pr.match, committed))))
+
+    def _append_entries_as_leader(self, entries: list[Entry]) -> None:
+        self.log.append(entries)
+        me = self.progress[self.id]
+        me.maybe_update(entries[-1].index)
+        self._append_pending = True
+        self._maybe_commit()
+
+    def _flush_appends(self) -> None:
+        if self._append_pending and self.role is Role.LEADER:
+            self._append_pending = False
+            for pid in self.progress:
+                if pid != self.id:
+                    while self._maybe_send_append(pid, allow_empty=False):
+                        pass
+
+    def _maybe_send_append(self, pid: NodeId, allow_empty: bool) -> bool:
+        """Send the next AppendEntries (or snapshot chunk) to `pid` if flow control allows.
+
+        Returns True if an AppendEntries with entries was sent and more may follow.
+        """
+        pr = self.progress[pid]
+        if pr.state is ProgressState.SNAPSHOT:
+            self._maybe_send_snapshot_chunk(pid, pr)
+            return False
+        if pr.is_paused():
+            return False
+        log = self.log
+        last = log.last_index()
+        if pr.next > last and not allow_empty:
+            return False
+        prev = Index(pr.next - 1)
+        try:
+            prev_term = log.term(prev)
+            entries: list[Entry] = []
+            if pr.next <= last:
+                hi = Index(min(last + 1, pr.next + self.config.max_append_entries))
+                entries = log.entries(pr.next, hi, self.config.max_append_bytes)
+        except CompactedError:
+            # Thesis chapter 5: the follower needs entries we compacted; send the snapshot.
+            snap = log.storage.snapshot()
+            pr.become_snapshot(snap)
+            self._maybe_send_snapshot_chunk(pid, pr)
+            return False
+        self._send(
+            AppendEntries(self.term, self.id, pid, prev, prev_term, tuple(entries), log.committed)
+        )
+        if entries:
+            pr.sent_entries(entries[-1].index)
+        else:
+            pr.sent_entries(prev)
+        return bool(entries)
+
+    def _maybe_send_snapshot_chunk(self, pid: NodeId, pr: Progress) -> None:
+        snap = pr.snapshot
+        if snap is None or pr.chunk_sent:
+            return
+        size = self.config.max_snapshot_chunk_bytes
+        off = pr.snapshot_offset_bytes
+        chunk = snap.data[off : off + size]
+        done = off + len(chunk) >= len(snap.data)
+        self._send(InstallSnapshot(self.term, self.id, pid, snap.meta, off, chunk, done))
+        pr.chunk_sent = True
+
+    def _maybe_commit(self) -> bool:
+        matches = sorted((pr.match for pr in self.progress.values()), reverse=True)
+        # Paper Figure 8: only an entry of the current term is committed by counting replicas.
+        return self.log.maybe_commit(matches[self.quorum - 1], self.term)
+
+    def _handle_append_response(self, msg: AppendEntriesResponse) -> None:
+        pr = self.progress.get(msg.from_id)
+        if pr is None:
+            return
+        pr.recent_active = True
+        pid = msg.from_id
+        if not msg.success:
+            hint_next = msg.hint_index
+            if msg.hint_term > 0:
+                hint_next, _ = self.log.find_conflict_by_term(msg.hint_index, msg.hint_term)
+            if pr.maybe_decrease_to(msg.reject_index, Index(hint_next + 1)):
+                if pr.state is ProgressState.REPLICATE:
+                    pr.become_probe()
+                self._maybe_send_append(pid, allow_empty=True)
+            return
+        updated = pr.maybe_update(msg.match_index)
+        if not updated and not (pr.state is ProgressState.PROBE and msg.match_index == pr.match):
+            return  # a stale or duplicate success
+        if pr.state is ProgressState.PROBE:
+            pr.become_replicate()
+        if updated:
+            self._maybe_commit()
+        while self._maybe_send_append(pid, allow_empty=False):
+            pass
+        if self.transfer_target == pid and pr.match == self.log.last_index():
+            self._send(TimeoutNow(self.term, self.id, pid))
+
+    def _handle_heartbeat_response(self, msg: HeartbeatResponse) -> None:
+        pr = self.progress.get(msg.from_id)
+        if pr is None:
+            return
+        pr.recent_active = True
+        pr.probe_sent = False
+        if pr.state is ProgressState.SNAPSHOT:
+            pr.chunk_sent = False  # resend the chunk in case it was lost
+        elif pr.state is ProgressState.REPLICATE and len(pr.inflight) >= pr.max_inflight:
+            pr.inflight.popleft()  # a lost append would otherwise stall the stream
+        if pr.match < self.log.last_index() or pr.state is ProgressState.SNAPSHOT:
+            self._maybe_send_append(msg.from_id, allow_empty=True)
+
+    def _handle_snapshot_response(self, msg: InstallSnapshotResponse) -> None:
+        pr = self.progress.get(msg.from_id)
+        if pr is None:
+            return
+        pr.recent_active = True
+        if msg.done:
+            pr.maybe_update(msg.snapshot_index)
+            pr.become_probe()
+            self._maybe_send_append(msg.from_id, allow_empty=True)
+            return
+        if pr.state is not ProgressState.SNAPSHOT or pr.snapshot is None:
+            return
+        if msg.snapshot_index != pr.snapshot.meta.index:
+            return
+        pr.snapshot_offset_bytes = msg.next_offset_bytes
+        pr.chunk_sent = False
+        self._maybe_send_snapshot_chunk(msg.from_id, pr)
+
+    # =========================================================================================
+    # Follower: receiving
+    # =========================================================================================
+    def _handle_append_entries(self, msg: AppendEntries) -> None:
+        log = self.log
+        if msg.prev_log_index < log.committed:
+            # Everything up to our commit index matches any leader's log (openraft#511: a
+            # compacted prefix is not a conflict).
+            self._send(AppendEntriesResponse(self.term, self.id, msg.from_id, True, log.committed))
+            return
+        last_new = log.maybe_append(
+            msg.prev_log_index, msg.prev_log_term, msg.leader_commit, msg.entries
+        )
+        if last_new is not None:
+            self._send(AppendEntriesResponse(self.term, self.id, msg.from_id, True, last_new))
+            return
+        probe = Index(min(msg.prev_log_index, log.last_index()))
+        hint_index, hint_term = log.find_conflict_by_term(probe, msg.prev_log_term)
+        self._send(
+            AppendEntriesResponse(
+                self.term,
+                self.id,
+                msg.from_id,
+                False,
+                Index(0),
+                msg.prev_log_index,
+                hint_index,
+                hint_term,
+            )
+        )
+
+    def _handle_heartbeat(self, msg: Heartbeat) -> None:
+        # The commit a heartbeat carries is at most our match index: already in our log.
+        self.log.commit_to(Index(min(msg.commit, self.log.last_index())))
+        self._send(HeartbeatResponse(self.term, self.id, msg.from_id))
+
+    def _handle_install_snapshot(self, msg: InstallSnapshot) -> None:
+        log = self.log
+        meta = msg.meta
+        if meta.index <= log.committed:
+            self._incoming_meta = None
+            self._incoming_data = bytearray()
+            self._send(
+                InstallSnapshotResponse(self.term, self.id, msg.from_id, log.committed, 0, True)
+            )
+            return
+        if msg.offset_bytes == 0:
+            self._incoming_meta = meta
+            self._incoming_data = bytearray()
+        elif self._incoming_meta != meta or msg.offset_bytes != len(self._incoming_data):
+            expected = len(self._incoming_data) if self._incoming_meta == meta else 0
+            self._send(
+                InstallSnapshotResponse(
+                    self.term, self.id, msg.from_id, meta.index, expected, False
+                )
+            )
+            return
+        self._incoming_data += msg.chunk
+        if not msg.done:
+            self._send(
+                InstallSnapshotResponse(
+                    self.term, self.id, msg.from_id, meta.index, len(self._incoming_data), False
+                )
+            )
+            return
+        data = bytes(self._incoming_data)
+        self._incoming_meta = None
+        self._incoming_data = bytearray()
+        self._restore(Snapshot(meta, data))
+        self._send(InstallSnapshotResponse(self.term, self.id, msg.from_id, meta.index, 0, True))
+
+    def _restore(self, snap: Snapshot) -> None:
+        log = self.log
+        if log.match_term(snap.meta.index, snap.meta.term):
+            # We already have the entry the snapshot ends at: keep the log, just commit to it.
+            log.commit_to(snap.meta.index)
+            return
+        log.restore(snap)
+        if snap.meta.voters:
+            self.voters = tuple(sorted(snap.meta.voters))
+
+    # =========================================================================================
+    def _send(self, msg: Message) -> None:
+        self.msgs.append(msg)

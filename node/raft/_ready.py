@@ -1,0 +1,58 @@
+"""`Ready`: everything the core wants done, handed to the driver in one batch.
+
+After etcd-io/raft's Ready (README, "Usage"). The contract, in this order:
+
+1. **Persist**: write `snapshot` (if any), then `entries` (truncating the log from
+   `entries[0].index` first), then `hard_state` (if any) to durable storage, in one atomic write,
+   synced (fsync) when `must_sync` is True. Term and vote MUST be durable before any of
+   `messages` is sent: a vote or an AppendEntries success is never sent for state that could be
+   lost in a crash (PySyncObj#84).
+2. **Send** every message in `messages` (any order; they may be dropped, the core retries).
+3. **Apply**: if `snapshot` is set, restore the state machine from it first; then apply
+   `committed_entries` in order. They are durable on a majority; a client may be answered once
+   its entry is applied.
+4. Tell the proposers of `dropped` that the outcome of their proposal is unknown (it may or may
+   not commit: the leader lost office).
+5. Call `advance(ready)` with this same object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ._types import Entry, HardState, Index, Message, NodeId, Role, Snapshot, Term
+
+
+@dataclass(frozen=True, slots=True)
+class SoftState:
+    """Volatile state an operator or the driver may want to see change: role and leader."""
+
+    role: Role
+    leader_id: NodeId | None
+    term: Term
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """One batch of work for the driver. See the module docstring for the order of the steps.
+
+    Attributes:
+        hard_state: term, vote and commit index to persist, or None if unchanged.
+        entries: entries to append to the log (after truncating from `entries[0].index`).
+        snapshot: a snapshot received from the leader, to persist and restore, or None.
+        messages: messages to send once the above is durable.
+        committed_entries: entries to apply to the state machine, in log order.
+        soft_state: role, leader and term when they changed since the last Ready, else None.
+        dropped: log indexes of proposals whose outcome became unknown (leader stepped down).
+        must_sync: True when `entries` or term/vote changed (fsync needed); a commit-only change
+            may be written without sync.
+    """
+
+    hard_state: HardState | None
+    entries: tuple[Entry, ...]
+    snapshot: Snapshot | None
+    messages: tuple[Message, ...]
+    committed_entries: tuple[Entry, ...]
+    soft_state: SoftState | None
+    dropped: tuple[Index, ...]
+    must_sync: bool

@@ -1,0 +1,154 @@
+"""The read-only storage interface the Raft core reads, and an in-memory implementation.
+
+The core never writes storage. The driver (node/raft_loop.py, or the simulator) writes what a
+`Ready` asks for and then calls `advance`; from then on the core reads those entries back here.
+Shape after etcd-io/raft `storage.go`.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from ._errors import CompactedError, UnavailableError
+from ._types import Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term
+
+
+class Storage(Protocol):
+    """What the core may read from durable storage.
+
+    Indexes: the log holds entries `first_index() .. last_index()` inclusive; the entry just before
+    `first_index()` is covered by `snapshot()` (its index and term are `snapshot().meta`).
+    """
+
+    def initial_state(self) -> tuple[HardState, tuple[NodeId, ...]]:
+        """Return the persisted hard state and the voters (from the latest snapshot or config)."""
+        ...
+
+    def entries(self, lo: Index, hi: Index, max_bytes: int | None = None) -> list[Entry]:
+        """Return entries with index in [lo, hi), at least one, then stop before `max_bytes`.
+
+        Raises:
+            CompactedError: lo < first_index().
+            UnavailableError: hi > last_index() + 1.
+        """
+        ...
+
+    def term(self, index: Index) -> Term:
+        """Return the term of the entry at `index` (first_index() - 1 answers from the snapshot).
+
+        Raises:
+            CompactedError: index < first_index() - 1.
+            UnavailableError: index > last_index().
+        """
+        ...
+
+    def first_index(self) -> Index:
+        """Index of the first entry in the log (snapshot index + 1)."""
+        ...
+
+    def last_index(self) -> Index:
+        """Index of the last entry in the log (the snapshot index when the log is empty)."""
+        ...
+
+    def snapshot(self) -> Snapshot:
+        """The latest snapshot (an empty one at index 0 when there is none)."""
+        ...
+
+
+def entry_size_bytes(entry: Entry) -> int:
+    """Approximate size of an entry on the wire, for batching limits: data plus 24 bytes."""
+    return len(entry.data) + 24
+
+
+class MemoryStorage:
+    """A `Storage` held in memory, with the write methods a driver needs.
+
+    Used by tests and the simulator; a crash there is modelled by keeping this object (it is the
+    "disk") and dropping the core. `entries_list[0]` is a dummy entry at the snapshot index.
+    """
+
+    def __init__(self, voters: tuple[NodeId, ...]) -> None:
+        self.hard_state = HardState()
+        self.snap = Snapshot(SnapshotMeta(Index(0), Term(0), tuple(sorted(voters))), b"")
+        self.log: list[Entry] = [Entry(Term(0), Index(0))]
+
+    # -- reads -----------------------------------------------------------------------------
+    def initial_state(self) -> tuple[HardState, tuple[NodeId, ...]]:
+        return self.hard_state, self.snap.meta.voters
+
+    def first_index(self) -> Index:
+        return Index(self.log[0].index + 1)
+
+    def last_index(self) -> Index:
+        return Index(self.log[0].index + len(self.log) - 1)
+
+    def term(self, index: Index) -> Term:
+        offset = self.log[0].index
+        if index < offset:
+            raise CompactedError(index)
+        if index - offset >= len(self.log):
+            raise UnavailableError(index)
+        return self.log[index - offset].term
+
+    def entries(self, lo: Index, hi: Index, max_bytes: int | None = None) -> list[Entry]:
+        offset = self.log[0].index
+        if lo <= offset:
+            raise CompactedError(lo)
+        if hi > self.last_index() + 1:
+            raise UnavailableError(hi)
+        out = self.log[lo - offset : hi - offset]
+        if max_bytes is not None and len(out) > 1:
+            total = 0
+            for n, e in enumerate(out):
+                total += entry_size_bytes(e)
+                if total > max_bytes and n > 0:
+                    return out[:n]
+        return out
+
+    def snapshot(self) -> Snapshot:
+        return self.snap
+
+    # -- writes (driver only) ---------------------------------------------------------------
+    def set_hard_state(self, hs: HardState) -> None:
+        """Persist the hard state."""
+        self.hard_state = hs
+
+    def append(self, entries: tuple[Entry, ...] | list[Entry]) -> None:
+        """Append entries, first truncating any entries at or after `entries[0].index`."""
+        if not entries:
+            return
+        offset = self.log[0].index
+        first = entries[0].index
+        if first <= offset:
+            # Entries already covered by the snapshot: keep only the rest.
+            entries = [e for e in entries if e.index > offset]
+            if not entries:
+                return
+            first = entries[0].index
+        if first > self.last_index() + 1:
+            raise ValueError(f"gap in log: append at {first} after {self.last_index()}")
+        del self.log[first - offset :]
+        self.log.extend(entries)
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        """Replace the log with a snapshot received from the leader."""
+        if snap.meta.index <= self.snap.meta.index:
+            return
+        self.snap = snap
+        self.log = [Entry(snap.meta.term, snap.meta.index)]
+
+    def create_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None:
+        """Record a snapshot of the application at applied `index` and compact the log to it.
+
+        Raises:
+            ValueError: index is not in the log or is older than the current snapshot.
+        """
+        offset = self.log[0].index
+        if index <= offset:
+            return
+        if index > self.last_index():
+            raise ValueError(f"snapshot index {index} past last index {self.last_index()}")
+        term = self.log[index - offset].term
+        self.snap = Snapshot(SnapshotMeta(index, term, tuple(sorted(voters))), data)
+        self.log = self.log[index - offset :]
+        self.log[0] = Entry(term, index)

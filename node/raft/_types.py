@@ -1,0 +1,258 @@
+"""Plain data of the Raft core: ids, log entries, hard state, snapshots and messages.
+
+Everything here is a frozen, slotted dataclass of plain values (ints, bytes, tuples), so that the
+outer ring can encode it with cbor2 and the simulator can copy it freely. Names follow the Raft
+paper (Ongaro & Ousterhout, 2014, Figure 2) and Ongaro's thesis (2014) for pre-vote (section 9.6),
+leadership transfer (3.10) and snapshots (chapter 5).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import NewType
+
+Term = NewType("Term", int)
+"""A Raft term number; 0 before any election."""
+
+Index = NewType("Index", int)
+"""A log index; the first real entry has index 1, 0 means "before the log"."""
+
+NodeId = NewType("NodeId", int)
+"""A node's id in the cluster configuration; positive."""
+
+
+class EntryKind(enum.IntEnum):
+    """What a log entry carries."""
+
+    NORMAL = 0
+    """Application data, handed to the state machine."""
+    NOOP = 1
+    """The empty entry a new leader appends at the start of its term (paper section 5.4.2)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One log entry.
+
+    Attributes:
+        term: term of the leader that created the entry.
+        index: position in the log, >= 1.
+        kind: NORMAL (application data) or NOOP.
+        data: application bytes; empty for NOOP.
+    """
+
+    term: Term
+    index: Index
+    kind: EntryKind = EntryKind.NORMAL
+    data: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class HardState:
+    """The state a node must persist before it acts on it (paper Figure 2, "persistent state").
+
+    Attributes:
+        term: latest term the node has seen.
+        vote: node voted for in `term`, or None.
+        commit: the commit index known to the node. Persisting it is not required for safety;
+            it lets a restarted node apply committed entries without waiting for a leader.
+    """
+
+    term: Term = Term(0)
+    vote: NodeId | None = None
+    commit: Index = Index(0)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotMeta:
+    """Where a snapshot sits in the log.
+
+    Attributes:
+        index: last log index the snapshot covers (the last applied entry).
+        term: term of the entry at `index`.
+        voters: the cluster configuration at `index`, sorted node ids.
+    """
+
+    index: Index = Index(0)
+    term: Term = Term(0)
+    voters: tuple[NodeId, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A state machine snapshot at `meta.index`, as opaque application bytes."""
+
+    meta: SnapshotMeta = field(default_factory=SnapshotMeta)
+    data: bytes = b""
+
+
+class Role(enum.Enum):
+    """The role of a node (paper Figure 4, plus the pre-candidate of thesis section 9.6)."""
+
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre_candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+# ---------------------------------------------------------------------------------------------
+# Messages. Every message has `term`, `from_id` and `to_id`.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVote:
+    """RequestVote (paper Figure 2), or a pre-vote (thesis 9.6) when `pre_vote` is set.
+
+    A pre-vote carries the term the sender *would* use (its term + 1) without the sender having
+    moved to it. `transfer` marks an election started by TimeoutNow (thesis 3.10): voters then
+    ignore their leader lease.
+    """
+
+    term: Term
+    from_id: NodeId
+    to_id: NodeId
+    last_log_index: Index
+    last_log_term: Term
+    pre_vote: bool = False
+    transfer: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestVoteResponse:
+    """Answer to RequestVote; `term` is the request's term when granted, the voter's otherwise."""
+
+    term: Term
+    from_id: NodeId
+    to_id: NodeId
+    granted: bool
+    pre_vote: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntries:
+    """AppendEntries (paper Figure 2), carrying zero or more entries after `prev_log_index`."""
+
+    term: Term
+    from_id: NodeId
+    to_id: NodeId
+    prev_log_index: Index
+    prev_log_term: Term
+    entries: tuple[Entry, ...]
+    leader_commit: Index
+
+
+@dataclass(frozen=True, slots=True)
+class AppendEntriesResponse:
+    """Answer to AppendEntries.
+
+    On success `match_index` is the last index known to match the leader's log. On rejection
+    `reject_index` is the `prev_log_index` that failed and (`hint_index`, `hint_term`) let the
+    leader skip back a whole term at once (thesis 5.4.2 / etcd-io/raft's findConflictByTerm):
+    the follower's largest index at or below the probe whose term is <= `prev_log_term`.
+    """
+
+    term: Term
+    from_id: NodeId
+    to_id: NodeId
+    success: bool
+    match_index: Index = Index(0)
+    reject_index: Index = Index(0)
+    hint_index: Index = Index(0)
+    hint_term: Term = Term(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """Leader heartbeat. `commit` is min(leader commit, the follower's match index).
+
+    Kept apart from AppendEntries (as etcd-io/raft does) so that a heartbeat never has to probe
+    the log: the commit it carries is already known to be in the follower's log.
+    """
+
+    term: Term
+    from_id: NodeId
+    to_id: NodeId
+    commit: Index
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatResponse:
+    """Answer to Heartbeat; tells the leader the follower is alive (check-quorum)."""
+
+    term: Term
+    from_id: NodeId
+    to_id: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshot:
+    """One chunk of a snapshot (paper section 7; thesis chapter 5).
+
+    Attributes:
+        meta: index, term and configuration of the whole snapshot.
+        offset_bytes: where `chunk` starts in the snapshot data.
+        chunk: at most `Config.max_snapshot_chunk_bytes` bytes of snapshot data.
+        done: True on the last chunk.
+    """
+
+    term: Term
+    from_id: NodeId
+    to_id: NodeId
+    meta: SnapshotMeta
+    offset_bytes: int
+    chunk: bytes
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class InstallSnapshotResponse:
+    """Answer to an InstallSnapshot chunk.
+
+    `next_offset_bytes` is the offset the follower expects next (0 to restart); when `done`, the
+    follower has the whole snapshot up to `snapshot_index` and its log matches up to there.
+    """
+
+    term: Term
+    from_id: NodeId
+    to_id: NodeId
+    snapshot_index: Index
+    next_offset_bytes: int
+    done: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TimeoutNow:
+    """Leadership transfer (thesis 3.10): the receiver starts an election at once."""
+
+    term: Term
+    from_id: NodeId
+    to_id: NodeId
+
+
+Message = (
+    RequestVote
+    | RequestVoteResponse
+    | AppendEntries
+    | AppendEntriesResponse
+    | Heartbeat
+    | HeartbeatResponse
+    | InstallSnapshot
+    | InstallSnapshotResponse
+    | TimeoutNow
+)
+"""Every message the core sends or accepts."""
+
+MESSAGE_TYPES: tuple[type, ...] = (
+    RequestVote,
+    RequestVoteResponse,
+    AppendEntries,
+    AppendEntriesResponse,
+    Heartbeat,
+    HeartbeatResponse,
+    InstallSnapshot,
+    InstallSnapshotResponse,
+    TimeoutNow,
+)
+"""The message classes, in a fixed order (their position is their wire tag)."""

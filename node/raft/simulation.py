@@ -1,0 +1,737 @@
+"""A deterministic cluster simulator for the Raft core: N nodes, one process, one seed.
+
+After TigerBeetle's VOPR and etcd-io/raft's `rafttest`: no sockets, no sleeps, no clock. Time is
+counted in ticks. A seeded `random.Random` drives the network (drop, delay, duplicate, reorder),
+the nemesis (partitions, crashes, restarts, leadership transfers, compaction) and the clients
+(proposals). The same seed gives the same trace, byte for byte.
+
+After every tick the simulator checks the safety properties of the Raft paper (Figure 3):
+election safety, leader append-only, log matching, leader completeness, state machine safety;
+plus: commit and applied index never go back, and nothing reported committed to a proposer is
+ever lost. After the faults stop it checks liveness: a leader within a bounded number of ticks,
+and every node converges to the same applied log.
+
+A node's "disk" is its `MemoryStorage`; a crash drops the `RaftNode` and the applied state and
+loses whatever the core held that had not been persisted by a Ready.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from ._errors import CompactedError, NotLeader, ProposalDropped, UnavailableError
+from ._node import Config, RaftNode
+from ._ready import Ready
+from ._storage import MemoryStorage
+from ._types import Entry, EntryKind, Index, Message, NodeId, Role, Term
+
+# ---------------------------------------------------------------------------------------------
+# Faults as data
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Fault:
+    """One nemesis event at tick `at_tick`.
+
+    kinds and their `args`:
+        "isolate" (node,), "halves" (), "ring" (), "bridge" (), "cut" (a, b): partitions;
+        "heal" (): remove every partition;
+        "crash" (node, restart_after_ticks) / "restart" (node,): lose volatile state / come back
+            from disk (restart_after_ticks 0: stay down until a "restart" or the final heal);
+        "crash_leader" (restart_after_ticks,): crash whoever leads now;
+        "lossy" (drop_pct, dup_pct, max_delay_ticks): network quality until the next "lossy";
+        "transfer" (): the leader hands leadership to a random peer;
+        "compact" (node,): the node snapshots its applied state and compacts its log;
+        "crashy" (per_mille,): from now on each node crashes with this chance per tick and
+            comes back 1 to 5 ticks later (0 stops it).
+    """
+
+    at_tick: int
+    kind: str
+    args: tuple[int, ...] = ()
+
+
+FAULT_KINDS = (
+    "isolate",
+    "halves",
+    "ring",
+    "bridge",
+    "cut",
+    "heal",
+    "crash",
+    "restart",
+    "crash_leader",
+    "lossy",
+    "transfer",
+    "compact",
+    "crashy",
+)
+
+
+def random_schedule(rng: random.Random, nodes: int, fault_ticks: int) -> list[Fault]:
+    """A random fault schedule over `fault_ticks` ticks, sorted by tick.
+
+    Swarm testing (Groce et al., ISSTA 2012): each schedule enables its own random mix of fault
+    kinds and its own pace, so that some seeds hammer one kind of fault hard.
+    """
+    weights = [rng.choice((0, 0, 1, 3)) for _ in FAULT_KINDS]
+    if not any(weights):
+        weights[rng.randrange(len(weights))] = 1
+    mean_gap = rng.choice((4, 10, 30))
+    faults: list[Fault] = []
+    t = 0
+    while True:
+        t += rng.randint(1, 2 * mean_gap)
+        if t >= fault_ticks:
+            break
+        kind = rng.choices(FAULT_KINDS, weights)[0]
+        node = rng.randint(1, nodes)
+        args: tuple[int, ...] = ()
+        if kind in ("isolate", "restart", "compact"):
+            args = (node,)
+        elif kind == "crash":
+            args = (node, rng.choice((0, 2, 10, 40)))
+        elif kind == "crash_leader":
+            args = (rng.choice((0, 2, 10, 40)),)
+        elif kind == "cut":
+            other = rng.choice([n for n in range(1, nodes + 1) if n != node])
+            args = (node, other)
+        elif kind == "lossy":
+            args = (rng.choice((0, 0, 5, 20, 40)), rng.choice((0, 0, 5, 20)), rng.choice((0, 1, 3)))
+        elif kind == "crashy":
+            args = (rng.choice((0, 10, 30, 100)),)
+        faults.append(Fault(t, kind, args))
+    return faults
+
+
+# ---------------------------------------------------------------------------------------------
+# Results
+# ---------------------------------------------------------------------------------------------
+
+
+class Violation(Exception):
+    """An invariant failed. `invariant` names it; `str()` explains what was seen."""
+
+    def __init__(self, invariant: str, detail: str) -> None:
+        super().__init__(f"{invariant}: {detail}")
+        self.invariant = invariant
+        self.detail = detail
+
+
+@dataclass
+class SimResult:
+    """What one run saw. `violation` is None when every check passed."""
+
+    seed: int
+    nodes: int
+    ticks: int
+    violation: Violation | None
+    trace: list[str]
+    committed: int = 0
+    acked: int = 0
+    elections: int = 0
+    faults: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------------------------------------
+# A simulated node: disk, core and application state
+# ---------------------------------------------------------------------------------------------
+
+
+def _encode_applied(applied: list[tuple[int, int, bytes]]) -> bytes:
+    out = bytearray()
+    for index, term, data in applied:
+        out += index.to_bytes(8, "big") + term.to_bytes(8, "big") + len(data).to_bytes(4, "big")
+        out += data
+    return bytes(out)
+
+
+def _decode_applied(blob: bytes) -> list[tuple[int, int, bytes]]:
+    out: list[tuple[int, int, bytes]] = []
+    pos = 0
+    while pos < len(blob):
+        index = int.from_bytes(blob[pos : pos + 8], "big")
+        term = int.from_bytes(blob[pos + 8 : pos + 16], "big")
+        size = int.from_bytes(blob[pos + 16 : pos + 20], "big")
+        out.append((index, term, blob[pos + 20 : pos + 20 + size]))
+        pos += 20 + size
+    return out
+
+
+class SimNode:
+    """One node: its disk (`storage`, survives crashes), its core and its applied entries."""
+
+    def __init__(
+        self,
+        node_id: NodeId,
+        voters: tuple[NodeId, ...],
+        config: Config,
+        rng: random.Random,
+        node_factory: Callable[[Config, MemoryStorage, random.Random], RaftNode],
+    ) -> None:
+        self.id = node_id
+        self.storage = MemoryStorage(voters)
+        self.config = config
+        self.rng = rng
+        self.node_factory = node_factory
+        self.core: RaftNode | None = None
+        self.applied: list[tuple[int, int, bytes]] = []  # the "state machine"
+        self.max_commit = 0
+        self.max_applied = 0
+        self.persisted_commit = 0
+        self.start()
+
+    def start(self) -> None:
+        self.core = self.node_factory(self.config, self.storage, self.rng)
+        snap = self.storage.snapshot()
+        self.applied = _decode_applied(snap.data) if snap.data else []
+        self.max_commit = self.core.log.committed
+        self.max_applied = self.core.log.applied
+
+    def crash(self) -> None:
+        self.core = None
+        self.applied = []
+
+    @property
+    def alive(self) -> bool:
+        return self.core is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# The simulator
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _InFlight:
+    deliver_at: int
+    seq: int
+    msg: Message
+
+
+class Simulator:
+    """Runs one seeded scenario. Use `run()`; see the module docstring.
+
+    Args:
+        seed: drives everything random.
+        nodes: cluster size (3 or 5 typically).
+        fault_ticks: ticks with faults; afterwards everything heals and liveness is checked.
+        schedule: explicit faults (for hypothesis); default: `random_schedule` from the seed.
+        node_factory: builds a core; tests pass a deliberately broken variant here.
+        liveness_ticks: budget after the faults stop for a leader and convergence.
+        config: core tuning (id is filled in per node).
+    """
+
+    def __init__(
+        self,
+        seed: int,
+        nodes: int = 3,
+        fault_ticks: int = 600,
+        schedule: list[Fault] | None = None,
+        node_factory: Callable[[Config, MemoryStorage, random.Random], RaftNode] = RaftNode,
+        liveness_ticks: int = 400,
+        config: Config | None = None,
+        propose_pct: int = 30,
+    ) -> None:
+        self.seed = seed
+        self.rng = random.Random(seed)
+        self.n = nodes
+        self.fault_ticks = fault_ticks
+        self.liveness_ticks = liveness_ticks
+        self.propose_pct = propose_pct
+        base = config or Config(
+            NodeId(1),
+            election_ticks=10,
+            heartbeat_ticks=2,
+            max_append_entries=16,
+            max_inflight_appends=8,
+            max_snapshot_chunk_bytes=256,
+        )
+        voters = tuple(NodeId(i) for i in range(1, nodes + 1))
+        self.nodes: dict[NodeId, SimNode] = {}
+        for nid in voters:
+            cfg = Config(
+                nid,
+                base.election_ticks,
+                base.heartbeat_ticks,
+                base.max_append_entries,
+                base.max_append_bytes,
+                base.max_inflight_appends,
+                base.max_snapshot_chunk_bytes,
+                base.max_committed_bytes_per_ready,
+                base.pre_vote,
+                base.check_quorum,
+            )
+            self.nodes[nid] = SimNode(
+                nid, voters, cfg, random.Random(self.rng.random()), node_factory
+            )
+        self.schedule = (
+            list(schedule)
+            if schedule is not None
+            else random_schedule(self.rng, nodes, fault_ticks)
+        )
+        self.schedule.sort(key=lambda f: f.at_tick)
+        self.now = 0
+        self.seq = 0
+        self.inflight: list[_InFlight] = []
+        self.restarts: list[tuple[int, NodeId]] = []
+        self.crash_per_mille = 0
+        self.blocked: set[tuple[int, int]] = set()
+        self.drop_pct = 0
+        self.dup_pct = 0
+        self.max_delay = 0
+        self.trace: list[str] = []
+        # Global knowledge for the checks.
+        self.leader_of_term: dict[int, int] = {}
+        self.applied_at: dict[int, tuple[int, bytes]] = {}
+        # index -> (entry term, term of the leader that first committed it)
+        self.committed_in: dict[int, tuple[int, int]] = {}
+        self.max_committed = 0
+        self.entry_identity: dict[tuple[int, int], tuple[int, bytes]] = {}
+        self.leader_tip: dict[int, tuple[int, int, int]] = {}  # node -> (term, index, entry term)
+        self.pending: dict[tuple[int, int], tuple[int, bytes]] = {}  # (node, index) -> (term, data)
+        self.acked: dict[int, tuple[int, bytes]] = {}  # index -> (term, data), told "committed"
+        self.counter = 0
+        self.faults_injected = 0
+        self.elections = 0
+        self.counters: dict[str, int] = {}
+
+    # -- trace ------------------------------------------------------------------------------
+    def _log(self, text: str) -> None:
+        self.trace.append(f"t={self.now} {text}")
+
+    def _count(self, key: str) -> None:
+        self.counters[key] = self.counters.get(key, 0) + 1
+
+    # -- run --------------------------------------------------------------------------------
+    def run(self) -> SimResult:
+        """Run faults then liveness; return the result (violation or None)."""
+        violation: Violation | None = None
+        try:
+            self._log(f"start seed={self.seed} nodes={self.n} faults={len(self.schedule)}")
+            sched = list(self.schedule)
+            while self.now < self.fault_ticks:
+                while sched and sched[0].at_tick <= self.now:
+                    self._inject(sched.pop(0))
+                for due in [r for r in self.restarts if r[0] <= self.now]:
+                    self.restarts.remove(due)
+                    if not self.nodes[due[1]].alive:
+                        self.nodes[due[1]].start()
+                        self._log(f"restart n{due[1]}")
+                self._step_tick(allow_proposals=True)
+            self._heal_all()
+            self._check_liveness()
+            self._check_final()
+        except Violation as v:
+            violation = v
+            self._log(f"VIOLATION {v}")
+        return SimResult(
+            seed=self.seed,
+            nodes=self.n,
+            ticks=self.now,
+            violation=violation,
+            trace=self.trace,
+            committed=len(self.applied_at),
+            acked=len(self.acked),
+            elections=self.elections,
+            faults=self.faults_injected,
+            counters=dict(sorted(self.counters.items())),
+        )
+
+    def _step_tick(self, allow_proposals: bool) -> None:
+        self.now += 1
+        if allow_proposals and self.rng.randrange(100) < self.propose_pct:
+            self._propose()
+        for sn in self._alive():
+            assert sn.core is not None
+            sn.core.tick()
+        for _round in range(20):
+            self._process_readies()
+            if not self._deliver_due():
+                break
+            if self.crash_per_mille:
+                # Crash between receiving messages and persisting what they changed.
+                for sn in self._alive():
+                    if self.rng.randrange(1000) < self.crash_per_mille:
+                        self._crash(sn)
+                        self.restarts.append((self.now + self.rng.randint(1, 5), sn.id))
+        self._process_readies()
+        self._check_tick()
+
+    def _alive(self) -> list[SimNode]:
+        return [sn for _, sn in sorted(self.nodes.items()) if sn.alive]
+
+    def _leader(self) -> SimNode | None:
+        best: SimNode | None = None
+        for sn in self._alive():
+            assert sn.core is not None
+            if sn.core.role is Role.LEADER and (best is None or sn.core.term > best.core.term):  # type: ignore[union-attr]
+                best = sn
+        return best
+
+    # -- clients ----------------------------------------------------------------------------
+    def _propose(self) -> None:
+        alive = self._alive()
+        if not alive:
+            return
+        leader = self._leader()
+        # Clients mostly find the leader; sometimes they ask a stale or random node.
+        sn = (
+            leader
+            if leader is not None and self.rng.randrange(100) < 80
+            else self.rng.choice(alive)
+        )
+        assert sn.core is not None
+        count = self.rng.choice((1, 1, 1, 3))
+        datas = []
+        for _ in range(count):
+            self.counter += 1
+            datas.append(f"v{self.counter}".encode())
+        try:
+            first = sn.core.propose_many(datas)
+        except (NotLeader, ProposalDropped):
+            self._count("proposals_refused")
+            return
+        for n, d in enumerate(datas):
+            self.pending[(sn.id, first + n)] = (sn.core.term, d)
+        self._count("proposals")
+
+    # -- network ----------------------------------------------------------------------------
+    def _send(self, msg: Message) -> None:
+        if self.drop_pct and self.rng.randrange(100) < self.drop_pct:
+            self._count("dropped")
+            return
+        copies = 2 if self.dup_pct and self.rng.randrange(100) < self.dup_pct else 1
+        if copies == 2:
+            self._count("duplicated")
+        for _ in range(copies):
+            delay = self.rng.randint(0, self.max_delay) if self.max_delay else 0
+            self.seq += 1
+            self.inflight.append(_InFlight(self.now + delay, self.seq, msg))
+
+    def _deliver_due(self) -> bool:
+        due = [m for m in self.inflight if m.deliver_at <= self.now]
+        if not due:
+            return False
+        self.inflight = [m for m in self.inflight if m.deliver_at > self.now]
+        self.rng.shuffle(due)  # reorder within a delivery round
+        for m in due:
+            msg = m.msg
+            if (msg.from_id, msg.to_id) in self.blocked:
+                self._count("partitioned")
+                continue
+            sn = self.nodes.get(msg.to_id)
+            if sn is None or sn.core is None:
+                continue
+            sn.core.step(msg)
+        return True
+
+    # -- the driver's Ready loop (persist, send, apply, advance) -----------------------------
+    def _process_readies(self) -> None:
+        for sn in self._alive():
+            core = sn.core
+            assert core is not None
+            while core.has_ready():
+                rd = core.ready()
+                self._persist(sn, rd)
+                for msg in rd.messages:
+                    self._send(msg)
+                self._apply(sn, rd)
+                core.advance(rd)
+                self._after_ready(sn, rd)
+
+    def _persist(self, sn: SimNode, rd: Ready) -> None:
+        st = sn.storage
+        if rd.snapshot is not None:
+            st.apply_snapshot(rd.snapshot)
+        if rd.entries:
+            st.append(rd.entries)
+            self._check_log_matching(sn, rd.entries)
+        if rd.hard_state is not None:
+            if rd.hard_state.commit < st.hard_state.commit:
+                raise Violation(
+                    "commit-monotonic",
+                    f"n{sn.id} persisted commit {rd.hard_state.commit} < {st.hard_state.commit}",
+                )
+            if rd.hard_state.term < st.hard_state.term:
+                raise Violation("term-monotonic", f"n{sn.id} persisted a lower term")
+            st.set_hard_state(rd.hard_state)
+
+    def _apply(self, sn: SimNode, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            restored = _decode_applied(rd.snapshot.data)
+            for index, term, data in restored:
+                self._check_applied(sn, index, term, data)
+            sn.applied = restored
+            self._log(f"n{sn.id} restored snapshot at {rd.snapshot.meta.index}")
+            self._count("snapshots_installed")
+        for e in rd.committed_entries:
+            expected = sn.applied[-1][0] + 1 if sn.applied else 1
+            if e.index != expected:
+                raise Violation(
+                    "apply-order", f"n{sn.id} applied index {e.index}, expected {expected}"
+                )
+            self._check_applied(sn, e.index, e.term, e.data)
+            sn.applied.append((e.index, e.term, e.data))
+            pend = self.pending.pop((sn.id, e.index), None)
+            if pend is not None and pend[0] == e.term:
+                if e.data != pend[1]:
+                    raise Violation("proposal-identity", f"n{sn.id} index {e.index} data differs")
+                self.acked[e.index] = (e.term, e.data)
+        for index in rd.dropped:
+            self.pending.pop((sn.id, index), None)
+            self._count("proposals_unknown")
+
+    def _after_ready(self, sn: SimNode, rd: Ready) -> None:
+        core = sn.core
+        assert core is not None
+        self._record_commits(sn)
+        if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
+            self.elections += 1
+            self._log(f"n{sn.id} leader term {core.term} last={core.log.last_index()}")
+            self._check_leader_completeness(sn)
+        if core.log.committed < sn.max_commit:
+            raise Violation("commit-monotonic", f"n{sn.id} commit went back")
+        if core.log.applied < sn.max_applied:
+            raise Violation("applied-monotonic", f"n{sn.id} applied went back")
+        sn.max_commit = core.log.committed
+        sn.max_applied = core.log.applied
+
+    # -- nemesis ----------------------------------------------------------------------------
+    def _inject(self, f: Fault) -> None:
+        ids: list[int] = sorted(self.nodes)
+        kind = f.kind
+        self.faults_injected += 1
+        if kind == "heal":
+            self.blocked = set()
+        elif kind == "isolate":
+            self._partition([[f.args[0]], [i for i in ids if i != f.args[0]]])
+        elif kind == "halves":
+            shuffled = list(ids)
+            self.rng.shuffle(shuffled)
+            half = len(ids) // 2
+            self._partition([shuffled[:half], shuffled[half:]])
+        elif kind == "ring":
+            self.blocked = set()
+            for a in ids:
+                for b in ids:
+                    d = min((a - b) % self.n, (b - a) % self.n)
+                    if a != b and d > 1:
+                        self.blocked.add((a, b))
+        elif kind == "bridge":
+            shuffled = list(ids)
+            self.rng.shuffle(shuffled)
+            half = len(ids) // 2
+            bridge_node = shuffled[half]
+            left, right = shuffled[:half], shuffled[half + 1 :]
+            self.blocked = {(a, b) for a in left for b in right}
+            self.blocked |= {(b, a) for a in left for b in right}
+            self._log(f"bridge n{bridge_node}")
+        elif kind == "cut":
+            a, b = f.args
+            self.blocked |= {(a, b), (b, a)}
+        elif kind in ("crash", "crash_leader"):
+            victim = self._leader() if kind == "crash_leader" else self.nodes[NodeId(f.args[0])]
+            if victim is None or not victim.alive:
+                self.faults_injected -= 1
+                return
+            self._crash(victim)
+            if f.args[-1]:
+                self.restarts.append((self.now + f.args[-1], victim.id))
+        elif kind == "restart":
+            sn = self.nodes[NodeId(f.args[0])]
+            if sn.alive:
+                self.faults_injected -= 1
+                return
+            sn.start()
+        elif kind == "lossy":
+            self.drop_pct, self.dup_pct, self.max_delay = f.args
+        elif kind == "crashy":
+            self.crash_per_mille = f.args[0]
+        elif kind == "transfer":
+            leader = self._leader()
+            if leader is None or leader.core is None:
+                self.faults_injected -= 1
+                return
+            transferee = self.rng.choice([i for i in ids if i != leader.id])
+            leader.core.transfer_leadership(NodeId(transferee))
+        elif kind == "compact":
+            sn = self.nodes[NodeId(f.args[0])]
+            if not sn.alive or not sn.applied:
+                self.faults_injected -= 1
+                return
+            self._compact(sn)
+        self._log(f"fault {kind}{f.args} blocked={sorted(self.blocked)}")
+
+    def _partition(self, groups: Iterable[Iterable[int]]) -> None:
+        gs = [list(g) for g in groups]
+        self.blocked = set()
+        for i, g in enumerate(gs):
+            for j, h in enumerate(gs):
+                if i != j:
+                    self.blocked |= {(a, b) for a in g for b in h}
+
+    def _crash(self, sn: SimNode) -> None:
+        # Whatever the core holds that no Ready has persisted yet is lost with the process.
+        core = sn.core
+        assert core is not None
+        lost = len(core.log.unstable_entries)
+        for key in [k for k in self.pending if k[0] == sn.id]:
+            del self.pending[key]
+        sn.crash()
+        self._log(f"crash n{sn.id} (unsynced entries lost: {lost})")
+        self._count("crashes")
+
+    def _compact(self, sn: SimNode) -> None:
+        index = sn.applied[-1][0]
+        if index <= sn.storage.snapshot().meta.index:
+            return
+        sn.storage.create_snapshot(Index(index), _encode_applied(sn.applied), tuple(self.nodes))
+        self._log(f"n{sn.id} compacted to {index}")
+        self._count("compactions")
+
+    def _heal_all(self) -> None:
+        self.blocked = set()
+        self.drop_pct = self.dup_pct = self.max_delay = self.crash_per_mille = 0
+        for sn in self.nodes.values():
+            if not sn.alive:
+                sn.start()
+        self._log("heal all; restart all")
+
+    # -- checks -----------------------------------------------------------------------------
+    def _check_tick(self) -> None:
+        for sn in self._alive():
+            core = sn.core
+            assert core is not None
+            if core.role is Role.LEADER:
+                # Election safety: at most one leader per term.
+                prev = self.leader_of_term.setdefault(core.term, sn.id)
+                if prev != sn.id:
+                    raise Violation(
+                        "election-safety", f"n{prev} and n{sn.id} both lead term {core.term}"
+                    )
+                # Leader append-only: the entry at the tip we saw last tick is still there.
+                tip = self.leader_tip.get(sn.id)
+                if tip is not None and tip[0] == core.term:
+                    _, index, term = tip
+                    if not core.log.match_term(Index(index), Term(term)):
+                        raise Violation(
+                            "leader-append-only",
+                            f"n{sn.id} lost or overwrote index {index} in term {core.term}",
+                        )
+                last = core.log.last_index()
+                self.leader_tip[sn.id] = (core.term, last, core.log.term(last))
+            else:
+                self.leader_tip.pop(sn.id, None)
+
+    def _check_log_matching(self, sn: SimNode, entries: tuple[Entry, ...]) -> None:
+        # Log matching (paper 5.3): an entry identified by (index, term) is the same entry
+        # everywhere, with the same predecessor term; by induction the logs agree up to it.
+        st = sn.storage
+        for e in entries:
+            try:
+                prev_term = st.term(Index(e.index - 1))
+            except (CompactedError, UnavailableError):
+                continue
+            ident = (prev_term, e.data if e.kind is EntryKind.NORMAL else b"\x00noop")
+            known = self.entry_identity.setdefault((e.index, e.term), ident)
+            if known != ident:
+                raise Violation(
+                    "log-matching",
+                    f"n{sn.id} entry ({e.index}, term {e.term}) differs from another node's",
+                )
+
+    def _check_applied(self, sn: SimNode, index: int, term: int, data: bytes) -> None:
+        # State machine safety: one entry per index, applied everywhere the same.
+        known = self.applied_at.setdefault(index, (term, data))
+        if known != (term, data):
+            raise Violation(
+                "state-machine-safety",
+                f"n{sn.id} applied {data!r} (term {term}) at {index}; "
+                f"another node applied {known[1]!r} (term {known[0]})",
+            )
+
+    def _record_commits(self, sn: SimNode) -> None:
+        # The first node to know an index is committed is the leader that committed it.
+        core = sn.core
+        assert core is not None
+        if core.role is not Role.LEADER or core.log.committed <= self.max_committed:
+            return
+        lo = max(self.max_committed + 1, core.log.first_index())
+        for i in range(lo, core.log.committed + 1):
+            self.committed_in[i] = (core.log.term(Index(i)), core.term)
+        self.max_committed = core.log.committed
+
+    def _check_leader_completeness(self, sn: SimNode) -> None:
+        # Leader completeness (paper 5.4): a leader holds every entry committed in an earlier
+        # term (entries committed in later terms, by a newer leader, need not be there).
+        core = sn.core
+        assert core is not None
+        first = core.log.first_index()
+        for index, (term, commit_term) in self.committed_in.items():
+            if index < first - 1 or commit_term >= core.term:
+                continue
+            if not core.log.match_term(Index(index), Term(term)):
+                raise Violation(
+                    "leader-completeness",
+                    f"n{sn.id} leads term {core.term} without index {index} (term {term}), "
+                    f"committed in term {commit_term}",
+                )
+
+    def _check_liveness(self) -> None:
+        bound = self.liveness_ticks
+        start = self.now
+        leader: SimNode | None = None
+        while self.now - start < bound:
+            self._step_tick(allow_proposals=False)
+            leader = self._leader()
+            if leader is not None and self._converged(leader):
+                break
+        else:
+            state = ", ".join(
+                f"n{sn.id}:{sn.core.role.value}/t{sn.core.term}/c{sn.core.log.committed}"
+                f"/a{sn.core.log.applied}/l{sn.core.log.last_index()}"
+                for sn in self._alive()
+                if sn.core is not None
+            )
+            raise Violation(
+                "liveness",
+                f"no leader with a converged cluster within {bound} ticks after healing ({state})",
+            )
+        self._log(f"converged: leader n{leader.id if leader else '?'}")
+
+    def _converged(self, leader: SimNode) -> bool:
+        assert leader.core is not None
+        if leader.core.log.committed < leader.core.log.last_index():
+            return False
+        target = leader.core.log.last_index()
+        return all(
+            sn.core is not None
+            and sn.core.log.applied == target
+            and sn.applied
+            and sn.applied[-1][0] == target
+            for sn in self.nodes.values()
+        )
+
+    def _check_final(self) -> None:
+        # Every node applied the same log, and it holds every acknowledged proposal.
+        ref = self.nodes[NodeId(1)].applied
+        for sn in self.nodes.values():
+            if sn.applied != ref:
+                raise Violation("convergence", f"n{sn.id} and n1 applied different logs")
+        by_index = {i: (t, d) for i, t, d in ref}
+        for i, (term, data) in sorted(self.acked.items()):
+            if by_index.get(i) != (term, data):
+                raise Violation(
+                    "durability",
+                    f"acknowledged {data!r} at {i} (term {term}) is not in the final log",
+                )
+
+
+def simulate(seed: int, nodes: int = 3, **kwargs: object) -> SimResult:
+    """Run one seeded simulation; see `Simulator` for the keyword arguments."""
+    return Simulator(seed, nodes, **kwargs).run()  # type: ignore[arg-type]
