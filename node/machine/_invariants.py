@@ -97,6 +97,9 @@ def _check_queue(s: MachineState, q: Queue, valid_timers: set[TimerEntry]) -> li
             bad.append(f"{name}: retention timer not armed")
     elif msgs:
         bad.append(f"{name}: messages but no retention timer")
+    gone = q.acked + q.dead_lettered + q.expired + q.purged + q.redriven
+    if q.enqueued != len(msgs) + gone:
+        bad.append(f"{name}: totals do not account for every message enqueued")
     if set(q.dedup) != {d for _, d in q.dedup_order} or len(q.dedup) != len(q.dedup_order):
         bad.append(f"{name}: dedup index and order disagree")
     return bad
@@ -109,7 +112,8 @@ def check_invariants(state: MachineState) -> list[str]:
     queue, with counters, heaps and deques agreeing); no lease, delay, TTL or
     retention is overdue after an apply; every in-flight or delayed message has a live
     timer; a FIFO queue has at most one message in flight per group, its head;
-    the timer heap's top is live; totals agree.
+    the timer heap's top is live; every message enqueued is held or counted as acked,
+    dead-lettered, expired, purged or redriven.
 
     Args:
         state: The state (not changed).

@@ -114,6 +114,7 @@ def test_check_invariants_reports_broken_states() -> None:
 
     breakers = [
         lambda s: setattr(q(s), "n_ready", 99),
+        lambda s: setattr(q(s), "acked", 99),
         lambda s: q(s).arrivals.appendleft(10**6),
         lambda s: q(s).arrivals.rotate(1),
         lambda s: q(s).ready.append(q(s).ready[0]),
