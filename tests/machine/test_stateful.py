@@ -5,7 +5,7 @@ After each step: the machine's structural invariants hold (`check_invariants`:
 each message in exactly one place, no overdue lease, FIFO heads only in flight,
 ...); delivery counts only grow; no message is delivered while its lease holds;
 FIFO group order holds. A rule snapshots and restores the state midway: the run
-must go on with the same replies and the same digest.
+must go on with the same replies, effects and digest as a twin that is never restored.
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ class MachineVsModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.state = m.new_state()
+        self.twin = m.new_state()  # the same commands, never snapshotted
         self.model = Model()
         self.now = T0
         self.index = 0
@@ -79,7 +80,10 @@ class MachineVsModel(RuleBasedStateMachine):
     def run(self, cmd: Any, skew_ms: int = 0) -> Any:
         self.index += 1
         now = self.now - skew_ms
-        self.state, reply, effects = m.apply(m.Meta(self.index, 1, now), cmd, self.state)
+        meta = m.Meta(self.index, 1, now)
+        self.state, reply, effects = m.apply(meta, cmd, self.state)
+        self.twin, twin_reply, twin_effects = m.apply(meta, cmd, self.twin)
+        assert (reply, effects) == (twin_reply, twin_effects)
         expected = self.model.apply(cmd, now)
         if isinstance(expected, m.ErrorReply):
             assert isinstance(reply, m.ErrorReply), (cmd, reply, expected)
@@ -254,6 +258,10 @@ class MachineVsModel(RuleBasedStateMachine):
     def structure_holds(self) -> None:
         problems = m.check_invariants(self.state)
         assert not problems, problems
+
+    @invariant()
+    def same_digest_as_without_snapshots(self) -> None:
+        assert m.digest(self.state) == m.digest(self.twin)
 
     @invariant()
     def counts_agree_with_model(self) -> None:
