@@ -1,0 +1,268 @@
+"""Leader-side actors: one trio task per queue batching client commands into Raft proposals.
+
+Only the leader runs actors. A client command for queue Q goes into Q's actor's bounded mailbox.
+The actor takes everything waiting in its mailbox (up to `max_batch`), stamps it with the wall
+clock (`now_ms`, the machine's notion of time), proposes it as one batch of log entries, and
+waits until every entry of the batch is applied (or failed) before it proposes the next batch:
+the commands that arrive while a proposal is in flight make up the next one. Clients are
+answered by the Raft loop when their entry is applied, never before it is committed.
+
+When leadership moves away, every actor stops: queued commands fail with NOT_LEADER (they were
+never proposed) and proposed ones with OUTCOME_UNKNOWN (by the Raft loop). A new leader starts
+actors on demand from the replicated state.
+
+The system also realises the machine's effects on the leader: it wakes long-poll receivers of a
+queue, proposes the periodic `tick` when the machine's timer falls due, and asks for a cheap
+snapshot when the machine released the log.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from node import machine
+from node.app import EffectSink
+from node.entry import encode_entry
+from node.raft_loop import Proposal, ProposalFailed, RaftLoop
+
+logger = logging.getLogger("raftq.actors")
+
+TICK_KEY = "\x00tick"
+"""Mailbox key of the internal timer's commands (no queue name can contain NUL)."""
+
+
+def wall_clock_ms() -> int:
+    """Milliseconds since the Unix epoch: the clock every leader stamps entries with."""
+    return time.time_ns() // 1_000_000
+
+
+class Busy(Exception):
+    """The actor's mailbox is full."""
+
+
+@dataclass(eq=False)
+class _Slot:
+    """A client's place in a mailbox: the actor fills `proposal` (or `error`) and sets `ready`."""
+
+    cmd: machine.Command
+    ready: trio.Event = field(default_factory=trio.Event)
+    proposal: Proposal | None = None
+    error: ProposalFailed | None = None
+
+
+@dataclass(eq=False)
+class _Actor:
+    key: str
+    send: trio.MemorySendChannel[_Slot]
+    receive: trio.MemoryReceiveChannel[_Slot]
+    scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+
+
+class ActorSystem(EffectSink):
+    """The leader's actors and effects. See the module docstring.
+
+    Args:
+        loop: the Raft loop proposals go to.
+        clock_ms: the wall clock (injectable for tests).
+        mailbox_capacity: commands an actor's mailbox holds before `submit` raises Busy.
+        max_batch: most commands in one proposal.
+        commit_timeout_s: how long a client waits for its entry before TIMEOUT.
+        idle_s: an actor with nothing to do for this long stops (it restarts on demand).
+    """
+
+    def __init__(
+        self,
+        loop: RaftLoop,
+        *,
+        clock_ms: Callable[[], int] = wall_clock_ms,
+        mailbox_capacity: int = 4096,
+        max_batch: int = 512,
+        commit_timeout_s: float = 10.0,
+        idle_s: float = 60.0,
+    ) -> None:
+        self.loop = loop
+        self.clock_ms = clock_ms
+        self.mailbox_capacity = mailbox_capacity
+        self.max_batch = max_batch
+        self.commit_timeout_s = commit_timeout_s
+        self.idle_s = idle_s
+        self.leading = False
+        self._actors: dict[str, _Actor] = {}
+        self._nursery: trio.Nursery | None = None
+        self._wakes: dict[str, trio.Event] = {}
+        self._timer_at: int | None = None
+        self._timer_changed = trio.Event()
+        self._leader_epoch = 0
+        self.stats = {"batches": 0, "commands": 0, "ticks": 0, "busy": 0}
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Own the actors' nursery and the timer task until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._timer_task)
+            task_status.started()
+            await trio.sleep_forever()
+
+    # -- submitting ---------------------------------------------------------------------------
+    async def submit(self, cmd: machine.Command, key: str) -> Any:
+        """Run a write command through the log and return the machine's reply.
+
+        Returns:
+            The reply (plain data, or a `machine.ErrorReply`).
+
+        Raises:
+            ProposalFailed: NOT_LEADER / UNAVAILABLE (not executed), OUTCOME_UNKNOWN or TIMEOUT
+                (may or may not have taken effect).
+            Busy: the mailbox is full (not executed).
+        """
+        if not self.leading or self._nursery is None:
+            raise ProposalFailed("NOT_LEADER", "not the leader", self.loop.core.leader_id)
+        actor = self._actors.get(key)
+        if actor is None:
+            actor = self._start_actor(key)
+        slot = _Slot(cmd)
+        try:
+            actor.send.send_nowait(slot)
+        except trio.WouldBlock:
+            self.stats["busy"] += 1
+            raise Busy(f"mailbox of {key!r} is full") from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise ProposalFailed("NOT_LEADER", "not the leader", self.loop.core.leader_id) from None
+        with trio.move_on_after(self.commit_timeout_s) as scope:
+            await slot.ready.wait()
+            if slot.error is not None:
+                raise slot.error
+            assert slot.proposal is not None
+            await slot.proposal.done.wait()
+        if scope.cancelled_caught:
+            raise ProposalFailed("TIMEOUT", f"not committed within {self.commit_timeout_s} s")
+        prop = slot.proposal
+        assert prop is not None
+        if prop.error is not None:
+            raise prop.error
+        return prop.result
+
+    def _start_actor(self, key: str) -> _Actor:
+        assert self._nursery is not None
+        send, receive = trio.open_memory_channel[_Slot](self.mailbox_capacity)
+        actor = _Actor(key, send, receive)
+        self._actors[key] = actor
+        self._nursery.start_soon(self._run_actor, actor)
+        return actor
+
+    async def _run_actor(self, actor: _Actor) -> None:
+        loop = self.loop
+        receive = actor.receive
+        with actor.scope:
+            while True:
+                first: _Slot | None = None
+                with trio.move_on_after(self.idle_s):
+                    first = await receive.receive()
+                if first is None:
+                    # Idle: retire. No await between here and close, so no submit can race in.
+                    if self._actors.get(actor.key) is actor:
+                        del self._actors[actor.key]
+                    actor.send.close()
+                    return
+                batch = [first]
+                while len(batch) < self.max_batch:
+                    try:
+                        batch.append(receive.receive_nowait())
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                now_ms = self.clock_ms()
+                props = loop.propose([encode_entry(now_ms, s.cmd) for s in batch])
+                for slot, prop in zip(batch, props, strict=True):
+                    slot.proposal = prop
+                    slot.ready.set()
+                self.stats["batches"] += 1
+                self.stats["commands"] += len(batch)
+                for prop in props:
+                    await prop.done.wait()
+
+    def _stop_actors(self) -> None:
+        err = ProposalFailed("NOT_LEADER", "leadership moved", self.loop.core.leader_id)
+        actors, self._actors = self._actors, {}
+        for actor in actors.values():
+            actor.scope.cancel()
+            actor.send.close()
+            while True:
+                try:
+                    slot = actor.receive.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                slot.error = err
+                slot.ready.set()
+
+    # -- effects (EffectSink) ------------------------------------------------------------------
+    def wake(self, queue: str) -> None:
+        ev = self._wakes.pop(queue, None)
+        if ev is not None:
+            ev.set()
+
+    async def wait_wake(self, queue: str, timeout_s: float) -> bool:
+        """Wait until `queue` may have deliverable messages; False when `timeout_s` ran out."""
+        ev = self._wakes.get(queue)
+        if ev is None:
+            ev = self._wakes[queue] = trio.Event()
+        with trio.move_on_after(timeout_s):
+            await ev.wait()
+            return True
+        return False
+
+    def arm_timer(self, at_ms: int) -> None:
+        self._timer_at = at_ms
+        self._timer_changed.set()
+
+    def release(self, index: int) -> None:
+        self.loop.request_snapshot(min_entries=1000)
+
+    def became_leader(self, effects: list[machine.Effect]) -> None:
+        self.leading = True
+        self._leader_epoch += 1
+        logger.info("leading: starting actors on demand")
+        for eff in effects:
+            if isinstance(eff, machine.WakeWaiters):
+                self.wake(eff.queue)
+            elif isinstance(eff, machine.ArmTimer):
+                self.arm_timer(eff.at_ms)
+
+    def lost_leadership(self) -> None:
+        self.leading = False
+        self._timer_at = None
+        self._timer_changed.set()
+        self._stop_actors()
+        wakes, self._wakes = self._wakes, {}
+        for ev in wakes.values():
+            ev.set()  # long-poll receivers re-check and learn that this node no longer leads
+
+    # -- the machine's timer ------------------------------------------------------------------
+    async def _timer_task(self) -> None:
+        while True:
+            changed = self._timer_changed
+            at = self._timer_at
+            if not self.leading or at is None:
+                await changed.wait()
+                self._timer_changed = trio.Event()
+                continue
+            delay_s = (at - self.clock_ms()) / 1000
+            if delay_s > 0:
+                with trio.move_on_after(delay_s):
+                    await changed.wait()
+                    self._timer_changed = trio.Event()
+                    continue
+            self._timer_at = None
+            try:
+                await self.submit(machine.make_tick(self.clock_ms()), TICK_KEY)
+                self.stats["ticks"] += 1
+            except (ProposalFailed, Busy) as exc:
+                logger.debug("tick not applied: %s", exc)
+                if self._timer_at is None and self.leading:
+                    self._timer_at = at
+                await trio.sleep(0.05)

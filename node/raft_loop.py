@@ -1,0 +1,366 @@
+"""The single driver of a node's Raft core: ticks, inbound messages, proposals and the Ready loop.
+
+One task owns the core (`RaftNode`); nothing else calls it. Other tasks hand it work through
+`propose()` and the inbound channel and wake it. Each turn of the loop:
+
+1. feeds the pending ticks, inbound messages and proposals into the core;
+2. takes a `Ready` and follows its contract (node/raft/_ready.py): **persist** (one RocksDB
+   write batch, synced when it holds entries or term/vote, in a worker thread so the network
+   keeps flowing), then **send** the messages, then **apply** committed entries through the
+   `Application`, then report dropped proposals, then **advance**.
+
+While a write runs in its thread the core is left alone (RocksStorage is not thread-safe, and
+inputs that arrive meanwhile simply make the next batch larger: that is group commit).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from node.raft import (
+    Entry,
+    EntryKind,
+    Index,
+    Message,
+    NodeId,
+    NotLeader,
+    ProposalDropped,
+    RaftNode,
+    Ready,
+    Role,
+    SoftState,
+)
+
+logger = logging.getLogger("raftq.raft")
+
+
+class Application(Protocol):
+    """What the Raft loop drives: the replicated state machine and its side effects."""
+
+    def apply(self, entry: Entry) -> Any:
+        """Apply one committed NORMAL entry; returns the reply for its proposer."""
+        ...
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot's data."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """Serialise the whole state (at the last applied index)."""
+        ...
+
+    def on_soft_state(self, soft: SoftState) -> None:
+        """Role, leader or term changed."""
+        ...
+
+
+class ProposalFailed(Exception):
+    """A proposal did not (certainly or maybe) take effect.
+
+    Attributes:
+        code: `NOT_LEADER` (not executed; `leader_id` is the hint), `UNAVAILABLE` (not executed:
+            the entry was replaced by another leader's), or `OUTCOME_UNKNOWN` (the leader lost
+            office before the entry was known to be committed; it may still commit).
+    """
+
+    def __init__(self, code: str, message: str, leader_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.leader_id = leader_id
+
+
+@dataclass(eq=False)
+class Proposal:
+    """One entry proposed through the loop; `done` is set once `result` or `error` is known."""
+
+    data: bytes
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: ProposalFailed | None = None
+    index: int = 0
+    term: int = 0
+
+    def resolve(self, result: Any) -> None:
+        self.result = result
+        self.done.set()
+
+    def fail(self, error: ProposalFailed) -> None:
+        self.error = error
+        self.done.set()
+
+
+class Persister(Protocol):
+    """The storage writes the loop needs (RocksStorage, or a test double)."""
+
+    def persist(self, ready: Ready) -> None: ...
+
+    def save_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None: ...
+
+
+class Sender(Protocol):
+    def send(self, msg: Message) -> None: ...
+
+
+class RaftLoop:
+    """Owns the core; see the module docstring.
+
+    Args:
+        core: the Raft core, built on `storage`.
+        storage: the durable store the core reads and this loop writes.
+        transport: sends messages to peers (never blocks).
+        app: the application the committed entries are applied to.
+        tick_s: length of one Raft tick in seconds.
+        snapshot_entries: take a snapshot after this many entries were applied since the last.
+    """
+
+    def __init__(
+        self,
+        core: RaftNode,
+        storage: Persister,
+        transport: Sender,
+        app: Application,
+        *,
+        tick_s: float,
+        snapshot_entries: int = 20000,
+    ) -> None:
+        self.core = core
+        self.storage = storage
+        self.transport = transport
+        self.app = app
+        self.tick_s = tick_s
+        self.snapshot_entries = snapshot_entries
+        self._wake = trio.Event()
+        self._pending_ticks = 0
+        self._inbox: list[Message] = []
+        self._proposals: list[list[Proposal]] = []
+        self._waiting: dict[int, Proposal] = {}
+        self._applied_since_snapshot = 0
+        self._snapshot_requested = False
+        self.role_changed = trio.Event()
+        self.stats: dict[str, int] = {
+            "readies": 0, "synced_writes": 0, "entries_applied": 0, "proposals": 0,
+            "snapshots_taken": 0, "snapshots_installed": 0,
+        }
+
+    # -- API for other tasks (same trio thread) ------------------------------------------------
+    def propose(self, datas: Sequence[bytes]) -> list[Proposal]:
+        """Queue entries for the log; each Proposal resolves when applied (or fails).
+
+        Failures arrive as `ProposalFailed` in `Proposal.error`, never raised here.
+        """
+        props = [Proposal(d) for d in datas]
+        if props:
+            self._proposals.append(props)
+            self._wake.set()
+        return props
+
+    def request_snapshot(self, min_entries: int = 0) -> None:
+        """Take a snapshot soon (the machine released the log, so the state is small), if at
+        least `min_entries` entries were applied since the last one."""
+        if self._applied_since_snapshot >= min_entries:
+            self._snapshot_requested = True
+            self._wake.set()
+
+    def transfer_leadership(self, target: int | None = None) -> int | None:
+        """Ask the core to hand leadership to `target` (or the most caught-up peer).
+
+        Returns the chosen target, or None when this node does not lead or has no peer.
+        """
+        core = self.core
+        if not core.is_leader:
+            return None
+        if target is None:
+            peers = [(pr.match, pid) for pid, pr in core.progress.items() if pid != core.id]
+            if not peers:
+                return None
+            target = max(peers)[1]
+        core.transfer_leadership(NodeId(target))
+        self._wake.set()
+        return target
+
+    # -- tasks ----------------------------------------------------------------------------
+    async def run(
+        self,
+        inbound: trio.MemoryReceiveChannel[Message],
+        *,
+        task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Run the ticker, the inbound reader and the Ready loop until cancelled."""
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._ticker)
+            nursery.start_soon(self._reader, inbound)
+            task_status.started()
+            await self._ready_loop()
+
+    async def _ticker(self) -> None:
+        next_at = trio.current_time()
+        while True:
+            next_at += self.tick_s
+            now = trio.current_time()
+            if next_at < now - 5 * self.tick_s:
+                next_at = now  # we were paused (SIGSTOP): do not replay a burst of ticks
+            await trio.sleep_until(next_at)
+            self._pending_ticks += 1
+            self._wake.set()
+
+    async def _reader(self, inbound: trio.MemoryReceiveChannel[Message]) -> None:
+        async for msg in inbound:
+            self._inbox.append(msg)
+            self._wake.set()
+
+    async def _ready_loop(self) -> None:
+        core = self.core
+        while True:
+            await self._wake.wait()
+            self._wake = trio.Event()
+            self._feed()
+            while core.has_ready():
+                rd = core.ready()
+                await self._handle_ready(rd)
+                core.advance(rd)
+                self._feed()
+            await self._maybe_snapshot()
+
+    def _feed(self) -> None:
+        core = self.core
+        if self._pending_ticks:
+            ticks = min(self._pending_ticks, core.config.election_ticks)
+            self._pending_ticks = 0
+            for _ in range(ticks):
+                core.tick()
+        if self._inbox:
+            msgs, self._inbox = self._inbox, []
+            for m in msgs:
+                core.step(m)
+        if self._proposals:
+            batches, self._proposals = self._proposals, []
+            for props in batches:
+                self._propose_now(props)
+
+    def _propose_now(self, props: list[Proposal]) -> None:
+        core = self.core
+        try:
+            first = core.propose_many([p.data for p in props])
+        except NotLeader as exc:
+            err = ProposalFailed("NOT_LEADER", "not the leader", exc.leader_id)
+            for p in props:
+                p.fail(err)
+            return
+        except ProposalDropped:
+            err = ProposalFailed("UNAVAILABLE", "leadership transfer in progress", None)
+            for p in props:
+                p.fail(err)
+            return
+        self.stats["proposals"] += len(props)
+        for n, p in enumerate(props):
+            p.index = first + n
+            p.term = core.term
+            self._waiting[p.index] = p
+
+    async def _handle_ready(self, rd: Ready) -> None:
+        self.stats["readies"] += 1
+        # 1. Persist: durable before any message that depends on it leaves.
+        if rd.must_sync:
+            self.stats["synced_writes"] += 1
+            await trio.to_thread.run_sync(self.storage.persist, rd)
+        elif rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+            self.storage.persist(rd)  # a commit-index-only write: no fsync, fast enough inline
+        # 2. Send.
+        send = self.transport.send
+        for m in rd.messages:
+            send(m)
+        # 3. Apply.
+        if rd.snapshot is not None:
+            self.app.restore(rd.snapshot.data)
+            self.stats["snapshots_installed"] += 1
+            self._fail_waiting_up_to(rd.snapshot.meta.index)
+            logger.info("installed snapshot at index %d", rd.snapshot.meta.index)
+        for e in rd.committed_entries:
+            self._apply(e)
+        # 4. Dropped proposals: the leader lost office before they were known to commit.
+        for index in rd.dropped:
+            p = self._waiting.pop(index, None)
+            if p is not None:
+                p.fail(ProposalFailed(
+                    "OUTCOME_UNKNOWN", "leader lost office before the command was committed"
+                ))
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state)
+
+    def _apply(self, e: Entry) -> None:
+        reply: Any = None
+        if e.kind is EntryKind.NORMAL:
+            reply = self.app.apply(e)
+            self.stats["entries_applied"] += 1
+        self._applied_since_snapshot += 1
+        p = self._waiting.pop(e.index, None)
+        if p is None:
+            return
+        if p.term == e.term:
+            p.resolve(reply)
+        else:
+            p.fail(ProposalFailed("UNAVAILABLE", "another leader's entry took this log index"))
+
+    def _fail_waiting_up_to(self, index: int) -> None:
+        for i in [i for i in self._waiting if i <= index]:
+            self._waiting.pop(i).fail(
+                ProposalFailed("OUTCOME_UNKNOWN", "state replaced by a snapshot from the leader")
+            )
+
+    def _on_soft_state(self, soft: SoftState) -> None:
+        if soft.role is not Role.LEADER and self._waiting:
+            err = ProposalFailed("OUTCOME_UNKNOWN", "leader lost office", soft.leader_id)
+            waiting, self._waiting = self._waiting, {}
+            for p in waiting.values():
+                p.fail(err)
+        logger.info("role %s term %d leader %s", soft.role.value, soft.term, soft.leader_id)
+        self.app.on_soft_state(soft)
+        self.role_changed.set()
+        self.role_changed = trio.Event()
+
+    async def _maybe_snapshot(self) -> None:
+        if not self._snapshot_requested and self._applied_since_snapshot < self.snapshot_entries:
+            return
+        core = self.core
+        index = core.log.applied
+        if index <= core.log.first_index() - 1:
+            return  # nothing new since the last snapshot
+        self._snapshot_requested = False
+        self._applied_since_snapshot = 0
+        # The state must not change while it is serialised: the loop waits here. Inputs keep
+        # queueing meanwhile (see docs/architecture.md on snapshot cost).
+        data = self.app.snapshot()
+        await trio.to_thread.run_sync(self.storage.save_snapshot, index, data, core.voters)
+        self.stats["snapshots_taken"] += 1
+        logger.info("snapshot at index %d (%d bytes)", index, len(data))
+
+    # -- status ---------------------------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        s = self.core.status()
+        return {
+            "node_id": s.id,
+            "role": s.role.value,
+            "term": s.term,
+            "leader_id": s.leader_id,
+            "commit_index": s.commit_index,
+            "applied_index": s.applied_index,
+            "last_index": s.last_index,
+            "first_index": s.first_index,
+            "snapshot_index": s.first_index - 1,
+            "peers": {
+                str(pid): {
+                    "match_index": p.match_index,
+                    "next_index": p.next_index,
+                    "state": p.state,
+                    "recent_active": p.recent_active,
+                }
+                for pid, p in sorted(s.peers.items())
+            },
+            "raft_stats": dict(self.stats),
+        }
+

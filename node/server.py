@@ -1,0 +1,348 @@
+"""The client listener: CBOR frames in, requests dispatched concurrently, replies out.
+
+Protocol: docs/protocol.md. Each connection has a reader (this task), one task per request
+(bounded by `max_in_flight`), and a writer task that coalesces reply frames into few writes.
+Bad input gets a clear error with a stable code; where framing is lost (a length over the
+limit, bytes that are not CBOR) the error frame is sent and that connection is closed. Nothing a
+client sends can stop the node serving everyone else.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from node import machine
+from node.actors import ActorSystem, Busy, wall_clock_ms
+from node.app import QueueApp
+from node.codec import FrameDecoder, WireError, encode_frame
+from node.config import ClusterConfig, format_addr
+from node.raft_loop import ProposalFailed, RaftLoop
+
+logger = logging.getLogger("raftq.server")
+
+MAX_WAIT_MS = 20_000
+"""Longest long poll of `receive` (SQS allows 20 s too)."""
+
+RETRYABLE = {"NOT_LEADER", "UNAVAILABLE", "OUTCOME_UNKNOWN", "BUSY", "TIMEOUT"}
+
+
+class RequestError(Exception):
+    """An error reply: stable `code`, a message, and the leader's client address when known."""
+
+    def __init__(self, code: str, message: str, leader: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.leader = leader
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "code": self.code,
+            "message": self.message,
+            "retryable": self.code in RETRYABLE,
+            "leader": self.leader,
+        }
+
+
+class ClientServer:
+    """Serves clients of one node.
+
+    Args:
+        node_id: this node.
+        cfg: the cluster configuration (client addresses of the peers, frame limit).
+        loop: the Raft loop (status, leadership transfer).
+        app: the applied state (reads).
+        actors: the leader's actors (writes).
+        transport_stats: returns the transport's counters for `node_status`.
+        max_in_flight: requests served at once per connection; reading pauses beyond it.
+    """
+
+    def __init__(
+        self,
+        node_id: int,
+        cfg: ClusterConfig,
+        loop: RaftLoop,
+        app: QueueApp,
+        actors: ActorSystem,
+        transport_stats: Callable[[], dict[str, int]] = dict,
+        max_in_flight: int = 1024,
+    ) -> None:
+        self.node_id = node_id
+        self.cfg = cfg
+        self.loop = loop
+        self.app = app
+        self.actors = actors
+        self.transport_stats = transport_stats
+        self.max_in_flight = max_in_flight
+        self.stats = {"connections": 0, "requests": 0, "errors": 0, "bad_frames": 0}
+
+    async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on this node's client address until cancelled."""
+        host, port = self.cfg.node(self.node_id).client_addr
+        await trio.serve_tcp(self._handle_connection, port, host=host, task_status=task_status)
+
+    # -- connections --------------------------------------------------------------------------
+    async def _handle_connection(self, stream: trio.SocketStream) -> None:
+        self.stats["connections"] += 1
+        out_send, out_receive = trio.open_memory_channel[bytes](self.max_in_flight)
+        decoder = FrameDecoder(self.cfg.max_frame_bytes)
+        limiter = trio.Semaphore(self.max_in_flight)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._writer, stream, out_receive)
+                async with out_send:
+                    await self._reader(stream, decoder, nursery, out_send, limiter)
+                    # The client closed its side: wait for its outstanding replies, then close.
+                    for _ in range(self.max_in_flight):
+                        await limiter.acquire()
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        finally:
+            with trio.move_on_after(1) as cleanup:
+                cleanup.shield = True
+                await stream.aclose()
+
+    async def _reader(
+        self,
+        stream: trio.SocketStream,
+        decoder: FrameDecoder,
+        nursery: trio.Nursery,
+        out: trio.MemorySendChannel[bytes],
+        limiter: trio.Semaphore,
+    ) -> None:
+        while True:
+            try:
+                data = await stream.receive_some(256 * 1024)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                nursery.cancel_scope.cancel()
+                return
+            if not data:
+                return
+            decoder.feed(data)
+            while True:
+                try:
+                    frame = decoder.next_frame()
+                except WireError as exc:
+                    # Framing is lost: say why, then close this connection only.
+                    self.stats["bad_frames"] += 1
+                    logger.warning("closing client connection: %s: %s", exc.code, exc)
+                    err = RequestError(exc.code, str(exc))
+                    await out.send(encode_frame({"id": None, "ok": False, "error": err.to_wire()}))
+                    out.close()
+                    return
+                if frame is None:
+                    break
+                await limiter.acquire()
+                nursery.start_soon(self._serve_frame, frame, out, limiter)
+
+    async def _writer(
+        self, stream: trio.SocketStream, out: trio.MemoryReceiveChannel[bytes]
+    ) -> None:
+        async for first in out:
+            chunks = [first]
+            size = len(first)
+            while size < 256 * 1024:
+                try:
+                    chunk = out.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            await stream.send_all(b"".join(chunks))
+
+    async def _serve_frame(
+        self, frame: object, out: trio.MemorySendChannel[bytes], limiter: trio.Semaphore
+    ) -> None:
+        try:
+            req_id: object = None
+            try:
+                if not isinstance(frame, dict):
+                    raise RequestError("BAD_REQUEST", "a request must be a map")
+                req_id = frame.get("id")
+                if type(req_id) is not int:
+                    req_id = None
+                    raise RequestError("BAD_REQUEST", "a request needs an integer id")
+                op = frame.get("op")
+                if type(op) is not str:
+                    raise RequestError("BAD_REQUEST", "op must be a string")
+                args = frame.get("args", {})
+                if args is None:
+                    args = {}
+                if type(args) is not dict:
+                    raise RequestError("BAD_REQUEST", "args must be a map")
+                self.stats["requests"] += 1
+                result = await self.dispatch(op, args)
+                reply: dict[str, Any] = {"id": req_id, "ok": True, "result": result}
+            except RequestError as exc:
+                self.stats["errors"] += 1
+                reply = {"id": req_id, "ok": False, "error": exc.to_wire()}
+            except Exception as exc:  # a bug: answer, log, keep serving
+                logger.exception("internal error serving a request")
+                err = RequestError("INTERNAL_ERROR", f"{type(exc).__name__}: {exc}")
+                reply = {"id": req_id, "ok": False, "error": err.to_wire()}
+            try:
+                await out.send(encode_frame(reply))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        finally:
+            limiter.release()
+
+    # -- requests -------------------------------------------------------------------------------
+    def _leader_addr(self) -> str | None:
+        lid = self.loop.core.leader_id
+        if lid is None or lid not in self.cfg.nodes:
+            return None
+        return format_addr(self.cfg.nodes[lid].client_addr)
+
+    def _not_leader(self) -> RequestError:
+        return RequestError("NOT_LEADER", f"node {self.node_id} is not the leader",
+                            self._leader_addr())
+
+    async def dispatch(self, op: str, args: dict[Any, Any]) -> Any:
+        """Serve one request; returns the result or raises RequestError."""
+        if op == "ping":
+            return {"node_id": self.node_id}
+        if op == "node_status":
+            return self.node_status()
+        if op == "cluster_status":
+            return await self.cluster_status()
+        if op == "transfer_leadership":
+            return self._transfer(args)
+        wait_ms = 0
+        if op == "receive" and "wait_ms" in args:
+            args = dict(args)
+            wait_ms = args.pop("wait_ms")
+            if type(wait_ms) is not int or not 0 <= wait_ms <= MAX_WAIT_MS:
+                raise RequestError("BAD_REQUEST", f"wait_ms must be an integer 0..{MAX_WAIT_MS}")
+        cmd = machine.command_from_wire(op, args)
+        if isinstance(cmd, machine.ErrorReply):
+            raise RequestError(cmd.code, cmd.message)
+        if not self.app.is_leader:
+            raise self._not_leader()
+        if machine.is_read_only(cmd):
+            return self._read(cmd)
+        if isinstance(cmd, machine.Receive) and wait_ms:
+            return await self._long_poll(cmd, wait_ms)
+        return await self._write(cmd)
+
+    async def _write(self, cmd: machine.Command) -> Any:
+        key = machine.queue_of(cmd) or type(cmd).__name__
+        try:
+            reply = await self.actors.submit(cmd, key)
+        except Busy as exc:
+            raise RequestError("BUSY", str(exc)) from None
+        except ProposalFailed as exc:
+            leader = None
+            if exc.code == "NOT_LEADER":
+                leader = self._leader_addr()
+            raise RequestError(exc.code, str(exc), leader) from None
+        if isinstance(reply, machine.ErrorReply):
+            raise RequestError(reply.code, reply.message)
+        return reply
+
+    def _read(self, cmd: machine.Command) -> Any:
+        state = self.app.state
+        if isinstance(cmd, machine.ListQueues):
+            return machine.query_list_queues(state)
+        if isinstance(cmd, machine.ListTopics):
+            return machine.query_list_topics(state)
+        if isinstance(cmd, machine.QueueStats):
+            reply = machine.query_queue_stats(state, cmd.name, wall_clock_ms())
+            if isinstance(reply, machine.ErrorReply):
+                raise RequestError(reply.code, reply.message)
+            return reply
+        raise RequestError("INTERNAL_ERROR", f"no read path for {type(cmd).__name__}")
+
+    async def _long_poll(self, cmd: machine.Receive, wait_ms: int) -> Any:
+        """Receive, holding the request up to `wait_ms` until a message is visible (SQS-style).
+
+        A receive is proposed only when the leader's state shows ready messages, so waiting
+        consumers do not fill the log with empty receives.
+        """
+        deadline = trio.current_time() + wait_ms / 1000
+        while True:
+            if not self.app.is_leader:
+                raise self._not_leader()
+            ready = machine.query_ready(self.app.state, cmd.queue)
+            if ready is None:
+                return await self._write(cmd)  # answers QUEUE_NOT_FOUND through the log path
+            if ready > 0:
+                reply = await self._write(cmd)
+                if reply.get("messages"):
+                    return reply
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                return {"messages": []}
+            await self.actors.wait_wake(cmd.queue, remaining)
+
+    def _transfer(self, args: dict[Any, Any]) -> Any:
+        to = args.get("to")
+        if to is not None and (type(to) is not int or to not in self.cfg.nodes):
+            raise RequestError("BAD_REQUEST", "to must be a node id of this cluster")
+        if not self.loop.core.is_leader:
+            raise self._not_leader()
+        try:
+            target = self.loop.transfer_leadership(to)
+        except ValueError as exc:
+            raise RequestError("BAD_REQUEST", str(exc)) from None
+        if target is None:
+            raise RequestError("UNAVAILABLE", "no peer to transfer leadership to")
+        return {"from": self.node_id, "to": target}
+
+    # -- status ---------------------------------------------------------------------------------
+    def node_status(self) -> dict[str, Any]:
+        st = self.loop.status()
+        st["leader_client_addr"] = self._leader_addr()
+        st["client_addr"] = format_addr(self.cfg.node(self.node_id).client_addr)
+        st["digest"] = self.app.digest()
+        st["machine_index"] = self.app.last_index
+        st["transport"] = self.transport_stats()
+        st["server"] = dict(self.stats)
+        st["actors"] = dict(self.actors.stats)
+        return st
+
+    async def cluster_status(self) -> dict[str, Any]:
+        nodes: list[dict[str, Any]] = []
+        for nid, nc in sorted(self.cfg.nodes.items()):
+            if nid == self.node_id:
+                nodes.append(self.node_status())
+                continue
+            try:
+                with trio.fail_after(1.0):
+                    nodes.append(await _ask(nc.client_addr, "node_status", self.cfg.max_frame_bytes))
+            except (OSError, trio.TooSlowError, WireError, RequestError) as exc:
+                nodes.append({"node_id": nid, "client_addr": format_addr(nc.client_addr),
+                              "error": f"{type(exc).__name__}: {exc}"})
+        leaders = [n for n in nodes if n.get("role") == "leader"]
+        best = max(leaders, key=lambda n: n.get("term", 0)) if leaders else None
+        return {
+            "leader_id": best["node_id"] if best else None,
+            "term": best["term"] if best else max((n.get("term", 0) for n in nodes), default=0),
+            "nodes": nodes,
+        }
+
+
+async def _ask(addr: tuple[str, int], op: str, max_frame_bytes: int) -> Any:
+    """One request to another node's client port; returns its result or raises RequestError."""
+    stream = await trio.open_tcp_stream(*addr)
+    async with stream:
+        await stream.send_all(encode_frame({"id": 1, "op": op}))
+        decoder = FrameDecoder(max_frame_bytes)
+        while True:
+            data = await stream.receive_some(256 * 1024)
+            if not data:
+                raise RequestError("UNAVAILABLE", "connection closed")
+            decoder.feed(data)
+            frame = decoder.next_frame()
+            if frame is not None:
+                break
+    if not isinstance(frame, dict):
+        raise RequestError("BAD_FRAME", "reply is not a map")
+    if frame.get("ok"):
+        return frame.get("result")
+    err = frame.get("error") or {}
+    raise RequestError(str(err.get("code")), str(err.get("message")))
