@@ -264,14 +264,17 @@ class RaftLoop:
 
     async def _handle_ready(self, rd: Ready) -> None:
         self.stats["readies"] += 1
+        send = self.transport.send
+        # 0. A leader's appends go out while its own disk write runs (thesis 10.2.1).
+        for m in rd.early_messages:
+            send(m)
         # 1. Persist: durable before any message that depends on it leaves.
         if rd.must_sync:
             self.stats["synced_writes"] += 1
             await trio.to_thread.run_sync(self.storage.persist, rd)
         elif rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             self.storage.persist(rd)  # a commit-index-only write: no fsync, fast enough inline
-        # 2. Send.
-        send = self.transport.send
+        # 2. Send the rest (votes, append responses).
         for m in rd.messages:
             send(m)
         # 3. Apply.

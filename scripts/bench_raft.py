@@ -27,6 +27,7 @@ def bench(batch: int, seconds: float, in_flight: int) -> tuple[float, int]:
             n = nodes[i]
             while n.has_ready():
                 rd = n.ready()
+                outbox.extend(rd.early_messages)
                 st = stores[i]
                 st.append(rd.entries)
                 if rd.hard_state is not None:

@@ -146,6 +146,8 @@ class RaftNode:
         self.randomized_election_ticks = self.config.election_ticks
         self.transfer_target: NodeId | None = None
         self.msgs: list[Message] = []
+        # Leader messages that may leave before this node's own Ready is persisted.
+        self.early_msgs: list[Message] = []
         self.dropped: list[Index] = []
         # Leader: entries were appended since the last broadcast (sent lazily in ready()).
         self._append_pending = False
@@ -254,6 +256,7 @@ class RaftNode:
         log = self.log
         return bool(
             self.msgs
+            or self.early_msgs
             or log.unstable_entries
             or log.unstable_snapshot is not None
             or log.has_next_committed_entries()
@@ -283,6 +286,7 @@ class RaftNode:
             entries=entries,
             snapshot=log.unstable_snapshot,
             messages=tuple(self.msgs),
+            early_messages=tuple(self.early_msgs),
             committed_entries=committed,
             soft_state=soft if soft != self._prev_soft else None,
             dropped=tuple(self.dropped),
@@ -292,6 +296,7 @@ class RaftNode:
             or hard.vote != self._prev_hard.vote,
         )
         self.msgs = []
+        self.early_msgs = []
         self.dropped = []
         self._prev_hard = hard
         self._prev_soft = soft
@@ -314,6 +319,10 @@ class RaftNode:
         if rd.entries:
             last = rd.entries[-1]
             log.stable_to(last.index, last.term)
+            if self.role is Role.LEADER and last.term == self.term:
+                # Thesis 10.2.1: the leader counts its own copy only once it is durable.
+                if self.progress[self.id].maybe_update(last.index):
+                    self._maybe_commit()
         if rd.committed_entries:
             log.applied = max(log.applied, rd.committed_entries[-1].index)
 
@@ -403,7 +412,8 @@ class RaftNode:
         for pid in self.voters:
             pr = Progress(Index(last + 1), self.config.max_inflight_appends)
             if pid == self.id:
-                pr.match = last
+                # Our own entries count once durable: what earlier Readys persisted.
+                pr.match = self._durable_last_index()
                 pr.become_replicate()
                 pr.recent_active = True
             self.progress[pid] = pr
@@ -578,12 +588,14 @@ class RaftNode:
             if pid != self.id:
                 self._send(Heartbeat(self.term, self.id, pid, Index(min(pr.match, committed))))
 
+    def _durable_last_index(self) -> Index:
+        log = self.log
+        return Index(log.unstable_offset - 1) if log.unstable_entries else log.last_index()
+
     def _append_entries_as_leader(self, entries: list[Entry]) -> None:
+        # The leader's own match moves in advance(), once the Ready holding these is persisted.
         self.log.append(entries)
-        me = self.progress[self.id]
-        me.maybe_update(entries[-1].index)
         self._append_pending = True
-        self._maybe_commit()
 
     def _flush_appends(self) -> None:
         if self._append_pending and self.role is Role.LEADER:
@@ -787,4 +799,10 @@ class RaftNode:
 
     # =========================================================================================
     def _send(self, msg: Message) -> None:
-        self.msgs.append(msg)
+        if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot | TimeoutNow):
+            # Sent only by a leader, whose term and vote are already durable; the entries they
+            # carry may still be in flight to its own disk (thesis 10.2.1), since the leader
+            # does not count itself for commitment until they are persisted.
+            self.early_msgs.append(msg)
+        else:
+            self.msgs.append(msg)

@@ -2,12 +2,17 @@
 
 After etcd-io/raft's Ready (README, "Usage"). The contract, in this order:
 
+0. **Send early** every message in `early_messages`, before or while persisting: they are a
+   leader's AppendEntries, heartbeats, snapshot chunks and TimeoutNow, which depend only on
+   state that is already durable or that the leader does not count until it is (Ongaro's
+   thesis, 10.2.1: the leader writes its log in parallel with replicating it).
 1. **Persist**: write `snapshot` (if any), then `entries` (truncating the log from
    `entries[0].index` first), then `hard_state` (if any) to durable storage, in one atomic write,
    synced (fsync) when `must_sync` is True. Term and vote MUST be durable before any of
    `messages` is sent: a vote or an AppendEntries success is never sent for state that could be
    lost in a crash (PySyncObj#84).
-2. **Send** every message in `messages` (any order; they may be dropped, the core retries).
+2. **Send** every message in `messages` (any order; they may be dropped, the core retries):
+   votes and AppendEntries responses, which must never leave before step 1 is durable.
 3. **Apply**: if `snapshot` is set, restore the state machine from it first; then apply
    `committed_entries` in order. They are durable on a majority; a client may be answered once
    its entry is applied.
@@ -41,6 +46,7 @@ class Ready:
         entries: entries to append to the log (after truncating from `entries[0].index`).
         snapshot: a snapshot received from the leader, to persist and restore, or None.
         messages: messages to send once the above is durable.
+        early_messages: leader messages that may be sent before the persist (step 0).
         committed_entries: entries to apply to the state machine, in log order.
         soft_state: role, leader and term when they changed since the last Ready, else None.
         dropped: log indexes of proposals whose outcome became unknown (leader stepped down).
@@ -52,6 +58,7 @@ class Ready:
     entries: tuple[Entry, ...]
     snapshot: Snapshot | None
     messages: tuple[Message, ...]
+    early_messages: tuple[Message, ...]
     committed_entries: tuple[Entry, ...]
     soft_state: SoftState | None
     dropped: tuple[Index, ...]

@@ -437,6 +437,13 @@ class Simulator:
             assert core is not None
             while core.has_ready():
                 rd = core.ready()
+                for msg in rd.early_messages:
+                    self._send(msg)
+                if self.crash_per_mille and self.rng.randrange(1000) < self.crash_per_mille:
+                    # Crash after the leader's early sends, before this Ready is durable.
+                    self._crash(sn)
+                    self.restarts.append((self.now + self.rng.randint(1, 5), sn.id))
+                    break
                 self._persist(sn, rd)
                 for msg in rd.messages:
                     self._send(msg)

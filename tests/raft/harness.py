@@ -75,6 +75,7 @@ class Net:
             node = self.nodes[i]
             while node.has_ready():
                 rd = node.ready()
+                self.outbox.extend(rd.early_messages)
                 st = self.storage[i]
                 if rd.snapshot is not None:
                     st.apply_snapshot(rd.snapshot)

@@ -211,7 +211,7 @@ def test_pipelining_sends_several_appends_before_any_answer() -> None:
     for _k in range(40):
         leader.propose(b"x")
     rd = leader.ready()
-    to2 = [m for m in rd.messages if isinstance(m, AppendEntries) and m.to_id == 2]
+    to2 = [m for m in rd.early_messages if isinstance(m, AppendEntries) and m.to_id == 2]
     assert len(to2) == 5  # max_inflight_appends outstanding, not one round trip each
     leader.advance(rd)
 
@@ -495,3 +495,27 @@ def test_config_validation() -> None:
         Config(NodeId(1), election_ticks=2, heartbeat_ticks=2)
     with pytest.raises(ValueError):
         Config(NodeId(0))
+
+
+def test_leader_counts_its_own_entry_only_once_durable() -> None:
+    # Thesis 10.2.1: appends may leave before the leader's own write, but the leader's copy
+    # counts towards a majority only after that write.
+    net = Net(3)
+    leader = net.elect(1)
+    net.deliver()
+    idx = leader.propose(b"x")
+    rd = leader.ready()  # not yet persisted or advanced
+    appends = [m for m in rd.early_messages if isinstance(m, AppendEntries) and m.to_id == 2]
+    assert appends and appends[0].entries[-1].index == idx
+    assert not [m for m in rd.messages if isinstance(m, AppendEntries)]
+    n2 = net.nodes[2]
+    n2.step(appends[0])
+    rd2 = n2.ready()
+    net.storage[2].append(rd2.entries)
+    n2.advance(rd2)
+    for m in rd2.messages:
+        leader.step(m)
+    assert leader.log.committed < idx, "committed with only one durable copy"
+    net.storage[1].append(rd.entries)
+    leader.advance(rd)
+    assert leader.log.committed == idx
