@@ -249,7 +249,17 @@ def meta_problem(meta: object) -> E.ErrorReply | None:
     """
     if type(meta) is not C.Meta:
         return _bad("meta must be a Meta")
-    for value in (meta.index, meta.term, meta.now_ms):
-        if type(value) is not int or not 0 <= value <= L.MAX_TIME_MS:
-            return _bad("meta fields must be non-negative ints")
-    return None
+    index, term, now = meta.index, meta.term, meta.now_ms
+    if (
+        type(index) is int
+        and type(term) is int
+        and type(now) is int
+        and 0 <= index <= _MAX
+        and 0 <= term <= _MAX
+        and 0 <= now <= _MAX
+    ):
+        return None
+    return _bad("meta fields must be non-negative ints")
+
+
+_MAX: Final = L.MAX_TIME_MS
