@@ -461,11 +461,16 @@ class _Connection:
 
 
 class _Retry(Exception):
-    """An attempt failed in a way that allows another attempt (maybe elsewhere)."""
+    """An attempt failed in a way that allows another attempt (maybe elsewhere).
 
-    def __init__(self, reason: str, *, redirect: bool = False) -> None:
+    `cut` marks an attempt stopped by the call's deadline: its reason says less than the
+    failure before it, which the final error reports instead.
+    """
+
+    def __init__(self, reason: str, *, redirect: bool = False, cut: bool = False) -> None:
         super().__init__(reason)
         self.redirect = redirect
+        self.cut = cut
 
 
 class _Backoff(wait_base):
@@ -511,6 +516,7 @@ class _StopAtDeadline(stop_base):
 class _CallState:
     maybe_executed: bool = False
     attempts: int = 0
+    last_reason: str = ""
 
 
 def _message_args(
@@ -747,15 +753,21 @@ class AsyncClient:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await self._attempt(
-                        op, args, kind, state, deadline, addr, any_node or addr is not None,
-                        extra_s,
-                    )
+                    try:
+                        return await self._attempt(
+                            op, args, kind, state, deadline, addr, any_node or addr is not None,
+                            extra_s,
+                        )
+                    except _Retry as exc:
+                        if not exc.cut:
+                            state.last_reason = str(exc)
+                        raise
         except _Retry as exc:
+            reason = state.last_reason if exc.cut and state.last_reason else str(exc)
             if state.maybe_executed:
                 raise OutcomeUnknownError(
                     None,
-                    f"{op}: no definite answer within {timeout:g} s ({exc}); the operation may "
+                    f"{op}: no definite answer within {timeout:g} s ({reason}); the operation may "
                     "or may not have happened",
                     op=op,
                     dedup_ids=dedup_ids,
@@ -763,7 +775,7 @@ class AsyncClient:
             where = f"node {addr}" if addr is not None else "the cluster"
             raise ClusterUnavailable(
                 None,
-                f"{op}: {where} did not answer within {timeout:g} s ({exc}); "
+                f"{op}: {where} did not answer within {timeout:g} s ({reason}); "
                 "the operation was not executed",
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
@@ -819,7 +831,7 @@ class AsyncClient:
                 raise _Retry(str(lost)) from None
         if reply is None:  # the attempt's deadline passed
             if not call.sent:
-                raise _Retry(f"{addr}: no connection before the deadline")
+                raise _Retry(f"{addr}: no connection before the deadline", cut=True)
             if kind is _Kind.UNSAFE:
                 raise OutcomeUnknownError(
                     None,
