@@ -230,6 +230,33 @@ class Profiler:
             self.summaries[workload] = summarize_stacks(self.path)
 
 
+def profile_raftq(
+    sizes: Sizes, out_dir: Path, stamp: str, results: dict[str, Any]
+) -> dict[str, Any]:
+    """A separate pass after the comparison: raftq's workloads 1-3 again with py-spy on the
+    leader (so that the profiler's cost is not in the compared figures)."""
+    from bench_peers.raftq_peer import RaftqSystem
+
+    profiler = Profiler(out_dir, stamp)
+    calls = dict(workload_calls(sizes))
+    durations = {"w1": sizes.one_s, "w2": sizes.window_s, "w3": 30.0}
+    profiled: dict[str, Any] = {}
+    for key in ("w1", "w2", "w3"):
+        print(f"profiling raftq's leader during workload {key[1:]} ...", flush=True)
+        sysm = RaftqSystem()
+        try:
+            sysm.start()
+            profiler.start(sysm.leader_pid(), key, durations[key])
+            profiled[key] = calls[key](sysm)
+        except Exception:  # noqa: BLE001 - a profile is extra
+            traceback.print_exc()
+        finally:
+            profiler.stop(key)
+            sysm.stop()
+    results.setdefault("raftq", {})["profiled_run"] = profiled
+    return profiler.summaries
+
+
 def summarize_stacks(path: Path, top: int = 12) -> dict[str, Any]:
     """Self and inclusive sample shares per function from py-spy's raw (collapsed) output.
 
@@ -293,65 +320,57 @@ def run(args: argparse.Namespace) -> int:
 
     results: dict[str, Any] = {name: {} for name in chosen}
     status: dict[str, str] = {}
-    systems: dict[str, Any] = {}
-    profiler = Profiler(out_dir, stamp) if args.profile and "raftq" in chosen else None
     started_at = time.monotonic()
-    try:
-        if "limits" in chosen:
-            from bench_peers import limits
+    if "limits" in chosen:
+        from bench_peers import limits
 
-            print("limits ...", flush=True)
-            results["limits"] = limits.measure(None, sizes.limits_s)
-            status["limits"] = "measured"
-        for name in chosen:
-            if name == "limits":
-                continue
-            print(f"starting {name} ...", flush=True)
+        print("limits ...", flush=True)
+        results["limits"] = limits.measure(None, sizes.limits_s)
+        status["limits"] = "measured"
+    # One system runs at a time: each workload starts the system afresh and stops it after,
+    # so that an idle peer (pysyncobj's 1 ms timer, Erlang's busy-waiting schedulers) takes
+    # no CPU from the one being measured.
+    running = [n for n in chosen if n != "limits"]
+    calls = [(k, f) for k, f in workload_calls(sizes) if k[1:] in workloads]
+    for turn, (key, call) in enumerate(calls):
+        order = running[turn % len(running):] + running[:turn % len(running)] if running else []
+        for name in order:
+            if "error" in results[name]:
+                continue  # could not start before: the row says why
+            print(f"workload {key[1:]} on {name} ...", flush=True)
             t0 = time.monotonic()
+            load_before = os.getloadavg()[0]
+            sysm = None
+            started = False
             try:
-                systems[name] = make_system(name, sizes)
-                systems[name].start()
-                status[name] = f"started in {time.monotonic() - t0:.1f} s"
-                results[name]["start_s"] = time.monotonic() - t0
-                print(f"  {systems[name].describe()}", flush=True)
+                sysm = make_system(name, sizes)
+                sysm.start()
+                started = True
+                status.setdefault(name, sysm.describe())
+                results[name].setdefault("start_s", time.monotonic() - t0)
+                results[name][key] = call(sysm)
             except Exception as exc:  # noqa: BLE001 - the row says why; the run goes on
                 why = f"{type(exc).__name__}: {exc}".strip()
-                status[name] = f"not run: {why}"
-                results[name]["error"] = why
-                print(f"  {name} not run: {why}", flush=True)
+                if started:
+                    results[name][key] = {"error": why}
+                else:  # could not start: no more workloads for it
+                    results[name]["error"] = why
+                    status[name] = f"not run: {why}"
                 if not isinstance(exc, Unavailable):
                     traceback.print_exc()
-                sysm = systems.pop(name, None)
+            finally:
                 if sysm is not None:
-                    sysm.stop()
-        running = [n for n in chosen if n in systems]
-        calls = [(k, f) for k, f in workload_calls(sizes) if k[1:] in workloads]
-        for turn, (key, call) in enumerate(calls):
-            order = running[turn % len(running):] + running[:turn % len(running)] if running else []
-            for name in order:
-                print(f"workload {key[1:]} on {name} ...", flush=True)
-                t0 = time.monotonic()
-                prof = profiler is not None and name == "raftq" and key in ("w1", "w2", "w3")
-                try:
-                    if prof:
-                        assert profiler is not None
-                        duration = {"w1": sizes.one_s, "w2": sizes.window_s}.get(key, 20.0)
-                        profiler.start(systems[name].leader_pid(), key, duration)
-                    results[name][key] = call(systems[name])
-                except Exception as exc:  # noqa: BLE001 - recorded, the run goes on
-                    results[name][key] = {"error": f"{type(exc).__name__}: {exc}"}
-                    traceback.print_exc()
-                finally:
-                    if prof:
-                        assert profiler is not None
-                        profiler.stop(key)
-                print(f"  {time.monotonic() - t0:.1f} s: {_brief(results[name][key])}", flush=True)
-    finally:
-        for sysm in systems.values():
-            try:
-                sysm.stop()
-            except Exception:  # noqa: BLE001 - stop the others anyway
-                traceback.print_exc()
+                    try:
+                        sysm.stop()
+                    except Exception:  # noqa: BLE001 - go on with the next system
+                        traceback.print_exc()
+            if isinstance(results[name].get(key), dict):
+                results[name][key]["loadavg_1min_before"] = load_before
+            print(f"  {time.monotonic() - t0:.1f} s: {_brief(results[name].get(key, results[name].get('error')))}",
+                  flush=True)
+    profiles: dict[str, Any] = {}
+    if args.profile and "raftq" in chosen:
+        profiles = profile_raftq(sizes, out_dir, stamp, results)
     elapsed = time.monotonic() - started_at
 
     report = {
@@ -362,7 +381,7 @@ def run(args: argparse.Namespace) -> int:
         "status": status,
         "results": results,
         "elapsed_s": elapsed,
-        "profiles": profiler.summaries if profiler else {},
+        "profiles": profiles,
     }
     json_path = out_dir / f"{stamp}.json"
     json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
