@@ -1,0 +1,5 @@
+"""`python -m cluster ...`: the `raftq` command line."""
+
+from cluster.cli import main
+
+main()

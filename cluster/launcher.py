@@ -1,0 +1,553 @@
+"""Start, stop and disturb the node processes of a cluster on this host.
+
+`Launcher` runs one `python -m node --config FILE --id N` subprocess per node of any
+`ClusterConfig` (the jepsen harness passes configs whose `dial` addresses go through proxies), with
+its output in `<log_dir>/n<id>.log`, and gives the faults tests need: stop (SIGTERM), kill
+(SIGKILL), pause/resume (SIGSTOP/SIGCONT), restart. It only ever signals processes it started,
+by pid.
+
+`local_config` writes (first time) or reads (later) the configuration of a local cluster, so data
+survives restarts; `write_pids`/`read_pids` and `stop_recorded` are what `raftq cluster up
+--detach` and `raftq cluster down` use: `down` signals a recorded pid only after checking that it
+still runs that node's command line (`process_matches`), never by process name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import trio
+
+from cluster.client import AsyncClient, Client
+from cluster.errors import RaftqError
+from node.config import ClusterConfig, ConfigError, format_addr, load, local_cluster, write
+
+__all__ = [
+    "CONFIG_NAME",
+    "PIDS_NAME",
+    "Launcher",
+    "LauncherError",
+    "RecordedNode",
+    "local_config",
+    "process_matches",
+    "read_pids",
+    "stop_recorded",
+    "write_pids",
+]
+
+CONFIG_NAME = "cluster.toml"
+"""Name of the configuration file in a local cluster's data directory."""
+
+PIDS_NAME = "pids.json"
+"""Name of the file recording the running nodes' pids in a local cluster's data directory."""
+
+
+class LauncherError(Exception):
+    """A node could not be started or stopped, or the cluster did not come up; says why."""
+
+
+def local_config(
+    data_dir: Path, *, nodes: int = 3, base_port: int = 7000
+) -> tuple[ClusterConfig, bool]:
+    """The configuration of the local cluster in `data_dir`, created the first time.
+
+    Args:
+        data_dir: directory of the cluster (config, node data, logs, pids).
+        nodes: number of nodes, when the configuration is created.
+        base_port: client ports are base+1.., raft ports base+101.., when created.
+
+    Returns:
+        (configuration, created): `created` is False when `data_dir/cluster.toml` existed and
+        was loaded (then `nodes` and `base_port` are not used).
+
+    Raises:
+        ConfigError: the existing file is invalid.
+    """
+    path = data_dir.resolve() / CONFIG_NAME
+    if path.exists():
+        return load(path), False
+    return write(local_cluster(data_dir, nodes=nodes, base_port=base_port), path), True
+
+
+@dataclass(frozen=True)
+class RecordedNode:
+    """A node process recorded in pids.json.
+
+    Attributes:
+        node_id: the node id.
+        pid: the process id.
+        config_path: the configuration file it was started with (absolute).
+    """
+
+    node_id: int
+    pid: int
+    config_path: Path
+
+
+def write_pids(path: Path, config_path: Path, pids: Mapping[int, int]) -> None:
+    """Record running nodes in `path` (JSON: config path and node id -> pid)."""
+    data = {
+        "config": str(config_path),
+        "nodes": {str(nid): pid for nid, pid in sorted(pids.items())},
+    }
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def read_pids(path: Path) -> list[RecordedNode]:
+    """The nodes recorded in `path`; empty when the file does not exist.
+
+    Raises:
+        LauncherError: the file is not a pids file.
+    """
+    try:
+        data = json.loads(path.read_text())
+        config_path = Path(data["config"])
+        return [
+            RecordedNode(int(nid), int(pid), config_path)
+            for nid, pid in sorted(data["nodes"].items(), key=lambda kv: int(kv[0]))
+        ]
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LauncherError(f"{path} is not a valid pids file ({exc})") from None
+
+
+def _cmdline(pid: int) -> list[str] | None:
+    """The command line of a running process, or None when it is gone (or a zombie)."""
+    proc = Path(f"/proc/{pid}")
+    if proc.is_dir():
+        try:
+            stat = (proc / "stat").read_text()
+            if stat.rpartition(")")[2].split()[0] == "Z":
+                return None
+            raw = (proc / "cmdline").read_bytes()
+        except OSError:
+            return None
+        return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    if Path("/proc/self").is_dir():  # Linux, and the process does not exist
+        return None
+    try:  # other Unix: ask ps
+        out = subprocess.run(
+            ["ps", "-o", "stat=,command=", "-p", str(pid)],
+            capture_output=True, text=True, timeout=5, check=False,
+        ).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if not out:
+        return None
+    state, _, command = out.partition(" ")
+    return None if state.startswith("Z") else command.split()
+
+
+def process_matches(pid: int, config_path: Path, node_id: int) -> bool:
+    """True when `pid` runs the raftq node `node_id` with `config_path`.
+
+    Checks the command line for `-m node` (or `raftq node`), `--config <config_path>` and
+    `--id <node_id>`, so that a recycled pid is never signalled.
+    """
+    args = _cmdline(pid)
+    if not args:
+        return False
+
+    def value(flag: str) -> str | None:
+        for i, arg in enumerate(args):
+            if arg == flag and i + 1 < len(args):
+                return args[i + 1]
+            if arg.startswith(flag + "="):
+                return arg.split("=", 1)[1]
+        return None
+
+    is_node = any(
+        a == "-m" and i + 1 < len(args) and args[i + 1] == "node" for i, a in enumerate(args)
+    ) or any(
+        Path(a).name == "raftq" and i + 1 < len(args) and args[i + 1] == "node"
+        for i, a in enumerate(args)
+    )
+    cfg = value("--config")
+    return (
+        is_node
+        and value("--id") == str(node_id)
+        and cfg is not None
+        and Path(cfg).resolve() == config_path.resolve()
+    )
+
+
+def _alive(pid: int) -> bool:
+    return _cmdline(pid) is not None
+
+
+def stop_recorded(
+    nodes: Sequence[RecordedNode], *, timeout_s: float = 10.0
+) -> dict[int, str]:
+    """Stop recorded node processes: SIGTERM each, wait, SIGKILL those still running.
+
+    A pid is signalled only while it still runs that node's command line (`process_matches`).
+
+    Args:
+        nodes: the recorded nodes (from `read_pids`).
+        timeout_s: how long to wait for all of them after SIGTERM before SIGKILL.
+
+    Returns:
+        node id -> what happened: "stopped", "killed", "not running", or
+        "pid N runs something else (not signalled)".
+    """
+    outcome: dict[int, str] = {}
+    live: list[RecordedNode] = []
+    for n in nodes:
+        if not _alive(n.pid):
+            outcome[n.node_id] = "not running"
+        elif not process_matches(n.pid, n.config_path, n.node_id):
+            outcome[n.node_id] = f"pid {n.pid} runs something else (not signalled)"
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(n.pid, signal.SIGCONT)  # a paused node cannot act on SIGTERM
+                os.kill(n.pid, signal.SIGTERM)
+            live.append(n)
+    deadline = time.monotonic() + timeout_s
+    while live and time.monotonic() < deadline:
+        time.sleep(0.05)
+        for n in list(live):
+            if not _alive(n.pid):
+                outcome[n.node_id] = "stopped"
+                live.remove(n)
+    for n in live:
+        if process_matches(n.pid, n.config_path, n.node_id):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(n.pid, signal.SIGKILL)
+            outcome[n.node_id] = "killed"
+        else:
+            outcome[n.node_id] = "stopped"
+    kill_deadline = time.monotonic() + 5.0
+    while any(_alive(n.pid) for n in live) and time.monotonic() < kill_deadline:
+        time.sleep(0.05)
+    return outcome
+
+
+class Launcher:
+    """Node processes of one cluster on this host, started and signalled by pid.
+
+    Usable as a context manager (stops every node on exit)::
+
+        with Launcher(cfg) as launcher:
+            launcher.start()            # every node, then waits for a leader
+            launcher.kill(2)            # SIGKILL
+            launcher.start_node(2)      # restart it (same data directory)
+
+    Attributes:
+        config: the cluster configuration.
+        config_path: the file the nodes read (`--config`).
+        log_dir: where `n<id>.log` files go (appended to across restarts).
+    """
+
+    def __init__(
+        self,
+        config: ClusterConfig,
+        *,
+        config_path: Path | None = None,
+        log_dir: Path | None = None,
+        python: str | None = None,
+        env: Mapping[str, str] | None = None,
+        node_args: Sequence[str] = (),
+    ) -> None:
+        """Prepare to run the nodes of `config` (nothing starts yet).
+
+        Args:
+            config: any cluster configuration (e.g. with `dial` overrides through proxies).
+            config_path: the file nodes read; default `config.path`. When the file does not
+                exist, or differs from where `config` was loaded, `config` is written there.
+            log_dir: directory of the node logs; default the config file's directory.
+            python: interpreter running the nodes; default `sys.executable`.
+            env: environment of the node processes; default this process's.
+            node_args: extra arguments for every node (e.g. `["--log-level", "DEBUG"]`).
+
+        Raises:
+            LauncherError: no config path is known.
+        """
+        path = config_path or config.path
+        if path is None:
+            raise LauncherError("the configuration has no file: pass config_path")
+        self.config_path = Path(path).resolve()
+        loaded_from = Path(config.path).resolve() if config.path is not None else None
+        if not self.config_path.exists() or loaded_from != self.config_path:
+            config = write(config, self.config_path)
+        self.config = config
+        self.log_dir = (log_dir or self.config_path.parent).resolve()
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._python = python or sys.executable
+        self._env = dict(env) if env is not None else None
+        self._node_args = list(node_args)
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}
+        self._logs: dict[int, IO[bytes]] = {}
+        self._paused: set[int] = set()
+        self._stopped: set[int] = set()  # stopped on purpose: its exit is not a failure
+
+    # -- facts ----------------------------------------------------------------------------
+
+    @property
+    def node_ids(self) -> list[int]:
+        """Ids of the configured nodes, sorted."""
+        return sorted(self.config.nodes)
+
+    @property
+    def addresses(self) -> dict[int, str]:
+        """Client address ("host:port") of each node, by id."""
+        return {nid: format_addr(n.client_addr) for nid, n in sorted(self.config.nodes.items())}
+
+    @property
+    def servers(self) -> list[str]:
+        """Client addresses of all nodes, for a client."""
+        return list(self.addresses.values())
+
+    @property
+    def pids(self) -> dict[int, int]:
+        """Pid of each running node (paused ones included), by id."""
+        return {nid: p.pid for nid, p in sorted(self._procs.items()) if p.poll() is None}
+
+    def log_path(self, node_id: int) -> Path:
+        """The log file of a node."""
+        return self.log_dir / f"n{node_id}.log"
+
+    def is_running(self, node_id: int) -> bool:
+        """True while the node's process exists (also when paused)."""
+        proc = self._procs.get(node_id)
+        return proc is not None and proc.poll() is None
+
+    def is_paused(self, node_id: int) -> bool:
+        """True while the node is stopped by `pause`."""
+        return node_id in self._paused and self.is_running(node_id)
+
+    def exit_code(self, node_id: int) -> int | None:
+        """The exit status of a node that ran and ended (negative: killed by that signal)."""
+        proc = self._procs.get(node_id)
+        return None if proc is None else proc.poll()
+
+    def command(self, node_id: int) -> list[str]:
+        """The command line that runs a node."""
+        return [
+            self._python, "-m", "node", "--config", str(self.config_path), "--id", str(node_id),
+            *self._node_args,
+        ]
+
+    # -- processes ------------------------------------------------------------------------
+
+    def start(self, *, wait: bool = True, timeout_s: float = 30.0) -> int | None:
+        """Start every node not running, then (by default) wait until a leader serves.
+
+        Returns:
+            The leader's id when `wait`, else None.
+
+        Raises:
+            LauncherError: a node could not start, exited, or no leader within `timeout_s`.
+        """
+        for nid in self.node_ids:
+            if not self.is_running(nid):
+                self.start_node(nid)
+        return self.wait_for_leader(timeout_s=timeout_s) if wait else None
+
+    def start_node(self, node_id: int) -> int:
+        """Start one node (its data directory is reused: a restart).
+
+        Returns:
+            Its pid.
+
+        Raises:
+            LauncherError: unknown node id, already running, or the process cannot start.
+        """
+        try:
+            self.config.node(node_id)
+        except ConfigError as exc:
+            raise LauncherError(str(exc)) from None
+        if self.is_running(node_id):
+            raise LauncherError(f"node {node_id} is already running (pid {self._procs[node_id].pid})")
+        old = self._logs.pop(node_id, None)
+        if old is not None:
+            old.close()
+        log = open(self.log_path(node_id), "ab")  # noqa: SIM115 - kept open while it runs
+        try:
+            proc = subprocess.Popen(
+                self.command(node_id),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self._env,
+                start_new_session=True,  # Ctrl-C in a terminal reaches the launcher only
+                close_fds=True,
+            )
+        except OSError as exc:
+            log.close()
+            raise LauncherError(f"cannot start node {node_id}: {exc}") from None
+        self._procs[node_id] = proc
+        self._logs[node_id] = log
+        self._paused.discard(node_id)
+        self._stopped.discard(node_id)
+        return proc.pid
+
+    def signal_node(self, node_id: int, sig: int) -> None:
+        """Send `sig` to a running node (by its pid). Does nothing when it is not running."""
+        proc = self._procs.get(node_id)
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+        if sig in (signal.SIGTERM, signal.SIGKILL, signal.SIGINT):
+            self._stopped.add(node_id)
+        if sig == signal.SIGSTOP:
+            self._paused.add(node_id)
+        elif sig == signal.SIGCONT:
+            self._paused.discard(node_id)
+
+    def stop_node(
+        self, node_id: int, sig: int = signal.SIGTERM, *, timeout_s: float = 10.0
+    ) -> int | None:
+        """Stop one node: send `sig` (resuming it first if paused), wait, then SIGKILL.
+
+        Args:
+            node_id: the node.
+            sig: the first signal (SIGTERM: a clean stop; a leader hands over first).
+            timeout_s: how long to wait before SIGKILL.
+
+        Returns:
+            Its exit status (negative: the signal that ended it), or None if it never ran.
+        """
+        proc = self._procs.get(node_id)
+        if proc is None:
+            return None
+        self._stopped.add(node_id)
+        if proc.poll() is None:
+            if node_id in self._paused and sig != signal.SIGKILL:
+                self.signal_node(node_id, signal.SIGCONT)
+            self.signal_node(node_id, sig)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.signal_node(node_id, signal.SIGKILL)
+                proc.wait()
+        self._paused.discard(node_id)
+        log = self._logs.pop(node_id, None)
+        if log is not None:
+            log.close()
+        return proc.returncode
+
+    def kill(self, node_id: int) -> int | None:
+        """SIGKILL one node (no clean shutdown) and reap it. Returns its exit status."""
+        return self.stop_node(node_id, signal.SIGKILL)
+
+    def pause(self, node_id: int) -> None:
+        """SIGSTOP one node: it keeps its sockets but does nothing until `resume`."""
+        self.signal_node(node_id, signal.SIGSTOP)
+
+    def resume(self, node_id: int) -> None:
+        """SIGCONT a paused node."""
+        self.signal_node(node_id, signal.SIGCONT)
+
+    def stop(self, *, timeout_s: float = 10.0) -> dict[int, int | None]:
+        """Stop every node: SIGTERM all at once, wait up to `timeout_s`, SIGKILL the rest.
+
+        Returns:
+            Exit status by node id.
+        """
+        running = [nid for nid in self._procs if self.is_running(nid)]
+        self._stopped.update(running)
+        for nid in running:
+            if nid in self._paused:
+                self.signal_node(nid, signal.SIGCONT)
+            self.signal_node(nid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for nid in running:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._procs[nid].wait(timeout=max(0.0, deadline - time.monotonic()))
+        return {nid: self.stop_node(nid, signal.SIGKILL) for nid in sorted(self._procs)}
+
+    def __enter__(self) -> Launcher:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- readiness ------------------------------------------------------------------------
+
+    def _check_exited(self) -> None:
+        for nid, proc in sorted(self._procs.items()):
+            code = proc.poll()
+            if code is not None and nid not in self._stopped:
+                raise LauncherError(
+                    f"node {nid} exited with status {code}: {self._last_log_line(nid)} "
+                    f"(log: {self.log_path(nid)})"
+                )
+
+    def _last_log_line(self, node_id: int) -> str:
+        try:
+            lines = self.log_path(node_id).read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "(no log)"
+        return lines[-1] if lines else "(empty log)"
+
+    def wait_for_leader(self, *, timeout_s: float = 30.0) -> int:
+        """Wait until a leader is elected and answers a read (blocking).
+
+        Returns:
+            The leader's node id.
+
+        Raises:
+            LauncherError: a started node exited, or no leader within `timeout_s`.
+        """
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        with Client(self.servers, timeout_s=1.0, connect_timeout_s=0.5) as client:
+            while time.monotonic() < deadline:
+                self._check_exited()
+                try:
+                    status = client.cluster_status(timeout_s=1.0)
+                    leader = status.get("leader_id")
+                    if isinstance(leader, int):
+                        client.list_queues()
+                        return leader
+                    last = "no leader yet"
+                except RaftqError as exc:
+                    last = str(exc)
+                time.sleep(0.1)
+        raise LauncherError(f"no leader within {timeout_s:g} s ({last})")
+
+    async def wait_for_leader_async(self, *, timeout_s: float = 30.0) -> int:
+        """`wait_for_leader` for trio code: the same, without blocking the event loop."""
+        with trio.move_on_after(timeout_s):
+            async with AsyncClient(self.servers, timeout_s=1.0, connect_timeout_s=0.5) as client:
+                while True:
+                    self._check_exited()
+                    try:
+                        status = await client.cluster_status(timeout_s=1.0)
+                        leader = status.get("leader_id")
+                        if isinstance(leader, int):
+                            await client.list_queues()
+                            return leader
+                    except RaftqError:
+                        pass
+                    await trio.sleep(0.1)
+        raise LauncherError(f"no leader within {timeout_s:g} s")
+
+    def record(self, path: Path | None = None) -> Path:
+        """Write the running nodes' pids to `path` (default `<config dir>/pids.json`)."""
+        target = path or self.config_path.parent / PIDS_NAME
+        write_pids(target, self.config_path, self.pids)
+        return target
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One row per node: id, client address, pid (or None), log path."""
+        pids = self.pids
+        return [
+            {"node_id": nid, "client_addr": addr, "pid": pids.get(nid),
+             "log": str(self.log_path(nid))}
+            for nid, addr in self.addresses.items()
+        ]
