@@ -48,7 +48,7 @@ class QueueConf:
     visibility_timeout_ms: int = 2000
     max_deliveries: int = 8
     weight: float = 1.0
-    groups: int = 4
+    groups: int = 8
     poison_fraction: float = 0.0
 
     @property

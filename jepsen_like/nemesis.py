@@ -15,12 +15,13 @@ Kinds and variants:
 | --- | --- | --- |
 | `kill` | `one`, `leader`, `minority`, `all` | SIGKILL; restarted at the end |
 | `pause` | `leader`, `one` | SIGSTOP; SIGCONT at the end |
-| `partition` | `leader`, `halves`, `ring`, `bridge`, `link`, `one-way` | proxies cut links |
+| `partition` | `leader`, `halves`, `halves-leader`, `ring`, `bridge`, `link`, `one-way` | proxies cut links |
 | `restart-all` | `kill` | SIGKILL every node at once, start them again after `duration_s` |
 | `delay` | `all` | every link delayed by 50 to 150 ms |
 
 Partitions are grudges (node -> the nodes it must not hear from), as in Jepsen's nemesis.clj:
-`leader` isolates the leader both ways; `halves` splits the nodes into two random halves;
+`leader` isolates the leader both ways; `halves` splits the nodes into two random halves
+(`halves-leader`: the leader in the smaller one);
 `ring` is Jepsen's majorities ring (every node hears a majority, no two the same one; with 3
 nodes each node hears one other node, one way); `bridge` cuts two halves apart except through
 one node that hears both; `link` cuts one pair both ways; `one-way` cuts one direction of one
@@ -55,7 +56,7 @@ logger = logging.getLogger("jepsen_like.nemesis")
 KINDS: dict[str, tuple[str, ...]] = {
     "kill": ("one", "leader", "minority", "all"),
     "pause": ("leader", "one"),
-    "partition": ("leader", "halves", "ring", "bridge", "link", "one-way"),
+    "partition": ("leader", "halves", "halves-leader", "ring", "bridge", "link", "one-way"),
     "restart-all": ("kill",),
     "delay": ("all",),
 }
@@ -212,7 +213,11 @@ def grudge_for(
         return grudge, [target]
     shuffled = list(ids)
     rng.shuffle(shuffled)
-    if variant == "halves":
+    if variant in ("halves", "halves-leader"):
+        if variant == "halves-leader":
+            target = leader if leader is not None else shuffled[0]
+            shuffled.remove(target)
+            shuffled.insert(0, target)
         half = set(shuffled[: len(ids) // 2])
         for i in ids:
             grudge[i] = (every - half) if i in half else set(half)
@@ -334,7 +339,7 @@ class Nemesis:
         return leader
 
     def running_nodes(self) -> list[int]:
-        return [i for i, np in sorted(self.procs.nodes.items()) if np.running and not np.paused]
+        return [i for i in self.node_ids if self.procs.running(i) and not self.procs.paused(i)]
 
     async def _start(
         self, fault: Fault, rec: FaultRecord, rng: random.Random, targets: list[int] | None
@@ -390,7 +395,7 @@ class Nemesis:
         async def heal() -> None:
             restarted = {}
             for nid in rec.nodes:
-                if not self.procs.nodes[nid].running:
+                if not self.procs.running(nid):
                     restarted[str(nid)] = await self.procs.start(nid)
             rec.evidence["restarted_pids"] = restarted
 
@@ -426,9 +431,9 @@ class Nemesis:
         self, variant: str, rec: FaultRecord, rng: random.Random, targets: list[int] | None
     ) -> Callable[[], Awaitable[None]]:
         leader: int | None = None
-        if targets and variant == "leader":
+        if targets and variant in ("leader", "halves-leader"):
             leader = targets[0]
-        elif variant == "leader":
+        elif variant in ("leader", "halves-leader"):
             leader = await self._leader_or_random(rec, rng)
         grudge, about = grudge_for(variant, self.node_ids, leader, rng)
         rec.nodes = about

@@ -300,5 +300,9 @@ def write_all(out: RunOutcome, *, plots: bool = True, console: Console | None = 
         except Exception as exc:  # plots are a convenience: never lose the verdict to them
             results["plots_error"] = f"{type(exc).__name__}: {exc}"
     (d / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
-    (console or Console(stderr=False)).print(summary_table(results))
+    if console is None:
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=150)
+    console.print(summary_table(results))
     return results

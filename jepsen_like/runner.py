@@ -51,12 +51,15 @@ from jepsen_like.procs import NodeProcs
 from jepsen_like.proxy import ProxyMesh
 from node import config as config_mod
 
-__all__ = ["DRAIN_PROCESS", "RunOptions", "RunOutcome", "run", "run_sync"]
+__all__ = ["DRAIN_PROCESS", "RunOptions", "RunOutcome", "RunSetupError", "run", "run_sync"]
 
 logger = logging.getLogger("jepsen_like.runner")
 
 DRAIN_PROCESS = 100_000
-"""Process id of the drainer in the history."""
+"""Process id of the drainer in the history (its acks use the next ids)."""
+
+DRAIN_BATCH = 50
+"""Most messages one drain receive asks for (their acks run concurrently)."""
 
 ExtraCheck = Callable[["RunOutcome"], dict[str, Any]]
 
@@ -85,6 +88,7 @@ class RunOptions:
         scenario: the scenario's name, when the run is one.
         extra_checks: more checks run on the outcome; each returns a map with `valid`.
         node_log_level: the nodes' log level.
+        plots: write the PNG plots.
         schedule_opts: keyword arguments of `make_schedule` (durations, gaps).
     """
 
@@ -110,6 +114,7 @@ class RunOptions:
     extra_checks: Sequence[ExtraCheck] = ()
     node_log_level: str = "INFO"
     schedule_opts: dict[str, Any] = field(default_factory=dict)
+    plots: bool = True
 
     def describe(self) -> dict[str, Any]:
         """The options as JSON-ready data."""
@@ -214,6 +219,10 @@ def _delivery(m: Message) -> Delivery:
                     _death_of(m))
 
 
+class RunSetupError(Exception):
+    """The run cannot start (e.g. its output directory holds an earlier run)."""
+
+
 class _RateLimiter:
     """Spaces invocations evenly at `rate_per_s` (no burst beyond one second of backlog)."""
 
@@ -256,6 +265,12 @@ class Run:
     # -- setup ----------------------------------------------------------------------------
     async def _build_cluster(self) -> None:
         o = self.opts
+        for leftover in ("data", "cluster.toml", "history.jsonl"):
+            if (o.out_dir / leftover).exists():
+                raise RunSetupError(
+                    f"{o.out_dir} already holds a run ({leftover}); a run needs a fresh cluster: "
+                    "choose another --out or remove it"
+                )
         o.out_dir.mkdir(parents=True, exist_ok=True)
         ids = list(range(1, o.nodes + 1))
         ports = _free_ports(2 * o.nodes)
@@ -278,8 +293,7 @@ class Run:
         )
         self.cfg = config_mod.write(cfg, o.out_dir / "cluster.toml")
         self.addrs = self.cfg.client_addrs()
-        assert self.cfg.path is not None
-        self.procs = NodeProcs(self.cfg.path, ids, o.out_dir / "logs", o.node_log_level)
+        self.procs = NodeProcs(self.cfg, o.out_dir / "logs", o.node_log_level)
 
     def _client(self, process: int) -> AsyncClient:
         k = process % len(self.addrs)
@@ -487,59 +501,81 @@ class Run:
         self.outcome.workload_window_s = (t0, self.clock_s())
 
     async def _drain(self) -> dict[str, Any]:
-        """Receive and settle everything left, dead-letter queues included."""
-        assert self.admin is not None
+        """Receive and settle everything left, dead-letter queues included.
+
+        One task per queue (each its own history process, its acks on the next process ids,
+        concurrently) receives and acks (poison messages of a source queue are nacked, so they
+        reach the dead-letter queue); the drain ends when every queue gave
+        `drain_empty_rounds` empty receives in a row and the leader counts no message left
+        (ready, leased or delayed) in any of them.
+        """
         o = self.opts
-        h = self.history
         queues = [q.name for q in o.workload.queues] + [q.dlq for q in o.workload.queues]
-        dlqs = {q.dlq for q in o.workload.queues}
-        vt = {q.name: q.visibility_timeout_ms for q in o.workload.queues}
-        drain_vt_ms = max(2000, o.workload.max_visibility_timeout_ms)
-        p = DRAIN_PROCESS
         empties = dict.fromkeys(queues, 0)
         received = Counter[str]()
-        rounds = 0
-        client = self._client(p)
+        rounds = Counter[str]()
         done = False
-        async with client:
+        async with self._client(DRAIN_PROCESS) as client:
             with trio.move_on_after(o.drain_timeout_s):
-                while not done:
-                    rounds += 1
-                    for q in queues:
-                        inv = h.invoke("receive", p, queue=q, max_messages=10,
-                                       visibility_timeout_ms=vt.get(q, drain_vt_ms),
-                                       tag="drain")
-
-                        async def receive(q: str = q) -> Any:
-                            return await client.receive(q, max_messages=10,
-                                                        visibility_timeout_ms=vt.get(
-                                                            q, drain_vt_ms))
-
-                        msgs = await self._call(inv, receive, o.op_timeout_s + 2)
-                        if msgs is None:
-                            empties[q] = 0
-                            await trio.sleep(0.1)
+                async with trio.open_nursery() as nursery:
+                    for k, q in enumerate(queues):
+                        nursery.start_soon(self._drain_queue, client, q,
+                                           DRAIN_PROCESS + 1000 * k, empties, received, rounds)
+                    while True:
+                        await trio.sleep(0.1)
+                        if not all(n >= o.drain_empty_rounds for n in empties.values()):
                             continue
-                        ds = [_delivery(m) for m in msgs]
-                        h.complete(inv, "ok", messages=ds)
-                        empties[q] = 0 if ds else empties[q] + 1
-                        received[q] += len(ds)
-                        for d in ds:
-                            poison = d.value is not None and d.value in self.gen.poison_values
-                            f = "nack" if poison and q not in dlqs else "ack"
-                            await self.settle(client, p, f, q, d, tag="drain")
-                    if all(n >= o.drain_empty_rounds for n in empties.values()):
                         left = await self._messages_left(client, queues)
                         if left is not None and not any(left.values()):
                             done = True
-                        else:
-                            # Leased messages (an ack that failed, a lease not ended yet).
-                            await trio.sleep(0.5)
-                            for q in queues:
-                                if left is None or left.get(q):
-                                    empties[q] = 0
-                    await trio.sleep(0.02)
-        return {"complete": done, "rounds": rounds, "received": dict(received)}
+                            nursery.cancel_scope.cancel()
+                            break
+                        # Leased messages (an ack that failed, a lease not ended yet).
+                        for q in queues:
+                            if left is None or left.get(q):
+                                empties[q] = 0
+        return {"complete": done, "rounds": dict(rounds), "received": dict(received)}
+
+    async def _drain_queue(
+        self, client: AsyncClient, q: str, p: int, empties: dict[str, int],
+        received: Counter[str], rounds: Counter[str],
+    ) -> None:
+        o = self.opts
+        h = self.history
+        dlqs = {x.dlq for x in o.workload.queues}
+        vt_ms = {x.name: x.visibility_timeout_ms for x in o.workload.queues}.get(
+            q, max(2000, o.workload.max_visibility_timeout_ms))
+        while True:
+            rounds[q] += 1
+            inv = h.invoke("receive", p, queue=q, max_messages=DRAIN_BATCH,
+                           visibility_timeout_ms=vt_ms, tag="drain")
+
+            async def receive() -> Any:
+                return await client.receive(q, max_messages=DRAIN_BATCH,
+                                            visibility_timeout_ms=vt_ms)
+
+            msgs = await self._call(inv, receive, o.op_timeout_s + 2)
+            if msgs is None:
+                empties[q] = 0
+                await trio.sleep(0.1)
+                continue
+            ds = [_delivery(m) for m in msgs]
+            h.complete(inv, "ok", messages=ds)
+            received[q] += len(ds)
+            if not ds:
+                empties[q] += 1
+                await trio.sleep(0.05)
+                continue
+            empties[q] = 0
+            async with trio.open_nursery() as acks:
+                for k, d in enumerate(ds):
+                    poison = d.value is not None and d.value in self.gen.poison_values
+                    f = "nack" if poison and q not in dlqs else "ack"
+                    acks.start_soon(self._settle_quietly, client, p + 1 + k, f, q, d)
+
+    async def _settle_quietly(self, client: AsyncClient, p: int, f: str, queue: str,
+                              d: Delivery) -> None:
+        await self.settle(client, p, f, queue, d, tag="drain")
 
     async def _messages_left(self, client: AsyncClient, queues: list[str]) -> dict[str, int] | None:
         out = {}
@@ -620,7 +656,9 @@ class Run:
             logger.exception("run stopped early")
             out.error = f"{type(exc).__name__}: {exc}"
         finally:
+            t_stop = time.monotonic()
             await procs.stop_all()
+            out.timings_s["stop"] = time.monotonic() - t_stop
             out.proxies.setdefault("totals", mesh.totals())
             if self.nemesis is not None:
                 out.faults = [r.to_json() for r in self.nemesis.records]
@@ -672,8 +710,12 @@ async def run(opts: RunOptions) -> RunOutcome:
 
     r = Run(opts)
     out = await r.execute()
+    t = time.monotonic()
     check_outcome(out)
-    report.write_all(out)
+    out.timings_s["check"] = time.monotonic() - t
+    t = time.monotonic()
+    report.write_all(out, plots=opts.plots)
+    out.timings_s["report"] = time.monotonic() - t
     return out
 
 

@@ -64,6 +64,8 @@ def test_halves_bridge_link_leader() -> None:
         assert grudge[i] == other
     for i in other:
         assert grudge[i] == set(half)
+    grudge, half = grudge_for("halves-leader", nodes, 3, rng)
+    assert 3 in half and len(half) == 2 and grudge[3] == set(nodes) - set(half)
     grudge, (bridge,) = grudge_for("bridge", nodes, None, rng)
     assert grudge[bridge] == set()
     assert all(bridge not in g for g in grudge.values())

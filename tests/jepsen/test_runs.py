@@ -1,0 +1,104 @@
+"""Short real runs: each nemesis, and every named scenario, against real node processes.
+
+Budget: the whole file takes about 3 to 4 minutes on 2 cores. To keep it there, two runs
+carry two scenarios each (their workloads and checks merged): `consumer-crash` with
+`stale-ack`, and the `restart-all` nemesis with the `restart-all` and `poison` scenarios. Each
+scenario also runs alone by name (`scripts/jepsen --scenario NAME`); set
+`RAFTQ_JEPSEN_ALL=1` to run every one of them alone here too. `RAFTQ_JEPSEN_SEED` changes the
+seed (default: fixed per test, so a failure can be replayed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from jepsen_like import scenarios as sc
+from jepsen_like.generator import Workload
+from jepsen_like.runner import RunOptions, RunOutcome, run
+
+pytestmark = [pytest.mark.slow, pytest.mark.jepsen, pytest.mark.timeout(180)]
+
+NEMESIS_S = 20.0
+
+
+def _seed(default: int) -> int:
+    return int(os.environ.get("RAFTQ_JEPSEN_SEED", default))
+
+
+def _explain(out: RunOutcome) -> str:
+    chk = out.check
+    parts = [f"seed {out.options.seed}, failed: {chk.get('failed_checks')}, error {out.error}"]
+    for name in chk.get("failed_checks", []):
+        sec = chk[name]
+        parts.append(f"{name}: {json.dumps(sec, default=str)[:2000]}")
+    parts.append(f"results in {out.options.out_dir}")
+    return "\n".join(parts)
+
+
+async def _run_valid(opts: RunOptions) -> RunOutcome:
+    out = await run(opts)
+    assert out.valid, _explain(out)
+    assert (opts.out_dir / "results.json").exists()
+    assert (opts.out_dir / "history.jsonl").exists()
+    return out
+
+
+@pytest.mark.parametrize("kind,seed", [("kill", 11), ("pause", 12), ("partition", 13)])
+async def test_nemesis_short_run(tmp_path: Path, kind: str, seed: int) -> None:
+    out = await _run_valid(RunOptions(
+        out_dir=tmp_path / kind, nemeses=(kind,), duration_s=NEMESIS_S, seed=_seed(seed),
+        progress=False, plots=kind == "kill",
+    ))
+    kinds = {f["kind"] for f in out.faults}
+    assert kinds == {kind}
+    assert all(f["verified"] for f in out.faults)
+    assert out.check["total_queue"]["acknowledged_count"] > 500
+    if kind == "kill":
+        res = json.loads((tmp_path / kind / "results.json").read_text())
+        assert res["valid"] and res["plots"] == ["latency.png", "throughput.png"]
+        assert (tmp_path / kind / "latency.png").stat().st_size > 10_000
+
+
+async def test_restart_all_nemesis_with_restart_all_and_poison_scenarios(tmp_path: Path) -> None:
+    """The restart-all nemesis, with the poison workload; checks of both scenarios."""
+    out = await _run_valid(RunOptions(
+        out_dir=tmp_path / "restart-all", nemeses=("restart-all",), duration_s=NEMESIS_S,
+        seed=_seed(14), progress=False, plots=False, workload=sc.POISON_WORKLOAD,
+        tick_ms=30, extra_checks=(sc.check_restart_all, sc.check_poison),
+    ))
+    assert len(out.faults) >= 3
+    assert out.check["poison"]["poison_sent"] > 0
+    assert out.check["delivery_limit"]["dead_letters_by_reason"].get("delivery_limit", 0) > 0
+
+
+@pytest.mark.parametrize("name", ["partition-halves", "isolate-then-kill-leader",
+                                  "kill-leader-mid-send", "ring"])
+async def test_scenario(tmp_path: Path, name: str) -> None:
+    opts = sc.options_for(name, tmp_path / name, seed=_seed(21), progress=False)
+    out = await _run_valid(replace(opts, plots=False))
+    assert out.check[name.replace("-", "_")]["valid"]
+
+
+async def test_consumer_crash_and_stale_ack_scenarios(tmp_path: Path) -> None:
+    """consumer-crash's faults with both workloads; checks of both scenarios."""
+    opts = sc.options_for("consumer-crash", tmp_path / "crash-stale", seed=_seed(22),
+                          progress=False)
+    wl = Workload(p_crash=0.25, p_nack=0.02, p_stale=0.2, stale_lease_ms=300, stale_hold_s=0.8)
+    out = await _run_valid(replace(
+        opts, workload=wl, plots=False,
+        extra_checks=(sc.check_consumer_crash, sc.check_stale_ack),
+    ))
+    assert out.check["consumer_crash"]["abandoned"] > 0
+    assert out.check["stale_ack"]["rejected_after_redelivery"] > 0
+
+
+@pytest.mark.skipif(not os.environ.get("RAFTQ_JEPSEN_ALL"), reason="set RAFTQ_JEPSEN_ALL=1")
+@pytest.mark.parametrize("name", sorted(sc.SCENARIOS))
+async def test_every_scenario_alone(tmp_path: Path, name: str) -> None:
+    opts = sc.options_for(name, tmp_path / name, seed=_seed(31), progress=False)
+    await _run_valid(replace(opts, plots=False))
