@@ -1671,6 +1671,8 @@ class Client:
         async def run() -> ConsumeStats:
             limiter_box.append(trio.CapacityLimiter(concurrency))
             done = trio.Event()
+            outcome: list[ConsumeStats] = []
+            failure: list[Exception] = []
             async with trio.open_nursery() as nursery:
                 if stop is not None:
 
@@ -1680,20 +1682,26 @@ class Client:
                         done.set()
 
                     nursery.start_soon(poll_stop)
-                try:
-                    return await self._async.consume(
-                        queue,
-                        run_handler,
-                        concurrency=concurrency,
-                        visibility_timeout_ms=visibility_timeout_ms,
-                        wait_s=wait_s,
-                        max_messages=max_messages,
-                        stop=done,
-                        consumer=consumer,
-                        extend_every_s=extend_every_s,
+                try:  # raise outside the nursery, or the error would come in an ExceptionGroup
+                    outcome.append(
+                        await self._async.consume(
+                            queue,
+                            run_handler,
+                            concurrency=concurrency,
+                            visibility_timeout_ms=visibility_timeout_ms,
+                            wait_s=wait_s,
+                            max_messages=max_messages,
+                            stop=done,
+                            consumer=consumer,
+                            extend_every_s=extend_every_s,
+                        )
                     )
-                finally:
-                    nursery.cancel_scope.cancel()
+                except Exception as exc:
+                    failure.append(exc)
+                nursery.cancel_scope.cancel()
+            if failure:
+                raise failure[0]
+            return outcome[0]
 
         return self._run(run)
 

@@ -110,6 +110,8 @@ async def test_blocking_client_from_plain_threads(fake: FakeCluster) -> None:
             assert c.queue_stats("q")["messages"] == 0
             with pytest.raises(QueueNotFound, match="nope"):
                 c.send("nope", b"x")
+            with pytest.raises(QueueNotFound, match="nope"):
+                c.consume("nope", handler, wait_s=0.1)
         with pytest.raises(RuntimeError, match="closed"):
             c.list_queues()
 

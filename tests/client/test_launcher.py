@@ -16,6 +16,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -23,8 +24,14 @@ from click.testing import CliRunner
 
 from cluster.cli import cli
 from cluster.client import Client
-from cluster.launcher import Launcher, process_matches, read_pids, stop_recorded
-from node.config import local_cluster
+from cluster.launcher import (
+    Launcher,
+    LauncherError,
+    process_matches,
+    read_pids,
+    stop_recorded,
+)
+from node.config import load, local_cluster
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -186,6 +193,35 @@ def test_cli_cluster_up_foreground_stops_on_sigterm(tmp_path: Path) -> None:
         assert "stopped: n1 status 0, n2 status 0, n3 status 0" in proc.stderr.read()
     finally:
         if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
+            os.kill(proc.pid, signal.SIGKILL)  # its nodes run in their own sessions:
             proc.wait()
+        recorded = recorded or read_pids(data / "pids.json")  # stop them by recorded pid
         stop_recorded([n for n in recorded if alive(n.pid)], timeout_s=5)
+
+
+def test_launcher_writes_any_config_with_dial(tmp_path: Path) -> None:
+    base = local_cluster(tmp_path / "data", 3, 7000)
+    proxied = replace(
+        base,
+        path=None,
+        nodes={
+            nid: replace(n, dial={p: ("127.0.0.1", 9000 + 10 * nid + p) for p in base.nodes
+                                  if p != nid})
+            for nid, n in base.nodes.items()
+        },
+    )
+    launcher = Launcher(proxied, config_path=tmp_path / "jepsen.toml", log_dir=tmp_path / "logs")
+    written = load(tmp_path / "jepsen.toml")
+    assert written.peer_dial_addrs(1) == {2: ("127.0.0.1", 9012), 3: ("127.0.0.1", 9013)}
+    assert launcher.command(2)[-4:] == ["--config", str(tmp_path / "jepsen.toml"), "--id", "2"]
+    assert launcher.log_path(3) == tmp_path / "logs" / "n3.log"
+    assert launcher.servers == ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
+    assert launcher.pids == {}
+    with pytest.raises(LauncherError):
+        Launcher(proxied)  # no file to write it to
+
+
+def test_raftq_node_reports_a_bad_config(tmp_path: Path) -> None:
+    result = raftq("node", "--config", str(tmp_path / "missing.toml"), "--id", "1", timeout_s=30)
+    assert result.returncode == 2
+    assert "cannot start" in result.stderr and "missing.toml" in result.stderr
