@@ -46,6 +46,8 @@ def _default_out(name: str, seed: int) -> Path:
               help="Cluster size (a scenario may set its own).")
 @click.option("--tick-ms", type=click.IntRange(5, 1000), default=30, show_default=True,
               help="Raft tick of the nodes, ms (election timeout is 10 to 20 ticks).")
+@click.option("--snapshot-entries", type=click.IntRange(10, 10**9), default=None,
+              help="Nodes snapshot after this many applied entries (default: the node's).")
 @click.option("--net", type=click.Choice(["proxy", "netns"]), default="proxy", show_default=True,
               help="How partitions are made: TCP proxies (no privileges needed).")
 @click.option("--list-scenarios", is_flag=True, help="List the scenarios and exit.")
@@ -63,6 +65,7 @@ def main(
     scenario: str | None,
     nodes: int,
     tick_ms: int,
+    snapshot_entries: int | None,
     net: str,
     list_scenarios: bool,
     quiet: bool,
@@ -91,7 +94,8 @@ def main(
         out = out_dir or _default_out(scenario, seed)
         overrides: dict[str, object] = {}
         for name, field_name in (("duration_s", "duration_s"), ("rate", "rate"),
-                                 ("concurrency", "concurrency"), ("tick_ms", "tick_ms")):
+                                 ("concurrency", "concurrency"), ("tick_ms", "tick_ms"),
+                                 ("snapshot_entries", "snapshot_entries")):
             if given(name):
                 overrides[field_name] = ctx.params[name]
         opts = options_for(scenario, out, seed=seed, progress=not quiet, overrides=overrides)
@@ -111,6 +115,7 @@ def main(
             seed=seed,
             nodes=nodes,
             tick_ms=tick_ms,
+            snapshot_entries=snapshot_entries,
             require_faults=bool(kinds),
             progress=not quiet,
         )

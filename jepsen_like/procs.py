@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import trio
 
@@ -43,11 +44,13 @@ class NodeProcess:
         node_id: the node.
         pids: every pid this node ran under, in order.
         exits: exit codes of the processes that ended (negative: the killing signal).
+        killed: pids the run stopped on purpose (SIGKILL by the nemesis, or the final stop).
     """
 
     node_id: int
     pids: list[int] = field(default_factory=list)
     exits: list[int | None] = field(default_factory=list)
+    killed: set[int] = field(default_factory=set)
 
 
 class NodeProcs:
@@ -62,6 +65,7 @@ class NodeProcs:
     def __init__(self, config: ClusterConfig, log_dir: Path, log_level: str = "INFO") -> None:
         self.launcher = Launcher(config, log_dir=log_dir, node_args=["--log-level", log_level])
         self.nodes = {i: NodeProcess(i) for i in self.launcher.node_ids}
+        self._reported: set[int] = set()
 
     def running(self, node_id: int) -> bool:
         """The node has a process (paused or not)."""
@@ -85,6 +89,7 @@ class NodeProcs:
         pid = self.pid(node_id)
         if pid is None:
             return None, None
+        self.nodes[node_id].killed.add(pid)
         code = await trio.to_thread.run_sync(self.launcher.kill, node_id)
         self.nodes[node_id].exits.append(code)
         return pid, code
@@ -108,6 +113,28 @@ class NodeProcs:
         pid = self.pid(node_id)
         return process_state(pid) if pid is not None else None
 
+    def unexpected_exits(self) -> list[dict[str, Any]]:
+        """Node processes that ended although the run did not stop them (a crash).
+
+        Each is reported once: `{"node_id", "pid", "exit_code", "log_tail"}`.
+        """
+        found: list[dict[str, Any]] = []
+        for nid, np in sorted(self.nodes.items()):
+            if not np.pids:
+                continue
+            pid = np.pids[-1]
+            code = self.launcher.exit_code(nid)
+            if code is None or pid in np.killed or pid in self._reported:
+                continue
+            self._reported.add(pid)
+            try:
+                lines = self.launcher.log_path(nid).read_text(errors="replace").splitlines()
+            except OSError:
+                lines = []
+            found.append({"node_id": nid, "pid": pid, "exit_code": code,
+                          "log_tail": lines[-12:]})
+        return found
+
     async def ensure_running(self) -> list[int]:
         """Resume paused nodes and start the ones that are down. Returns the ids started."""
         started = []
@@ -125,6 +152,8 @@ class NodeProcs:
 
         Safe in a `finally`, also when cancelled: it shields itself.
         """
+        for np in self.nodes.values():
+            np.killed.update(np.pids)
         with trio.CancelScope(shield=True):
             codes = await trio.to_thread.run_sync(lambda: self.launcher.stop(timeout_s=grace_s))
         for nid, code in codes.items():

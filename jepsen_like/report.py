@@ -127,6 +127,7 @@ def results_dict(out: RunOutcome) -> dict[str, Any]:
         "final_statuses": out.final_statuses,
         "proxies": out.proxies,
         "pids": out.pids,
+        "node_crashes": out.crashes,
         "timings_s": {k: round(v, 3) for k, v in out.timings_s.items()},
         "workload_window_s": list(out.workload_window_s),
         "poison_values": sorted(out.generator.poison_values) if out.generator else [],
@@ -280,6 +281,9 @@ def _figures(key: str, sec: Mapping[str, Any]) -> str:
     if key == "faults":
         return f"{sec['count']} faults {sec['by_kind']}" + (
             f" ({sec['why']})" if sec.get("why") else "")
+    if key == "node_crashes":
+        return ", ".join(f"n{c['node_id']} pid {c['pid']} exit {c['exit_code']} at "
+                         f"{c['seen_at_s']}s ({c['phase']})" for c in sec["crashes"]) or "none"
     if key == "drain":
         return f"rounds {sec.get('rounds')}, received {sec.get('received')}"
     return str(sec.get("summary") or sec.get("why") or sec.get("error") or "")

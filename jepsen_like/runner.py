@@ -26,7 +26,7 @@ import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,8 @@ class RunOptions:
         seed: the seed of the schedule and the workload (random when None).
         nodes: cluster size.
         tick_ms, election_ticks, heartbeat_ticks: the nodes' Raft timing.
+        snapshot_entries: the nodes take a snapshot after this many applied entries (None:
+            the node default); small values exercise log compaction and snapshot installs.
         workload: what the clients do.
         op_timeout_s: deadline of one client operation, retries included, seconds.
         drain_timeout_s: longest drain, seconds.
@@ -103,6 +105,7 @@ class RunOptions:
     tick_ms: int = 30
     election_ticks: int = 10
     heartbeat_ticks: int = 2
+    snapshot_entries: int | None = None
     workload: Workload = field(default_factory=Workload)
     op_timeout_s: float = 4.0
     drain_timeout_s: float = 60.0
@@ -140,6 +143,8 @@ class RunOutcome:
         proxies: the proxies' counters.
         check: the checker's result (filled by `run`).
         error: an error that stopped the run early, or None.
+        crashes: node processes that exited although nothing stopped them, with the time
+            (seconds since the start) and the end of their log.
     """
 
     options: RunOptions
@@ -155,6 +160,7 @@ class RunOutcome:
     error: str | None = None
     workload_window_s: tuple[float, float] = (0.0, 0.0)
     pids: dict[str, list[int]] = field(default_factory=dict)
+    crashes: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def valid(self) -> bool:
@@ -291,6 +297,8 @@ class Run:
             election_ticks=o.election_ticks,
             heartbeat_ticks=o.heartbeat_ticks,
         )
+        if o.snapshot_entries is not None:
+            cfg = replace(cfg, snapshot_entries=o.snapshot_entries)
         self.cfg = config_mod.write(cfg, o.out_dir / "cluster.toml")
         self.addrs = self.cfg.client_addrs()
         self.procs = NodeProcs(self.cfg, o.out_dir / "logs", o.node_log_level)
@@ -601,6 +609,20 @@ class Run:
                 await trio.sleep(0.2)
         return sts
 
+    def _collect_crashes(self) -> None:
+        assert self.procs is not None
+        for c in self.procs.unexpected_exits():
+            c["seen_at_s"] = round(self.clock_s(), 3)
+            c["phase"] = self.phase
+            logger.error("node %s (pid %s) exited by itself with status %s", c["node_id"],
+                         c["pid"], c["exit_code"])
+            self.outcome.crashes.append(c)
+
+    async def _watch_crashes(self) -> None:
+        while True:
+            self._collect_crashes()
+            await trio.sleep(0.2)
+
     async def execute(self) -> RunOutcome:
         """Run every step (see the module docstring) and return the unchecked outcome."""
         o = self.opts
@@ -620,6 +642,7 @@ class Run:
                 await nursery.start(mesh.run)
                 for nid in sorted(procs.nodes):
                     await procs.start(nid)
+                nursery.start_soon(self._watch_crashes)
                 async with AsyncClient(self.addrs, timeout_s=5.0, connect_timeout_s=0.5,
                                        request_timeout_s=1.0, backoff_max_s=0.3) as admin:
                     self.admin = admin
@@ -637,6 +660,7 @@ class Run:
                     out.timings_s["workload"] = time.monotonic() - t
                     t = time.monotonic()
                     self.phase = "heal"
+                    self._collect_crashes()
                     healed = await self.nemesis.heal_all()
                     await self.wait_for_leader(30)
                     out.timings_s["heal"] = time.monotonic() - t
@@ -656,6 +680,7 @@ class Run:
             logger.exception("run stopped early")
             out.error = f"{type(exc).__name__}: {exc}"
         finally:
+            self._collect_crashes()
             t_stop = time.monotonic()
             await procs.stop_all()
             out.timings_s["stop"] = time.monotonic() - t_stop
@@ -691,6 +716,11 @@ def check_outcome(out: RunOutcome) -> dict[str, Any]:
         "valid": bool(out.drain.get("complete")),
         **{k: v for k, v in out.drain.items() if k != "complete"},
         "complete": bool(out.drain.get("complete")),
+    }
+    res["node_crashes"] = {
+        "valid": not out.crashes,
+        "count": len(out.crashes),
+        "crashes": out.crashes,
     }
     if out.error is not None:
         res["run"] = {"valid": False, "error": out.error}
