@@ -23,8 +23,9 @@ Our own rules (each a section of the result with its own `valid`):
 * `dedup`: one deduplication id is enqueued as one message: all `ok` replies of the id carry
   one message id, and every delivery of the value traces back to that one message.
 * `fifo`: in a FIFO queue, messages of one group are delivered in message-id order (no
-  earlier message is delivered after a later one was), and enqueues of one group that were
-  sequential in real time got increasing message ids.
+  earlier message is delivered after a later one was, one receive returns at most one message
+  of a group), and enqueues of one group that were sequential in real time got increasing
+  message ids.
 * `acks`: no ack succeeded with a stale receipt (the message had been delivered again before
   the ack was sent), nor after the lease had certainly ended.
 * `delivery_limit`: no message is delivered more than the queue's `max_deliveries` times.
@@ -340,9 +341,18 @@ def _check_fifo(idx: _Index, specs: dict[str, QueueSpec]) -> dict[str, Any]:
     groups: dict[tuple[str, str], dict[int, list[_Delivery]]] = defaultdict(
         lambda: defaultdict(list)
     )
+    same_receive: dict[tuple[int, str], list[_Delivery]] = defaultdict(list)
     for dv in idx.deliveries:
         if dv.queue in fifo_queues:
             groups[(dv.queue, dv.d.group or "")][dv.d.message_id].append(dv)
+            same_receive[(dv.ok.index, dv.d.group or "")].append(dv)
+    for (_, group), dvs in same_receive.items():
+        if len(dvs) > 1:
+            inversions.append({
+                "queue": dvs[0].queue, "group": group,
+                "values": [x.d.value for x in dvs], "receive_index": dvs[0].ok.index,
+                "why": "one receive returned several messages of one group",
+            })
     for (queue, group), by_id in groups.items():
         ids = sorted(by_id)
         # For each message, the earliest-completed delivery of any later message of its group.

@@ -167,17 +167,37 @@ class RunOutcome:
         return bool(self.check.get("valid")) and self.error is None
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = []
+def _ephemeral_range() -> tuple[int, int]:
     try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _free_ports(n: int) -> list[int]:
+    """`n` distinct ports of 127.0.0.1 that are free now, outside the kernel's ephemeral range.
+
+    The nodes bind them only later, so they are drawn where the kernel does not hand out ports
+    for outgoing connections or `bind(0)` (the proxies' listeners, the clients): no collision
+    with the run's own sockets in between.
+    """
+    lo, hi = _ephemeral_range()
+    candidates = range(20000, lo) if lo > 21000 else range(hi + 1, 65536)
+    rng = random.Random()
+    out: list[int] = []
+    for port in rng.sample(candidates, min(len(candidates), 50 * n)):
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
             s.close()
+        out.append(port)
+        if len(out) == n:
+            return out
+    raise RunSetupError(f"cannot find {n} free ports on 127.0.0.1")
 
 
 def classify(exc: BaseException) -> tuple[str, str]:

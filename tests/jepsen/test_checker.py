@@ -194,6 +194,18 @@ def test_fifo_inversion_is_flagged() -> None:
     assert inv["earlier"]["value"] == 60 and inv["later"]["value"] == 61
 
 
+def test_two_messages_of_a_group_in_one_receive_are_flagged() -> None:
+    b = good()
+    a = b.enqueue(2, 64, queue=F, group="m")
+    c = b.enqueue(2, 65, queue=F, group="m")
+    r = b.receive(7, [(64, a, 1), (65, c, 1)], queue=F, group="m")
+    b.ack(7, 64, r[0], queue=F)
+    b.ack(7, 65, r[1], queue=F)
+    res = b.check()
+    assert res["failed_checks"] == ["fifo"]
+    assert "several messages of one group" in res["fifo"]["inversions"][0]["why"]
+
+
 def test_fifo_enqueue_order_is_checked() -> None:
     b = good()
     b.enqueue(2, 62, queue=F, group="k", message_id=900)
