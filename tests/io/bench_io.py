@@ -70,6 +70,7 @@ def _ready(first: int, entries: int, size_bytes: int, sync: bool) -> Ready:
         entries=batch,
         snapshot=None,
         messages=(),
+        early_messages=(),
         committed_entries=(),
         soft_state=None,
         dropped=(),

@@ -47,6 +47,7 @@ def ready(
         entries=tuple(entries),
         snapshot=snapshot,
         messages=(),
+        early_messages=(),
         committed_entries=(),
         soft_state=None,
         dropped=(),
