@@ -89,6 +89,14 @@ _WRITE_QUEUE = 1024
 _COALESCE_BYTES = 256 << 10
 """The writer joins ready frames into one `send_all` up to about this many bytes."""
 
+PROBE_AFTER_S = 1.5
+"""A connection with requests waiting and nothing received for this long gets a `ping`."""
+
+DEAD_AFTER_S = 2.0
+"""If the `ping` brings nothing back within this long, the connection is treated as lost: the
+node is paused, hung or cut off (a stopped process still accepts TCP connections, so a connect
+timeout alone never notices)."""
+
 _FAST_REDIRECTS = 3
 """Redirects in a row that are followed at once; later ones back off like other failures."""
 
@@ -347,6 +355,8 @@ class _Connection:
         self._pending: dict[int, _Call] = {}
         self._send_q, self._recv_q = trio.open_memory_channel[_Call](_WRITE_QUEUE)
         self._scope = trio.CancelScope()
+        self._last_received = trio.current_time()
+        self._probe_ids = itertools.count(-1, -1)  # negative: never clash with request ids
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the reader and writer until the connection closes; never raises (but Cancelled)."""
@@ -355,6 +365,7 @@ class _Connection:
                 async with trio.open_nursery() as nursery:
                     nursery.start_soon(self._read_loop)
                     nursery.start_soon(self._write_loop)
+                    nursery.start_soon(self._watchdog)
                     task_status.started()
         finally:
             self.close("client closed")
@@ -423,10 +434,35 @@ class _Connection:
             log.warning("raftq client: writer to %s failed", self.addr, exc_info=True)
             self.close(f"client writer failed: {exc!r}")
 
+    async def _watchdog(self) -> None:
+        """Close the connection when the node stops answering while requests wait."""
+        while True:
+            await trio.sleep(PROBE_AFTER_S / 3)
+            if not self._pending or trio.current_time() - self._last_received < PROBE_AFTER_S:
+                continue
+            probe_id = next(self._probe_ids)
+            probe = _Call(probe_id, encode_frame({"id": probe_id, "op": "ping"}))
+            self._pending[probe_id] = probe
+            try:
+                self._send_q.send_nowait(probe)
+            except trio.WouldBlock:
+                self._pending.pop(probe_id, None)
+                continue
+            sent_at = trio.current_time()
+            await trio.sleep(DEAD_AFTER_S)
+            self._pending.pop(probe_id, None)
+            if self._last_received < sent_at:
+                self.close(
+                    f"{self.addr} did not answer a ping within {DEAD_AFTER_S:g} s "
+                    "(paused, hung or cut off)"
+                )
+                return
+
     async def _read_loop(self) -> None:
         try:
             while True:
                 data = await self._stream.receive_some(1 << 16)
+                self._last_received = trio.current_time()
                 if not data:
                     self.close("connection closed by the node")
                     return

@@ -272,3 +272,22 @@ def test_raftq_error_codes_cross_the_wire(tmp_path: Path) -> None:
             with pytest.raises(RaftqError) as exc:
                 c.send("missing", "x")
             assert exc.value.code == "QUEUE_NOT_FOUND"
+
+
+def test_client_moves_on_from_a_paused_node(tmp_path: Path) -> None:
+    # A SIGSTOPped node still accepts TCP connections; the client must notice it does not
+    # answer (ping probe) and carry on with the others well before its request timeout.
+    with Launcher(fast_config(tmp_path)) as launcher:
+        leader = launcher.start()
+        follower = next(n for n in launcher.node_ids if n != leader)
+        servers = [launcher.addresses[follower]] + [
+            a for n, a in launcher.addresses.items() if n != follower]
+        launcher.pause(follower)
+        assert launcher.is_paused(follower)
+        with Client(servers, timeout_s=30, request_timeout_s=25) as c:
+            t0 = time.monotonic()
+            c.create_queue("q")
+            assert c.send("q", "x").message_id > 0
+            elapsed = time.monotonic() - t0
+        launcher.resume(follower)
+        assert elapsed < 10, f"took {elapsed:.1f} s to get past a paused node"
