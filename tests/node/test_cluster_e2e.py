@@ -291,3 +291,32 @@ def test_client_moves_on_from_a_paused_node(tmp_path: Path) -> None:
             elapsed = time.monotonic() - t0
         launcher.resume(follower)
         assert elapsed < 10, f"took {elapsed:.1f} s to get past a paused node"
+
+
+def test_node_with_corrupt_data_refuses_to_start_and_names_the_file(tmp_path: Path) -> None:
+    from tests.io.test_storage import flip_byte, raw_db
+
+    with Launcher(fast_config(tmp_path)) as launcher:
+        leader = launcher.start()
+        victim = next(n for n in launcher.node_ids if n != leader)
+        with Client(launcher.servers, timeout_s=30) as c:
+            c.create_queue("q")
+            for i in range(20):
+                c.send("q", f"m{i}")
+            wait_converged(c, launcher)
+            launcher.stop_node(victim)
+            assert not launcher.is_running(victim)
+            db_path = launcher.config.node(victim).data_dir / "raft"
+            with raw_db(db_path) as cfs:
+                keys = list(cfs["log"].keys())
+                flip_byte(cfs["log"], keys[len(keys) // 2])
+            launcher.start_node(victim)
+            deadline = time.monotonic() + 20
+            while launcher.is_running(victim):
+                assert time.monotonic() < deadline, "node started on corrupt data"
+                time.sleep(0.1)
+            assert launcher.exit_code(victim) not in (0, None)
+            log = launcher.log_path(victim).read_text()
+            assert "cannot start" in log and str(db_path) in log and "checksum" in log
+            # The other two carry on.
+            assert c.send("q", "after").message_id > 0
