@@ -543,37 +543,41 @@ class Run:
         received = Counter[str]()
         rounds = Counter[str]()
         done = False
+        stop = trio.Event()
         async with self._client(DRAIN_PROCESS) as client:
-            with trio.move_on_after(o.drain_timeout_s):
+            # Past the deadline the queue tasks are cancelled; before it they stop gracefully
+            # (each finishes its operation), so no request is abandoned on a closing client.
+            with trio.move_on_after(o.drain_timeout_s + o.op_timeout_s + 5):
                 async with trio.open_nursery() as nursery:
                     for k, q in enumerate(queues):
-                        nursery.start_soon(self._drain_queue, client, q,
-                                           DRAIN_PROCESS + 1000 * k, empties, received, rounds)
-                    while True:
-                        await trio.sleep(0.1)
-                        if not all(n >= o.drain_empty_rounds for n in empties.values()):
-                            continue
-                        left = await self._messages_left(client, queues)
-                        if left is not None and not any(left.values()):
-                            done = True
-                            nursery.cancel_scope.cancel()
-                            break
-                        # Leased messages (an ack that failed, a lease not ended yet).
-                        for q in queues:
-                            if left is None or left.get(q):
-                                empties[q] = 0
+                        nursery.start_soon(self._drain_queue, client, q, DRAIN_PROCESS + 1000 * k,
+                                           empties, received, rounds, stop)
+                    with trio.move_on_after(o.drain_timeout_s):
+                        while True:
+                            await trio.sleep(0.1)
+                            if not all(n >= o.drain_empty_rounds for n in empties.values()):
+                                continue
+                            left = await self._messages_left(client, queues)
+                            if left is not None and not any(left.values()):
+                                done = True
+                                break
+                            # Leased messages (an ack that failed, a lease not ended yet).
+                            for q in queues:
+                                if left is None or left.get(q):
+                                    empties[q] = 0
+                    stop.set()
         return {"complete": done, "rounds": dict(rounds), "received": dict(received)}
 
     async def _drain_queue(
         self, client: AsyncClient, q: str, p: int, empties: dict[str, int],
-        received: Counter[str], rounds: Counter[str],
+        received: Counter[str], rounds: Counter[str], stop: trio.Event,
     ) -> None:
         o = self.opts
         h = self.history
         dlqs = {x.dlq for x in o.workload.queues}
         vt_ms = {x.name: x.visibility_timeout_ms for x in o.workload.queues}.get(
             q, max(2000, o.workload.max_visibility_timeout_ms))
-        while True:
+        while not stop.is_set():
             rounds[q] += 1
             inv = h.invoke("receive", p, queue=q, max_messages=DRAIN_BATCH,
                            visibility_timeout_ms=vt_ms, tag="drain")
