@@ -93,18 +93,19 @@ class ClientServer:
         limiter = trio.Semaphore(self.max_in_flight)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, stream, out_receive)
+                nursery.start_soon(self._writer, stream, out_receive, nursery.cancel_scope)
                 async with out_send:
                     await self._reader(stream, decoder, nursery, out_send, limiter)
                     # The client closed its side: wait for its outstanding replies, then close.
                     for _ in range(self.max_in_flight):
                         await limiter.acquire()
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
+        except Exception:
+            # Nothing one connection does may stop the node: log it and drop the connection.
+            logger.exception("client connection failed")
         finally:
             with trio.move_on_after(1) as cleanup:
                 cleanup.shield = True
-                await stream.aclose()
+                await trio.aclose_forcefully(stream)
 
     async def _reader(
         self,
@@ -140,19 +141,28 @@ class ClientServer:
                 nursery.start_soon(self._serve_frame, frame, out, limiter)
 
     async def _writer(
-        self, stream: trio.SocketStream, out: trio.MemoryReceiveChannel[bytes]
+        self,
+        stream: trio.SocketStream,
+        out: trio.MemoryReceiveChannel[bytes],
+        connection_scope: trio.CancelScope,
     ) -> None:
-        async for first in out:
-            chunks = [first]
-            size = len(first)
-            while size < 256 * 1024:
+        async with out:  # once the writer is gone, replies fail fast (BrokenResourceError)
+            async for first in out:
+                chunks = [first]
+                size = len(first)
+                while size < 256 * 1024:
+                    try:
+                        chunk = out.receive_nowait()
+                    except (trio.WouldBlock, trio.EndOfChannel):
+                        break
+                    chunks.append(chunk)
+                    size += len(chunk)
                 try:
-                    chunk = out.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-                chunks.append(chunk)
-                size += len(chunk)
-            await stream.send_all(b"".join(chunks))
+                    await stream.send_all(b"".join(chunks))
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    # The client went away (EPIPE / reset): drop the whole connection.
+                    connection_scope.cancel()
+                    return
 
     async def _serve_frame(
         self, frame: object, out: trio.MemorySendChannel[bytes], limiter: trio.Semaphore

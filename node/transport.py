@@ -542,7 +542,7 @@ class Transport:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
-                nursery.start_soon(trio.serve_listeners, self._handle_connection, listeners)
+                nursery.start_soon(trio.serve_listeners, self._serve_connection, listeners)
                 for peer in self._peers.values():
                     nursery.start_soon(self._run_peer, peer)
                 task_status.started(self._listen_address)
@@ -657,6 +657,15 @@ class Transport:
         scope.cancel()
 
     # -- inbound ------------------------------------------------------------------------------
+
+    async def _serve_connection(self, stream: trio.SocketStream) -> None:
+        """One inbound connection; whatever goes wrong with it never stops the listener."""
+        try:
+            await self._handle_connection(stream)
+        except Exception:
+            self._stats["wire_errors"] += 1
+            logger.exception("node %d: inbound connection failed", self.node_id)
+            await trio.aclose_forcefully(stream)
 
     async def _handle_connection(self, stream: trio.SocketStream) -> None:
         where = _address_of(stream)

@@ -27,7 +27,6 @@ def _frame(obj: object) -> bytes:
     return struct.pack(">I", len(body)) + body
 
 
-@pytest.mark.xfail(strict=True, reason="node/server.py: EPIPE in _writer kills the node")
 def test_node_survives_a_client_that_closes_with_replies_pending(tmp_path: Path) -> None:
     """Two long-poll receives on an empty queue, then the client closes its socket.
 
