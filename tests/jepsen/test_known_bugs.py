@@ -1,7 +1,5 @@
-"""Reproductions of node bugs the fault-injection runs found (black box: a process, a socket).
-
-Each is `xfail(strict=True)`: when the bug is fixed the test passes, which fails the suite as
-XPASS; then remove the marker here and `_only_known_node_bug` in test_runs.py.
+"""Regression tests for node bugs the fault-injection runs found (black box: a process, a
+socket). Each started as a strict xfail reproduction and became a plain test with the fix.
 """
 
 from __future__ import annotations
@@ -30,12 +28,12 @@ def _frame(obj: object) -> bytes:
 def test_node_survives_a_client_that_closes_with_replies_pending(tmp_path: Path) -> None:
     """Two long-poll receives on an empty queue, then the client closes its socket.
 
-    The node writes the first reply into the closed connection (the client's kernel answers
+    Fixed in 28a0c73. Before: the node wrote the first reply into the closed connection (the client's kernel answers
     with RST); writing the second raises BrokenResourceError (EPIPE) in `_writer`, inside the
     connection's nursery, so it leaves as an ExceptionGroup that `_handle_connection`'s
     `except (trio.BrokenResourceError, trio.ClosedResourceError)` does not catch; it reaches
-    `serve_tcp` and the node process exits with status 1. In the runs, the client closes a
-    connection to a paused node (no answer to its ping) and the node dies on SIGCONT.
+    `serve_tcp` and the node process exited with status 1. In the runs, the client closed a
+    connection to a paused node (no answer to its ping) and the node died on SIGCONT.
     """
     raft_port, client_port = _free_ports(2)
     cfg = write(ClusterConfig(

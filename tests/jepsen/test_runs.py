@@ -40,35 +40,9 @@ def _explain(out: RunOutcome) -> str:
     return "\n".join(parts)
 
 
-KNOWN_NODE_BUG = (
-    "node/server.py _writer: a reply written to a connection the client closed raises "
-    "BrokenResourceError inside the connection's nursery; it escapes as an ExceptionGroup and "
-    "the node process exits (reported with a reproduction; not fixed yet)"
-)
-
-
-def _only_known_node_bug(out: RunOutcome) -> bool:
-    """The run failed only because node processes died of the known server.py EPIPE bug."""
-    failed = set(out.check.get("failed_checks", []))
-    if out.error is not None or "node_crashes" not in failed:
-        return False
-    if not failed <= {"node_crashes", "consistency"}:
-        return False
-    for crash in out.crashes:
-        tail = "\n".join(crash.get("log_tail", []))
-        if not ("node/server.py" in tail and "in _writer" in tail
-                and "BrokenResourceError" in tail):
-            return False
-    return True
-
-
 def _run_valid(opts: RunOptions) -> RunOutcome:
-    # Sync tests with their own trio loop (`run_sync`): pytest.xfail does not cross a
-    # pytest-trio test's exception groups.
+    # Sync tests, each run in its own trio loop (`run_sync`).
     out = run_sync(opts)
-    if not out.valid and _only_known_node_bug(out):
-        pytest.xfail(f"{KNOWN_NODE_BUG}; {len(out.crashes)} crash(es), results in "
-                     f"{opts.out_dir}")
     assert out.valid, _explain(out)
     assert (opts.out_dir / "results.json").exists()
     assert (opts.out_dir / "history.jsonl").exists()
