@@ -27,6 +27,7 @@ from bench_peers.common import (
     rate_window,
 )
 from cluster.client import AsyncClient
+from cluster.errors import RaftqError
 from cluster.launcher import Launcher
 from node.config import local_cluster
 
@@ -225,32 +226,46 @@ class RaftqSystem:
                 nursery.start_soon(filler)
         return n / (time.monotonic() - start)
 
-    async def _drain(self, q: str, n: int, consumers: int) -> float:
-        """Receive + ack `n` messages from `q` with `consumers` clients; returns messages/s."""
+    async def _drain(self, q: str, n: int, consumers: int) -> tuple[float, int]:
+        """Receive + ack `n` messages from `q` with `consumers` clients.
+
+        A receive or ack whose outcome is unknown (an election during the drain) is counted
+        and the consumer goes on; the messages of a lost ack come back after their 60 s lease.
+
+        Returns:
+            (messages acked per second, number of failed calls).
+        """
         acked = 0
+        failed = 0
         start = time.monotonic()
 
         async def consumer() -> None:
-            nonlocal acked
+            nonlocal acked, failed
             async with self._client() as c:
                 while acked < n:
-                    msgs = await c.receive(q, max_messages=RECEIVE_BATCH, wait_s=0.5)
-                    if msgs:
-                        res = await c.ack(q, [m.receipt for m in msgs])
-                        acked += res.acked
+                    try:
+                        msgs = await c.receive(q, max_messages=RECEIVE_BATCH, wait_s=0.5,
+                                               visibility_timeout_ms=60_000)
+                        if msgs:
+                            res = await c.ack(q, [m.receipt for m in msgs])
+                            acked += res.acked
+                    except RaftqError:
+                        failed += 1
+                        await trio.sleep(0.1)
 
         async with trio.open_nursery() as nursery:
             for _ in range(consumers):
                 nursery.start_soon(consumer)
-        return acked / (time.monotonic() - start)
+        return acked / (time.monotonic() - start), failed
 
     async def _drain_only(self, backlog: int, consumers: int) -> dict[str, Any]:
         async with self._client() as c:
             q = await self._new_queue(c, "w3")
             fill_rate = await self._fill(c, q, backlog)
-            rate = await self._drain(q, backlog, consumers)
+            rate, failed = await self._drain(q, backlog, consumers)
             await c.delete_queue(q)
-        return {"rate_per_s": rate, "fill_rate_per_s": fill_rate, "n": backlog}
+        return {"rate_per_s": rate, "fill_rate_per_s": fill_rate, "n": backlog,
+                "failed_calls": failed}
 
     def backlog(
         self, n: int, in_flight: int = 1000, producers: int = 16, consumers: int = 4
@@ -282,20 +297,26 @@ class RaftqSystem:
                     nonlocal sent
                     while sent < n:
                         sent += 1
-                        await c.send(q, payload)
+                        try:
+                            await c.send(q, payload)
+                        except RaftqError:  # not enqueued, or unknown: send another
+                            sent -= 1
 
                 async with trio.open_nursery() as nursery:
                     for i in range(in_flight):
                         nursery.start_soon(worker, clients[i % producers])
-            enqueue_rate = n / (time.monotonic() - start)
+            enqueue_s = time.monotonic() - start
+            print(f"    raftq: {n:,} enqueued in {enqueue_s:.0f} s; draining", flush=True)
             depth = (await admin.queue_stats(q)).get("ready")
-            drain_rate = await self._drain(q, n, consumers)
-            await admin.delete_queue(q)
+            drain_rate, failed = await self._drain(q, n, consumers)
+            with trio.move_on_after(60):
+                await admin.delete_queue(q)
         return {
-            "enqueue_rate_per_s": enqueue_rate,
+            "enqueue_rate_per_s": n / enqueue_s,
             "drain_rate_per_s": drain_rate,
             "n": n,
             "depth_at_peak": depth,
+            "failed_drain_calls": failed,
         }
 
     def paced(self, rate_per_s: float, seconds: float) -> dict[str, Any]:

@@ -35,6 +35,10 @@ from bench_peers.common import (
 from bench_peers.raftq_peer import failover_figures
 
 NODE_SCRIPT = Path(__file__).resolve().parent / "syncobj_node.py"
+CALL_TIMEOUT_S = 30.0
+"""A put or get unanswered for this long counts as lost (seen under a 1,000,000 backlog)."""
+STALL_S = 120.0
+"""A drain that takes nothing for this long stops and reports what it took."""
 
 
 class _Conn:
@@ -68,11 +72,12 @@ class _Conn:
                     fut.set_exception(ConnectionError("connection lost"))
             self.waiting.clear()
 
-    async def call(self, op: bytes, data: bytes = b"") -> bytes:
+    async def call(self, op: bytes, data: bytes = b"", timeout_s: float = CALL_TIMEOUT_S) -> bytes:
         """Send one request; returns the reply payload (status byte first).
 
         Raises:
             ConnectionError: the connection was lost.
+            TimeoutError: no reply within `timeout_s` (pysyncobj lost the callback).
         """
         if self.task.done():
             raise ConnectionError("connection lost")
@@ -80,7 +85,10 @@ class _Conn:
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self.waiting[rid] = fut
         self.writer.write(struct.pack(">I", 5 + len(data)) + op + struct.pack(">I", rid) + data)
-        return await fut
+        try:
+            return await asyncio.wait_for(fut, timeout_s)
+        finally:
+            self.waiting.pop(rid, None)
 
     async def put(self, data: bytes) -> bool:
         return (await self.call(b"P", data))[:1] == b"\x00"
@@ -254,6 +262,7 @@ class SyncObjSystem:
         starts: list[float] = []
         dones: list[float] = []
         errors = 0
+        lost = 0
         published = 0
         kill_at: list[float] = []
         start = time.monotonic()
@@ -277,11 +286,16 @@ class SyncObjSystem:
                     continue
 
                 async def one(c: _Conn = c) -> None:
-                    nonlocal errors, published
+                    nonlocal errors, published, lost
                     while not finished():
                         published += 1
                         t0 = time.monotonic()
-                        if await c.put(payload):
+                        try:
+                            ok = await c.put(payload)
+                        except TimeoutError:
+                            ok = False
+                            lost += 1
+                        if ok:
                             starts.append(t0)
                             dones.append(time.monotonic())
                         else:
@@ -310,7 +324,7 @@ class SyncObjSystem:
         end = time.monotonic()
         lat = [d - s for s, d in zip(starts, dones, strict=True)]
         out: dict[str, Any] = {"rate_per_s": len(dones) / (end - start), "n": len(dones),
-                               "errors": errors, **latency_figures(lat)}
+                               "errors": errors, "lost_replies": lost, **latency_figures(lat)}
         if kill_at:
             self.procs[leader].wait()
             out.update(failover_figures(starts, dones, kill_at[0], start, end))
@@ -326,25 +340,41 @@ class SyncObjSystem:
             await self._empty()
         return out
 
-    async def _drain(self, n: int, in_flight: int = 1000) -> float:
-        """Take `n` items with `in_flight` gets outstanding on one connection to the leader."""
+    async def _drain(self, n: int, in_flight: int = 1000) -> dict[str, Any]:
+        """Take `n` items with `in_flight` gets outstanding on one connection to the leader.
+
+        Returns:
+            rate_per_s (items taken per second), taken, lost_replies (gets unanswered for
+            30 s), stalled (True when nothing was taken for 120 s and the drain gave up).
+        """
         leader = await self._wait_leader(30)
         c = await _Conn.open(self.client_port(leader))
         got = 0
-        start = time.monotonic()
+        lost = 0
+        last_progress = start = time.monotonic()
+        stalled = False
 
         async def one() -> None:
-            nonlocal got
-            while got < n:
-                item = await c.get()
+            nonlocal got, lost, last_progress, stalled
+            while got < n and not stalled:
+                try:
+                    item = await c.get()
+                except TimeoutError:
+                    lost += 1
+                    item = None
                 if item:
                     got += 1
+                    last_progress = time.monotonic()
+                elif time.monotonic() - last_progress > STALL_S:
+                    stalled = True
                 elif item == b"":
                     await asyncio.sleep(0.01)
 
         await asyncio.gather(*(one() for _ in range(in_flight)))
         await c.close()
-        return got / (time.monotonic() - start)
+        end = last_progress if stalled else time.monotonic()
+        return {"rate_per_s": got / (end - start), "taken": got, "lost_replies": lost,
+                "stalled": stalled}
 
     def drain(self, backlog: int, consumers: int = 4) -> dict[str, Any]:
         """Workload 3: put `backlog` items (1,000 outstanding), then take them all with
@@ -353,8 +383,10 @@ class SyncObjSystem:
 
     async def _drain_only(self, backlog: int) -> dict[str, Any]:
         fill = await self._producers(1000, 4, total=backlog, spread=False)
-        rate = await self._drain(fill["n"])
-        return {"rate_per_s": rate, "fill_rate_per_s": fill["rate_per_s"], "n": fill["n"]}
+        drained = await self._drain(fill["n"])
+        return {"rate_per_s": drained["rate_per_s"], "fill_rate_per_s": fill["rate_per_s"],
+                "n": fill["n"], "drain_lost_replies": drained["lost_replies"],
+                "drain_stalled": drained["stalled"]}
 
     def backlog(
         self, n: int, in_flight: int = 1000, producers: int = 16, consumers: int = 4
@@ -368,9 +400,13 @@ class SyncObjSystem:
 
     async def _backlog(self, n: int, in_flight: int, producers: int) -> dict[str, Any]:
         fill = await self._producers(in_flight, producers, total=n)
-        drain_rate = await self._drain(fill["n"])
-        return {"enqueue_rate_per_s": fill["rate_per_s"], "drain_rate_per_s": drain_rate,
-                "n": fill["n"]}
+        print(f"    pysyncobj: {fill['n']:,} put at {fill['rate_per_s']:,.0f}/s "
+              f"({fill['lost_replies']} replies lost); draining", flush=True)
+        drained = await self._drain(fill["n"])
+        return {"enqueue_rate_per_s": fill["rate_per_s"], "drain_rate_per_s": drained["rate_per_s"],
+                "n": fill["n"], "enqueue_lost_replies": fill["lost_replies"],
+                "drained": drained["taken"], "drain_lost_replies": drained["lost_replies"],
+                "drain_stalled": drained["stalled"]}
 
 
 def _dist_version(name: str) -> str:

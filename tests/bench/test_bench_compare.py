@@ -54,10 +54,11 @@ def test_ratio_is_oriented_so_above_one_is_better_for_raftq() -> None:
 def test_summarize_stacks_counts_self_and_inclusive(tmp_path: Path) -> None:
     raw = tmp_path / "raw.txt"
     raw.write_text(
-        "main (a.py:1);loop (a.py:5);fsync (b.py:9) 30\n"
-        "main (a.py:1);loop (a.py:5) 10\n"
+        "main (node/main.py:1);loop (node/raft_loop.py:5);fsync (b.py:9) 30\n"
+        "main (node/main.py:1);loop (node/raft_loop.py:5) 10\n"
     )
     summary = summarize_stacks(raw)
     assert summary["samples"] == 40
     assert summary["self"][0] == ("fsync (b.py)", 75.0)
-    assert ("loop (a.py)", 100.0) in summary["inclusive"]
+    assert summary["inclusive"] == [("loop (node/raft_loop.py)", 100.0)]
+    assert summary["threads"] == {"event loop": 100.0, "worker threads": 0.0}
