@@ -3,8 +3,8 @@
 Budget: the whole file takes about 3 to 4 minutes on 2 cores. To keep it there, two runs
 carry two scenarios each (their workloads and checks merged): `consumer-crash` with
 `stale-ack`, and the `restart-all` nemesis with the `restart-all` and `poison` scenarios. Each
-scenario also runs alone by name (`scripts/jepsen --scenario NAME`); set
-`RAFTQ_JEPSEN_ALL=1` to run every one of them alone here too. `RAFTQ_JEPSEN_SEED` changes the
+scenario also runs alone by name (`scripts/jepsen --scenario NAME`); `scripts/test -m extended
+tests/jepsen` runs every one of them alone here too (not part of the default suite). `RAFTQ_JEPSEN_SEED` changes the
 seed (default: fixed per test, so a failure can be replayed).
 """
 
@@ -98,7 +98,7 @@ def test_consumer_crash_and_stale_ack_scenarios(tmp_path: Path) -> None:
     assert out.check["stale_ack"]["rejected_after_redelivery"] > 0
 
 
-@pytest.mark.skipif(not os.environ.get("RAFTQ_JEPSEN_ALL"), reason="set RAFTQ_JEPSEN_ALL=1")
+@pytest.mark.extended
 @pytest.mark.parametrize("name", sorted(sc.SCENARIOS))
 def test_every_scenario_alone(tmp_path: Path, name: str) -> None:
     opts = sc.options_for(name, tmp_path / name, seed=_seed(31), progress=False)
