@@ -926,13 +926,15 @@ class AsyncClient:
         return int(_field(result, "node_id", "ping"))
 
     async def node_status(
-        self, addr: str | None = None, *, timeout_s: float | None = None
+        self, addr: str | None = None, *, timeout_s: float | None = None, digest: bool = False
     ) -> dict[str, Any]:
         """One node's view of the cluster (role, term, indexes, peers); see docs/protocol.md.
 
         Args:
             addr: the node's client address; None asks any known node.
             timeout_s: deadline in seconds; default the client's `timeout_s`.
+            digest: also return `digest`, a hash of the node's whole queue state (costs time
+                in proportion to the state: ask for it when comparing replicas).
 
         Returns:
             The `node_status` map: `node_id`, `role`, `term`, `leader_id`,
@@ -942,7 +944,8 @@ class AsyncClient:
             ClusterUnavailable: the node did not answer before the deadline.
         """
         result = await self._request(
-            "node_status", None, _Kind.READ, addr=addr, any_node=True, timeout_s=timeout_s
+            "node_status", {"digest": True} if digest else None, _Kind.READ, addr=addr,
+            any_node=True, timeout_s=timeout_s,
         )
         if not isinstance(result, dict):
             raise BadFrame(None, f"malformed reply to node_status: {result!r:.200}")

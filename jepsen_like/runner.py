@@ -346,7 +346,7 @@ class Run:
         async def ask(nid: int, addr: str) -> None:
             try:
                 with trio.fail_after(timeout_s + 0.5):
-                    out[nid] = await admin.node_status(addr, timeout_s=timeout_s)
+                    out[nid] = await admin.node_status(addr, timeout_s=timeout_s, digest=True)
             except (RaftqError, trio.TooSlowError, OSError) as exc:
                 out[nid] = {"node_id": nid, "error": f"{type(exc).__name__}: {exc}"}
 

@@ -11,6 +11,14 @@ One task owns the core (`RaftNode`); nothing else calls it. Other tasks hand it 
 
 While a write runs in its thread the core is left alone (RocksStorage is not thread-safe, and
 inputs that arrive meanwhile simply make the next batch larger: that is group commit).
+
+Snapshots are serialised in a worker thread while the loop goes on replicating: committed
+entries are then held back (not applied, so the state being serialised does not change) and
+applied in order as soon as the serialisation is done; the snapshot is written to storage from
+the loop, between Readys. A snapshot is taken once at least `snapshot_entries` entries and at
+least as many log bytes as the previous snapshot's size were applied since the last one (so its
+cost stays proportional to the log it replaces, after Ra's release cursor), or soon after the
+application says the state is small (`request_snapshot`).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from node.raft import (
     RaftNode,
     Ready,
     Role,
+    Snapshot,
     SoftState,
 )
 
@@ -139,8 +148,15 @@ class RaftLoop:
         self._inbox: list[Message] = []
         self._proposals: list[list[Proposal]] = []
         self._waiting: dict[int, Proposal] = {}
+        self._applied_index = core.log.applied
         self._applied_since_snapshot = 0
+        self._log_bytes_since_snapshot = 0
+        self._last_snapshot_bytes = 0
         self._snapshot_requested = False
+        self._snapshotting = False
+        self._deferred: list[Entry | Snapshot] = []
+        self._serialized: tuple[int, bytes] | None = None
+        self._nursery: trio.Nursery | None = None
         self.role_changed = trio.Event()
         self.stats: dict[str, int] = {
             "readies": 0, "synced_writes": 0, "entries_applied": 0, "proposals": 0,
@@ -162,7 +178,7 @@ class RaftLoop:
     def request_snapshot(self, min_entries: int = 0) -> None:
         """Take a snapshot soon (the machine released the log, so the state is small), if at
         least `min_entries` entries were applied since the last one."""
-        if self._applied_since_snapshot >= min_entries:
+        if self._applied_since_snapshot >= min_entries and not self._snapshotting:
             self._snapshot_requested = True
             self._wake.set()
 
@@ -192,6 +208,7 @@ class RaftLoop:
     ) -> None:
         """Run the ticker, the inbound reader and the Ready loop until cancelled."""
         async with trio.open_nursery() as nursery:
+            self._nursery = nursery
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._reader, inbound)
             task_status.started()
@@ -277,14 +294,11 @@ class RaftLoop:
         # 2. Send the rest (votes, append responses).
         for m in rd.messages:
             send(m)
-        # 3. Apply.
+        # 3. Apply (or hold back while the state is being serialised).
         if rd.snapshot is not None:
-            self.app.restore(rd.snapshot.data)
-            self.stats["snapshots_installed"] += 1
-            self._fail_waiting_up_to(rd.snapshot.meta.index)
-            logger.info("installed snapshot at index %d", rd.snapshot.meta.index)
+            self._apply_or_defer(rd.snapshot)
         for e in rd.committed_entries:
-            self._apply(e)
+            self._apply_or_defer(e)
         # 4. Dropped proposals: the leader lost office before they were known to commit.
         for index in rd.dropped:
             p = self._waiting.pop(index, None)
@@ -295,12 +309,29 @@ class RaftLoop:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
 
+    def _apply_or_defer(self, item: Entry | Snapshot) -> None:
+        if self._snapshotting:
+            self._deferred.append(item)
+        elif isinstance(item, Snapshot):
+            self._restore(item)
+        else:
+            self._apply(item)
+
+    def _restore(self, snap: Snapshot) -> None:
+        self.app.restore(snap.data)
+        self.stats["snapshots_installed"] += 1
+        self._applied_index = snap.meta.index
+        self._fail_waiting_up_to(snap.meta.index)
+        logger.info("installed snapshot at index %d", snap.meta.index)
+
     def _apply(self, e: Entry) -> None:
         reply: Any = None
         if e.kind is EntryKind.NORMAL:
             reply = self.app.apply(e)
             self.stats["entries_applied"] += 1
+        self._applied_index = e.index
         self._applied_since_snapshot += 1
+        self._log_bytes_since_snapshot += len(e.data)
         p = self._waiting.pop(e.index, None)
         if p is None:
             return
@@ -327,20 +358,47 @@ class RaftLoop:
         self.role_changed = trio.Event()
 
     async def _maybe_snapshot(self) -> None:
-        if not self._snapshot_requested and self._applied_since_snapshot < self.snapshot_entries:
+        if self._serialized is not None:
+            index, data = self._serialized
+            self._serialized = None
+            # Between Readys: no persist is running, so the storage is ours.
+            await trio.to_thread.run_sync(self.storage.save_snapshot, Index(index), data,
+                                          self.core.voters)
+            self.stats["snapshots_taken"] += 1
+            logger.info("snapshot at index %d (%d bytes)", index, len(data))
             return
-        core = self.core
-        index = core.log.applied
-        if index <= core.log.first_index() - 1:
+        if self._snapshotting or self._nursery is None:
+            return
+        due = (
+            self._applied_since_snapshot >= self.snapshot_entries
+            and self._log_bytes_since_snapshot >= self._last_snapshot_bytes
+        )
+        if not (self._snapshot_requested or due):
+            return
+        if self._applied_index <= self.core.log.first_index() - 1:
             return  # nothing new since the last snapshot
         self._snapshot_requested = False
-        self._applied_since_snapshot = 0
-        # The state must not change while it is serialised: the loop waits here. Inputs keep
-        # queueing meanwhile (see docs/architecture.md on snapshot cost).
-        data = self.app.snapshot()
-        await trio.to_thread.run_sync(self.storage.save_snapshot, index, data, core.voters)
-        self.stats["snapshots_taken"] += 1
-        logger.info("snapshot at index %d (%d bytes)", index, len(data))
+        self._snapshotting = True
+        self._nursery.start_soon(self._serialize, self._applied_index)
+
+    async def _serialize(self, index: int) -> None:
+        """Serialise the state at `index` in a worker thread; applies wait meanwhile."""
+        data: bytes | None = None
+        try:
+            data = await trio.to_thread.run_sync(self.app.snapshot)
+        except Exception:
+            logger.exception("serialising a snapshot at index %d failed", index)
+        finally:
+            self._snapshotting = False
+            deferred, self._deferred = self._deferred, []
+            for item in deferred:
+                self._apply_or_defer(item)
+        if data is not None:
+            self._serialized = (index, data)
+            self._applied_since_snapshot = 0
+            self._log_bytes_since_snapshot = 0
+            self._last_snapshot_bytes = len(data)
+            self._wake.set()
 
     # -- status ---------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

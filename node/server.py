@@ -217,7 +217,7 @@ class ClientServer:
         if op == "ping":
             return {"node_id": self.node_id}
         if op == "node_status":
-            return self.node_status()
+            return self.node_status(digest=args.get("digest") is True)
         if op == "cluster_status":
             return await self.cluster_status()
         if op == "transfer_leadership":
@@ -304,11 +304,14 @@ class ClientServer:
         return {"from": self.node_id, "to": target}
 
     # -- status ---------------------------------------------------------------------------------
-    def node_status(self) -> dict[str, Any]:
+    def node_status(self, digest: bool = False) -> dict[str, Any]:
+        """This node's status; `digest` (a hash of the whole state) only when asked: it costs
+        time in proportion to the state."""
         st = self.loop.status()
         st["leader_client_addr"] = self._leader_addr()
         st["client_addr"] = format_addr(self.cfg.node(self.node_id).client_addr)
-        st["digest"] = self.app.digest()
+        if digest:
+            st["digest"] = self.app.digest()
         st["machine_index"] = self.app.last_index
         st["transport"] = self.transport_stats()
         st["server"] = dict(self.stats)

@@ -86,6 +86,7 @@ from ._queries import query_total_messages as query_total_messages
 from ._snapshot import digest as digest
 from ._snapshot import restore as restore
 from ._snapshot import snapshot as snapshot
+from ._snapshot import snapshot_chunks as snapshot_chunks
 from ._state import MachineState as MachineState
 from ._state import new_state as new_state
 from ._wire import OPERATIONS as OPERATIONS

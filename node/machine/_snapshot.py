@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import deque
+from collections.abc import Iterator
 from heapq import heapify
 from typing import Any, Final
 
@@ -45,33 +46,75 @@ from ._state import (
 FORMAT_VERSION: Final = 1
 
 
-def _queue_item(q: Queue, clock_ms: int) -> list[Any]:
-    messages = [
-        [
-            mid,
-            m.body,
-            m.headers,
-            m.arrived_ms,
-            m.first_ms,
-            m.delivery_count,
-            m.status,
-            m.due_ms,
-            m.expire_ms,
-            m.group,
-        ]
-        for mid, m in q.messages.items()
-    ]
-    dedup = [[did, q.dedup[did], expires] for expires, did in q.dedup_order if expires > clock_ms]
+def _message_item(m: Message, mid: int) -> list[Any]:
     return [
-        q.uid,
-        q.name,
-        q.options.to_list(),
-        q.totals(),
-        q.retain_mid,
-        q.retain_at_ms,
-        messages,
-        dedup,
+        mid,
+        m.body,
+        m.headers,
+        m.arrived_ms,
+        m.first_ms,
+        m.delivery_count,
+        m.status,
+        m.due_ms,
+        m.expire_ms,
+        m.group,
     ]
+
+
+def _array_header(n: int) -> bytes:
+    """The canonical CBOR head of an array of `n` items (RFC 8949, 3.1, major type 4)."""
+    if n < 24:
+        return bytes([0x80 + n])
+    if n < 1 << 8:
+        return bytes([0x98, n])
+    if n < 1 << 16:
+        return b"\x99" + n.to_bytes(2, "big")
+    if n < 1 << 32:
+        return b"\x9a" + n.to_bytes(4, "big")
+    return b"\x9b" + n.to_bytes(8, "big")
+
+
+def _dumps(obj: object) -> bytes:
+    return cbor2.dumps(obj, canonical=True)
+
+
+SNAPSHOT_SLICE: Final = 2048
+"""Messages encoded per cbor2 call by `snapshot_chunks`."""
+
+
+def _queue_chunks(q: Queue, clock_ms: int) -> Iterator[bytes]:
+    yield _array_header(8)
+    for v in (q.uid, q.name, q.options.to_list(), q.totals(), q.retain_mid, q.retain_at_ms):
+        yield _dumps(v)
+    yield _array_header(len(q.messages))
+    batch: list[list[Any]] = []
+    for mid, m in q.messages.items():
+        batch.append(_message_item(m, mid))
+        if len(batch) == SNAPSHOT_SLICE:
+            yield _dumps(batch)[len(_array_header(len(batch))) :]
+            batch = []
+    if batch:
+        yield _dumps(batch)[len(_array_header(len(batch))) :]
+    yield _dumps([[did, q.dedup[did], exp] for exp, did in q.dedup_order if exp > clock_ms])
+
+
+def snapshot_chunks(state: MachineState) -> Iterator[bytes]:
+    """The bytes of `snapshot(state)`, in pieces of at most a few thousand messages each.
+
+    Concatenated they equal `snapshot(state)` (canonical CBOR is the concatenation of the
+    array head and its items' encodings). Between pieces the encoder returns to Python, so a
+    worker thread encoding a large state lets other threads run. The state must not change
+    until the iterator is exhausted.
+    """
+    s = state
+    yield _array_header(8)
+    for v in (FORMAT_VERSION, s.clock_ms, s.next_message_id, s.next_queue_uid, s.last_index,
+              s.last_term):
+        yield _dumps(v)
+    yield _array_header(len(s.queues))
+    for name in sorted(s.queues):
+        yield from _queue_chunks(s.queues[name], s.clock_ms)
+    yield _dumps([[name, list(s.topics[name])] for name in sorted(s.topics)])
 
 
 def snapshot(state: MachineState) -> bytes:
@@ -83,18 +126,7 @@ def snapshot(state: MachineState) -> bytes:
     Returns:
         Bytes that `restore` turns back into an equal state; equal states give equal bytes.
     """
-    s = state
-    item = [
-        FORMAT_VERSION,
-        s.clock_ms,
-        s.next_message_id,
-        s.next_queue_uid,
-        s.last_index,
-        s.last_term,
-        [_queue_item(s.queues[name], s.clock_ms) for name in sorted(s.queues)],
-        [[name, list(s.topics[name])] for name in sorted(s.topics)],
-    ]
-    return cbor2.dumps(item, canonical=True)
+    return b"".join(snapshot_chunks(state))
 
 
 def digest(state: MachineState) -> str:

@@ -32,7 +32,7 @@ def fast_config(tmp: Path, **kw: int) -> config_mod.ClusterConfig:
 
 
 def statuses(c: Client, launcher: Launcher) -> dict[int, dict]:
-    return {nid: c.node_status(addr) for nid, addr in launcher.addresses.items()
+    return {nid: c.node_status(addr, digest=True) for nid, addr in launcher.addresses.items()
             if launcher.is_running(nid)}
 
 
