@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,20 +48,10 @@ class Busy(Exception):
 
 
 @dataclass(eq=False)
-class _Slot:
-    """A client's place in a mailbox: the actor fills `proposal` (or `error`) and sets `ready`."""
-
-    cmd: machine.Command
-    ready: trio.Event = field(default_factory=trio.Event)
-    proposal: Proposal | None = None
-    error: ProposalFailed | None = None
-
-
-@dataclass(eq=False)
 class _Actor:
     key: str
-    send: trio.MemorySendChannel[_Slot]
-    receive: trio.MemoryReceiveChannel[_Slot]
+    send: trio.MemorySendChannel[Proposal]
+    receive: trio.MemoryReceiveChannel[Proposal]
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
 
 
@@ -99,6 +90,7 @@ class ActorSystem(EffectSink):
         self._timer_at: int | None = None
         self._timer_changed = trio.Event()
         self._leader_epoch = 0
+        self._deadlines: deque[tuple[float, Proposal]] = deque()
         self.stats = {"batches": 0, "commands": 0, "ticks": 0, "busy": 0}
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -106,12 +98,15 @@ class ActorSystem(EffectSink):
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._timer_task)
+            nursery.start_soon(self._sweep_deadlines)
             task_status.started()
             await trio.sleep_forever()
 
     # -- submitting ---------------------------------------------------------------------------
     async def submit(self, cmd: machine.Command, key: str) -> Any:
         """Run a write command through the log and return the machine's reply.
+
+        The command is stamped with the wall clock now (the machine's `now_ms`).
 
         Returns:
             The reply (plain data, or a `machine.ErrorReply`).
@@ -126,31 +121,37 @@ class ActorSystem(EffectSink):
         actor = self._actors.get(key)
         if actor is None:
             actor = self._start_actor(key)
-        slot = _Slot(cmd)
+        prop = Proposal(encode_entry(self.clock_ms(), cmd))
         try:
-            actor.send.send_nowait(slot)
+            actor.send.send_nowait(prop)
         except trio.WouldBlock:
             self.stats["busy"] += 1
             raise Busy(f"mailbox of {key!r} is full") from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ProposalFailed("NOT_LEADER", "not the leader", self.loop.core.leader_id) from None
-        with trio.move_on_after(self.commit_timeout_s) as scope:
-            await slot.ready.wait()
-            if slot.error is not None:
-                raise slot.error
-            assert slot.proposal is not None
-            await slot.proposal.done.wait()
-        if scope.cancelled_caught:
-            raise ProposalFailed("TIMEOUT", f"not committed within {self.commit_timeout_s} s")
-        prop = slot.proposal
-        assert prop is not None
+        # One deadline sweep for everyone instead of a cancel scope per request.
+        self._deadlines.append((trio.current_time() + self.commit_timeout_s, prop))
+        await prop.done.wait()
         if prop.error is not None:
             raise prop.error
         return prop.result
 
+    async def _sweep_deadlines(self) -> None:
+        deadlines = self._deadlines
+        timeout = ProposalFailed("TIMEOUT", f"not committed within {self.commit_timeout_s} s")
+        while True:
+            await trio.sleep(min(1.0, self.commit_timeout_s / 4))
+            now = trio.current_time()
+            while deadlines and deadlines[0][0] <= now:
+                _, prop = deadlines.popleft()
+                if not prop.done.is_set():
+                    prop.fail(timeout)
+            while deadlines and deadlines[0][1].done.is_set():
+                deadlines.popleft()
+
     def _start_actor(self, key: str) -> _Actor:
         assert self._nursery is not None
-        send, receive = trio.open_memory_channel[_Slot](self.mailbox_capacity)
+        send, receive = trio.open_memory_channel[Proposal](self.mailbox_capacity)
         actor = _Actor(key, send, receive)
         self._actors[key] = actor
         self._nursery.start_soon(self._run_actor, actor)
@@ -161,7 +162,7 @@ class ActorSystem(EffectSink):
         receive = actor.receive
         with actor.scope:
             while True:
-                first: _Slot | None = None
+                first: Proposal | None = None
                 with trio.move_on_after(self.idle_s):
                     first = await receive.receive()
                 if first is None:
@@ -176,14 +177,11 @@ class ActorSystem(EffectSink):
                         batch.append(receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-                now_ms = self.clock_ms()
-                props = loop.propose([encode_entry(now_ms, s.cmd) for s in batch])
-                for slot, prop in zip(batch, props, strict=True):
-                    slot.proposal = prop
-                    slot.ready.set()
+                batch = [p for p in batch if not p.done.is_set()]  # timed out while queued
+                loop.submit(batch)
                 self.stats["batches"] += 1
                 self.stats["commands"] += len(batch)
-                for prop in props:
+                for prop in batch:
                     await prop.done.wait()
 
     def _stop_actors(self) -> None:
@@ -194,11 +192,11 @@ class ActorSystem(EffectSink):
             actor.send.close()
             while True:
                 try:
-                    slot = actor.receive.receive_nowait()
+                    prop = actor.receive.receive_nowait()
                 except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
                     break
-                slot.error = err
-                slot.ready.set()
+                if not prop.done.is_set():
+                    prop.fail(err)  # never proposed: certainly not executed
 
     # -- effects (EffectSink) ------------------------------------------------------------------
     def wake(self, queue: str) -> None:

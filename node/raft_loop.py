@@ -24,6 +24,7 @@ application says the state is small (`request_snapshot`).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -46,6 +47,13 @@ from node.raft import (
 )
 
 logger = logging.getLogger("raftq.raft")
+
+INLINE_SYNC_MAX_BYTES = 64 * 1024
+"""A synced write of at most this many entry bytes may run on the event loop itself ..."""
+
+INLINE_SYNC_MAX_S = 0.001
+"""... while synced writes take less than this on average (else a worker thread does it, so a
+slow disk never stalls heartbeats)."""
 
 
 class Application(Protocol):
@@ -95,12 +103,14 @@ class Proposal:
     term: int = 0
 
     def resolve(self, result: Any) -> None:
-        self.result = result
-        self.done.set()
+        if not self.done.is_set():  # it may have timed out meanwhile
+            self.result = result
+            self.done.set()
 
     def fail(self, error: ProposalFailed) -> None:
-        self.error = error
-        self.done.set()
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
 
 
 class Persister(Protocol):
@@ -157,10 +167,11 @@ class RaftLoop:
         self._deferred: list[Entry | Snapshot] = []
         self._serialized: tuple[int, bytes] | None = None
         self._nursery: trio.Nursery | None = None
+        self._sync_s = 0.0  # moving average of a synced write's duration
         self.role_changed = trio.Event()
         self.stats: dict[str, int] = {
             "readies": 0, "synced_writes": 0, "entries_applied": 0, "proposals": 0,
-            "snapshots_taken": 0, "snapshots_installed": 0,
+            "snapshots_taken": 0, "snapshots_installed": 0, "inline_synced_writes": 0,
         }
 
     # -- API for other tasks (same trio thread) ------------------------------------------------
@@ -170,10 +181,14 @@ class RaftLoop:
         Failures arrive as `ProposalFailed` in `Proposal.error`, never raised here.
         """
         props = [Proposal(d) for d in datas]
+        self.submit(props)
+        return props
+
+    def submit(self, props: list[Proposal]) -> None:
+        """Queue already-built proposals as one batch of consecutive log entries."""
         if props:
             self._proposals.append(props)
             self._wake.set()
-        return props
 
     def request_snapshot(self, min_entries: int = 0) -> None:
         """Take a snapshot soon (the machine released the log, so the state is small), if at
@@ -288,7 +303,15 @@ class RaftLoop:
         # 1. Persist: durable before any message that depends on it leaves.
         if rd.must_sync:
             self.stats["synced_writes"] += 1
-            await trio.to_thread.run_sync(self.storage.persist, rd)
+            started = time.perf_counter()
+            if self._sync_inline(rd):
+                # A small synced write on a fast disk costs less than the hop to a thread.
+                self.storage.persist(rd)
+                self.stats["inline_synced_writes"] += 1
+            else:
+                await trio.to_thread.run_sync(self.storage.persist, rd)
+            took_s = time.perf_counter() - started
+            self._sync_s = 0.9 * self._sync_s + 0.1 * took_s
         elif rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             self.storage.persist(rd)  # a commit-index-only write: no fsync, fast enough inline
         # 2. Send the rest (votes, append responses).
@@ -308,6 +331,16 @@ class RaftLoop:
                 ))
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
+
+    def _sync_inline(self, rd: Ready) -> bool:
+        if rd.snapshot is not None or self._sync_s > INLINE_SYNC_MAX_S:
+            return False
+        size = 0
+        for e in rd.entries:
+            size += len(e.data)
+            if size > INLINE_SYNC_MAX_BYTES:
+                return False
+        return True
 
     def _apply_or_defer(self, item: Entry | Snapshot) -> None:
         if self._snapshotting:
