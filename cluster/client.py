@@ -48,12 +48,15 @@ from tenacity.wait import wait_base
 
 from cluster.errors import (
     BadFrame,
+    BadRequest,
     Busy,
     ClusterUnavailable,
     FrameTooLarge,
     InvalidReceipt,
+    MessageTooLarge,
     NotLeader,
     OutcomeUnknownError,
+    QueueFull,
     QueueNotFound,
     RaftqError,
     Unavailable,
@@ -609,6 +612,41 @@ def _message_from_wire(queue: str, m: Any) -> Message:
 # ---------------------------------------------------------------------------------------------
 
 
+_COALESCE_IN_FLIGHT = 4
+"""Requests to one queue a client keeps in flight before concurrent sends share a batch."""
+
+_MAX_BATCH = 100
+"""Most messages in one `enqueue_batch` (the node's limit)."""
+
+
+class _PendingSend:
+    """A `send` waiting to go out in a shared `enqueue_batch`."""
+
+    __slots__ = ("msg", "done", "taken", "result", "error")
+
+    def __init__(self, msg: dict[str, Any]) -> None:
+        self.msg = msg
+        self.done = trio.Event()
+        self.taken = False
+        self.result: SendResult | None = None
+        self.error: BaseException | None = None
+
+    def settle(self, result: SendResult | None, error: BaseException | None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+class _SendCoalescer:
+    """The sends waiting for one queue, and how many of its requests are in flight."""
+
+    __slots__ = ("pending", "in_flight")
+
+    def __init__(self) -> None:
+        self.pending: list[_PendingSend] = []
+        self.in_flight = 0
+
+
 class AsyncClient:
     """A trio client of a raftq cluster.
 
@@ -644,6 +682,7 @@ class AsyncClient:
         backoff_initial_s: float = 0.05,
         backoff_max_s: float = 1.0,
         rng: random.Random | None = None,
+        coalesce_sends: bool = True,
     ) -> None:
         """Create a client (no connection is opened until the first call).
 
@@ -660,11 +699,15 @@ class AsyncClient:
             backoff_initial_s: first retry delay in seconds; doubles per failure.
             backoff_max_s: largest retry delay in seconds.
             rng: random source for the jitter (tests pass a seeded one).
+            coalesce_sends: let concurrent `send`s to one queue share `enqueue_batch`
+                requests (see `send`); False sends each message on its own.
 
         Raises:
             ValueError: no server, or one is not host:port.
         """
         self._addrs = parse_servers(servers)
+        self.coalesce_sends = coalesce_sends
+        self._coalescers: dict[str, _SendCoalescer] = {}
         self.timeout_s = timeout_s
         self.connect_timeout_s = connect_timeout_s
         self.request_timeout_s = request_timeout_s
@@ -1076,6 +1119,11 @@ class AsyncClient:
     ) -> SendResult:
         """Enqueue one message. Retried safely: the deduplication id is kept across retries.
 
+        Concurrent sends to the same queue from one client share requests: while
+        `_COALESCE_IN_FLIGHT` requests to the queue are in flight, further sends wait and then
+        go out together as one `enqueue_batch` (up to 100), like a producer's batching without
+        any added delay. Each send still gets its own result or error, in submission order.
+
         Args:
             queue: the queue name.
             body: the body; `str` is sent as UTF-8.
@@ -1096,6 +1144,31 @@ class AsyncClient:
                 `dedup_ids` holds the id to send again with.
         """
         msg = _message_args(body, headers, dedup_id, delay_ms, ttl_ms, group)
+        if not self.coalesce_sends:
+            return await self._send_one(queue, msg)
+        co = self._coalescers.get(queue)
+        if co is None:
+            co = self._coalescers[queue] = _SendCoalescer()
+        if co.in_flight < _COALESCE_IN_FLIGHT and not co.pending:
+            co.in_flight += 1  # nothing to share with: go straight out
+            try:
+                return await self._send_one(queue, msg)
+            finally:
+                co.in_flight -= 1
+                self._flush_sends(queue, co)
+        slot = _PendingSend(msg)
+        co.pending.append(slot)
+        try:
+            await slot.done.wait()
+        finally:
+            if not slot.taken:  # cancelled while waiting: it was never sent
+                co.pending.remove(slot)
+        if slot.error is not None:
+            raise slot.error
+        assert slot.result is not None
+        return slot.result
+
+    async def _send_one(self, queue: str, msg: dict[str, Any]) -> SendResult:
         result = await self._request(
             "enqueue", {"queue": queue, **msg}, _Kind.IDEMPOTENT, dedup_ids=(msg["dedup_id"],)
         )
@@ -1104,6 +1177,57 @@ class AsyncClient:
             bool(_field(result, "duplicate", "enqueue")),
             msg["dedup_id"],
         )
+
+    def _flush_sends(self, queue: str, co: _SendCoalescer) -> None:
+        """Start `enqueue_batch` requests for waiting sends while request slots are free."""
+        while co.pending and co.in_flight < _COALESCE_IN_FLIGHT and self._nursery is not None:
+            batch, co.pending = co.pending[:_MAX_BATCH], co.pending[_MAX_BATCH:]
+            for slot in batch:
+                slot.taken = True
+            co.in_flight += 1
+            self._nursery.start_soon(self._send_coalesced, queue, co, batch)
+
+    async def _send_coalesced(
+        self, queue: str, co: _SendCoalescer, batch: list[_PendingSend]
+    ) -> None:
+        try:
+            if len(batch) == 1:
+                await self._settle_one(queue, batch[0])
+                return
+            ids = tuple(slot.msg["dedup_id"] for slot in batch)
+            try:
+                result = await self._request(
+                    "enqueue_batch", {"queue": queue, "messages": [s.msg for s in batch]},
+                    _Kind.IDEMPOTENT, dedup_ids=ids,
+                )
+                results = _field(result, "results", "enqueue_batch")
+                for slot, r in zip(batch, results, strict=True):
+                    slot.settle(SendResult(int(r["message_id"]), bool(r["duplicate"]),
+                                           slot.msg["dedup_id"]), None)
+            except (MessageTooLarge, QueueFull, BadRequest):
+                # All or nothing refused the batch for some message: find out which, one by one.
+                for slot in batch:
+                    await self._settle_one(queue, slot)
+            except OutcomeUnknownError as exc:
+                for slot in batch:
+                    slot.settle(None, OutcomeUnknownError(
+                        exc.code, exc.message, op="enqueue", dedup_ids=(slot.msg["dedup_id"],)))
+            except RaftqError as exc:
+                for slot in batch:
+                    slot.settle(None, exc)
+        except BaseException as exc:  # cancelled with the client: tell every waiter
+            for slot in batch:
+                slot.settle(None, ClusterUnavailable(None, f"send not completed: {exc!r}"))
+            raise
+        finally:
+            co.in_flight -= 1
+            self._flush_sends(queue, co)
+
+    async def _settle_one(self, queue: str, slot: _PendingSend) -> None:
+        try:
+            slot.settle(await self._send_one(queue, slot.msg), None)
+        except RaftqError as exc:
+            slot.settle(None, exc)
 
     async def send_batch(
         self, queue: str, messages: Iterable[bytes | str | OutgoingMessage | Mapping[str, Any]]

@@ -158,6 +158,10 @@ class FakeState:
             q = self._queue(a["queue"])
             if len(a["messages"]) > 100:
                 raise FakeError("BATCH_TOO_LARGE", "at most 100 messages")
+            max_bytes = q.options.get("max_message_bytes", 1 << 20)
+            for m in a["messages"]:  # all or nothing, as the node
+                if type(m.get("body")) is bytes and len(m["body"]) > max_bytes:
+                    raise FakeError("MESSAGE_TOO_LARGE", f"message of {len(m['body'])} bytes")
             return {"results": [self._enqueue(q, m) for m in a["messages"]]}
         if op == "receive":
             q = self._queue(a["queue"])

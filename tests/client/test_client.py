@@ -13,6 +13,7 @@ from cluster.errors import (
     ClusterUnavailable,
     FrameTooLarge,
     InvalidReceipt,
+    MessageTooLarge,
     OutcomeUnknownError,
     QueueExists,
     QueueNotFound,
@@ -195,7 +196,7 @@ async def test_unsafe_op_retried_when_not_sent(fake: FakeCluster) -> None:
 
 async def test_many_concurrent_requests_share_one_connection(fake: FakeCluster) -> None:
     rng = random.Random(3)
-    async with client(fake.addrs) as c:
+    async with client(fake.addrs, coalesce_sends=False) as c:
         await c.create_queue("q")
         fake.faults["enqueue"] = [f"delay:{rng.random() * 0.05:.4f}" for _ in range(300)]
         results: dict[int, int] = {}
@@ -306,3 +307,31 @@ async def test_client_must_be_opened() -> None:
         AsyncClient(["nohost"])
     with pytest.raises(ValueError):
         AsyncClient("")
+
+
+async def test_concurrent_sends_share_enqueue_batch_requests(fake: FakeCluster) -> None:
+    async with client(fake.addrs) as c:
+        await c.create_queue("q", max_message_bytes=100)
+        fake.faults["enqueue_batch"] = ["delay:0.05"] * 50
+        results: dict[int, object] = {}
+
+        async def one(i: int) -> None:
+            body = b"x" * 500 if i == 77 else f"m{i}".encode()
+            try:
+                results[i] = await c.send("q", body, dedup_id=f"d{i}")
+            except MessageTooLarge as exc:
+                results[i] = exc
+
+        async with trio.open_nursery() as nursery:
+            for i in range(300):
+                nursery.start_soon(one, i)
+    batches = fake.ops("enqueue_batch")
+    singles = fake.ops("enqueue")
+    assert batches, "concurrent sends did not share requests"
+    assert len(batches) + len(singles) < 150
+    # Every send got its own answer; the one too-large message got its own error.
+    assert isinstance(results[77], MessageTooLarge)
+    ok = {i: r for i, r in results.items() if i != 77}
+    assert len(ok) == 299
+    assert len({r.message_id for r in ok.values()}) == 299  # type: ignore[attr-defined]
+    assert all(r.dedup_id == f"d{i}" for i, r in ok.items())  # type: ignore[attr-defined]
