@@ -330,6 +330,15 @@ def run(args: argparse.Namespace) -> int:
     results: dict[str, Any] = {name: {} for name in chosen}
     status: dict[str, str] = {}
     started_at = time.monotonic()
+    report: dict[str, Any] = {
+        "date": stamp, "command": command, "machine": machine, "sizes": sizes.__dict__,
+        "status": status, "results": results, "elapsed_s": 0.0, "profiles": {},
+    }
+    json_path = out_dir / f"{stamp}.json"
+
+    def save() -> None:
+        report["elapsed_s"] = time.monotonic() - started_at
+        json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     if "limits" in chosen:
         from bench_peers import limits
 
@@ -377,23 +386,10 @@ def run(args: argparse.Namespace) -> int:
                 results[name][key]["loadavg_1min_before"] = load_before
             print(f"  {time.monotonic() - t0:.1f} s: {_brief(results[name].get(key, results[name].get('error')))}",
                   flush=True)
-    profiles: dict[str, Any] = {}
+            save()  # after every measurement: a run cut short keeps what it measured
     if args.profile and "raftq" in chosen:
-        profiles = profile_raftq(sizes, out_dir, stamp, results)
-    elapsed = time.monotonic() - started_at
-
-    report = {
-        "date": stamp,
-        "command": command,
-        "machine": machine,
-        "sizes": sizes.__dict__,
-        "status": status,
-        "results": results,
-        "elapsed_s": elapsed,
-        "profiles": profiles,
-    }
-    json_path = out_dir / f"{stamp}.json"
-    json_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+        report["profiles"] = profile_raftq(sizes, out_dir, stamp, results)
+    save()
     print_table(report)
     png = plot_ratios(report, out_dir / f"{stamp}.png")
     print(f"wrote {json_path}" + (f" and {png}" if png else ""))
@@ -440,15 +436,17 @@ def print_table(report: dict[str, Any]) -> None:
                 text = f"[green]{text}[/]" if r >= 1.0 else f"[red]{text}[/]"
             ratios.append(text)
         table.add_row(wl, label, unit, *cells, *ratios)
+    notes = []
     for s in systems:
         if "error" in results[s]:
-            table.add_row("", f"{s}: {results[s]['error'][:120]}", "", *[""] * (len(systems) + len(peers)))
+            notes.append(f"{s} not run: {results[s]['error'][:300]}")
         for wl in ("w1", "w2", "w3", "w4", "w5"):
             r = results[s].get(wl)
             if isinstance(r, dict) and "error" in r:
-                table.add_row(wl[1:], f"{s} failed: {r['error'][:110]}", "",
-                              *[""] * (len(systems) + len(peers)))
+                notes.append(f"workload {wl[1:]} on {s} failed: {r['error'][:300]}")
     console.print(table)
+    for note in notes:
+        console.print(f"  [red]{note}[/]")
     if "rss_mib" in results.get("raftq", {}).get("w4", {}) or any(
         "rss_mib" in results.get(p, {}).get("w4", {}) for p in peers
     ):

@@ -270,8 +270,14 @@ class SyncObjSystem:
         per = [in_flight // producers + (1 if p < in_flight % producers else 0)
                for p in range(producers)]
 
+        last_confirm = [start]
+        stalled = [False]
+
         def finished() -> bool:
-            return time.monotonic() >= deadline or (total is not None and published >= total)
+            if time.monotonic() - (dones[-1] if dones else last_confirm[0]) > STALL_S:
+                stalled[0] = True  # nothing confirmed for 2 min: stop with what we have
+            return (time.monotonic() >= deadline or stalled[0]
+                    or (total is not None and published >= total))
 
         async def producer(p: int) -> None:
             nonlocal errors, published
@@ -324,7 +330,8 @@ class SyncObjSystem:
         end = time.monotonic()
         lat = [d - s for s, d in zip(starts, dones, strict=True)]
         out: dict[str, Any] = {"rate_per_s": len(dones) / (end - start), "n": len(dones),
-                               "errors": errors, "lost_replies": lost, **latency_figures(lat)}
+                               "errors": errors, "lost_replies": lost, "stalled": stalled[0],
+                               **latency_figures(lat)}
         if kill_at:
             self.procs[leader].wait()
             out.update(failover_figures(starts, dones, kill_at[0], start, end))
@@ -405,6 +412,7 @@ class SyncObjSystem:
         drained = await self._drain(fill["n"])
         return {"enqueue_rate_per_s": fill["rate_per_s"], "drain_rate_per_s": drained["rate_per_s"],
                 "n": fill["n"], "enqueue_lost_replies": fill["lost_replies"],
+                "enqueue_stalled": fill["stalled"],
                 "drained": drained["taken"], "drain_lost_replies": drained["lost_replies"],
                 "drain_stalled": drained["stalled"]}
 
