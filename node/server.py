@@ -10,6 +10,7 @@ client sends can stop the node serving everyone else.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -23,6 +24,9 @@ from node.config import ClusterConfig, format_addr
 from node.raft_loop import ProposalFailed, RaftLoop
 
 logger = logging.getLogger("raftq.server")
+
+PARTIAL_FRAME_TIMEOUT_S = 30.0
+"""A client that sends part of a frame and then nothing for this long is disconnected."""
 
 MAX_WAIT_MS = 20_000
 """Longest long poll of `receive` (SQS allows 20 s too)."""
@@ -116,10 +120,21 @@ class ClientServer:
         limiter: trio.Semaphore,
     ) -> None:
         while True:
-            try:
-                data = await stream.receive_some(256 * 1024)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                nursery.cancel_scope.cancel()
+            # Idle connections may stay open; a frame left half-sent may not.
+            wait_s = PARTIAL_FRAME_TIMEOUT_S if decoder.buffered_bytes else math.inf
+            data = None
+            with trio.move_on_after(wait_s):
+                try:
+                    data = await stream.receive_some(256 * 1024)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    nursery.cancel_scope.cancel()
+                    return
+            if data is None:
+                self.stats["bad_frames"] += 1
+                err = RequestError(
+                    "BAD_FRAME", f"incomplete frame: no more bytes for {wait_s:g} s"
+                )
+                await out.send(encode_frame({"id": None, "ok": False, "error": err.to_wire()}))
                 return
             if not data:
                 return
@@ -128,12 +143,12 @@ class ClientServer:
                 try:
                     frame = decoder.next_frame()
                 except WireError as exc:
-                    # Framing is lost: say why, then close this connection only.
+                    # Framing is lost: say why and read no more; the requests already read
+                    # are still answered before the connection closes.
                     self.stats["bad_frames"] += 1
-                    logger.warning("closing client connection: %s: %s", exc.code, exc)
-                    err = RequestError(exc.code, str(exc))
+                    logger.warning("closing client connection: %s", exc)
+                    err = RequestError(exc.code, exc.message)
                     await out.send(encode_frame({"id": None, "ok": False, "error": err.to_wire()}))
-                    out.close()
                     return
                 if frame is None:
                     break

@@ -59,6 +59,23 @@ async def test_bad_input_gets_stable_error_codes(tmp_path: Path) -> None:
         await bad2.stream.send_all(struct.pack(">I", 4) + b"\xff\xff\xff\xff")
         r = await bad2.read_frame()
         assert r["error"]["code"] == "BAD_FRAME"
+        # A request just before garbage on the same connection is still answered.
+        bad3 = await Conn.open(addr)
+        await bad3.stream.send_all(frame_of({"id": 9, "op": "ping"}) + struct.pack(">I", 1) + b"\xff")
+        replies = [await bad3.read_frame(), await bad3.read_frame()]
+        assert {r["id"] for r in replies} == {9, None}
+        assert [r for r in replies if r["id"] is None][0]["error"]["code"] == "BAD_FRAME"
+        # Half a frame and then silence: disconnected after the timeout, with a reason.
+        import node.server as server_mod
+
+        server_mod.PARTIAL_FRAME_TIMEOUT_S, saved = 0.3, server_mod.PARTIAL_FRAME_TIMEOUT_S
+        try:
+            half = await Conn.open(addr)
+            await half.stream.send_all(b"\x00\x00")
+            r = await half.read_frame(timeout_s=5)
+            assert r["error"]["code"] == "BAD_FRAME" and "incomplete" in r["error"]["message"]
+        finally:
+            server_mod.PARTIAL_FRAME_TIMEOUT_S = saved
         # Everyone else is still served.
         r = await c.call("enqueue", {"queue": "q", "body": b"fine"})
         assert r["ok"], r
