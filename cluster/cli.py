@@ -9,7 +9,9 @@ Servers come from `--servers host:port,...` or `RAFTQ_SERVERS`, else the client 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -30,12 +32,14 @@ from cluster.launcher import (
     PIDS_NAME,
     Launcher,
     LauncherError,
+    RecordedNode,
     local_config,
     process_matches,
     read_pids,
     stop_recorded,
+    write_pids,
 )
-from node.config import ConfigError, load
+from node.config import ClusterConfig, ConfigError, load
 
 DEFAULT_DATA_DIR = Path("data/local")
 DEFAULT_SERVERS = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
@@ -101,8 +105,19 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not k=v", param_hint="--header")
+        try:  # arguments that are not UTF-8 arrive with surrogate escapes
+            key, value = (os.fsencode(t).decode("utf-8") for t in (key, value))
+        except UnicodeDecodeError:
+            raise click.BadParameter(
+                f"{item!r} is not valid UTF-8 (header names and values are text)",
+                param_hint="--header",
+            ) from None
         out[key] = value
     return out
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -146,11 +161,38 @@ def cluster() -> None:
     """Run a local cluster on this host."""
 
 
-def _running_recorded(data_dir: Path) -> list[int]:
-    return [
-        n.pid for n in read_pids(data_dir / PIDS_NAME)
+def _running_recorded(data_dir: Path) -> dict[int, RecordedNode]:
+    """Recorded nodes of this directory's cluster that still run, by node id."""
+    return {
+        n.node_id: n for n in read_pids(data_dir / PIDS_NAME)
         if process_matches(n.pid, n.config_path, n.node_id)
-    ]
+    }
+
+
+def _busy_client_ports(cfg: ClusterConfig, node_ids: list[int]) -> list[str]:
+    """Client addresses of `node_ids` where something already accepts connections."""
+    busy = []
+    for nid in node_ids:
+        host, port = cfg.node(nid).client_addr
+        with socket.socket() as s:
+            s.settimeout(0.5)
+            if s.connect_ex((host, port)) == 0:
+                busy.append(f"{host}:{port}")
+    return busy
+
+
+def _check_started(launcher: Launcher, node_ids: list[int]) -> None:
+    """Fail (stopping what was started) if a just-started node exited by itself."""
+    dead = [nid for nid in node_ids if launcher.exit_code(nid) is not None]
+    if not dead:
+        return
+    lines = []
+    for nid in dead:
+        log = launcher.log_path(nid).read_text(errors="replace").strip().splitlines()
+        lines.append(f"node {nid} exited with status {launcher.exit_code(nid)}: "
+                     f"{log[-1] if log else '(empty log)'}")
+    launcher.stop(timeout_s=10.0)
+    _fail("; ".join(lines))
 
 
 def _roles(launcher: Launcher) -> dict[int, str]:
@@ -178,11 +220,11 @@ def cluster_up(nodes: int, data_dir: Path, base_port: int, detach: bool, wait_s:
     """Start a local cluster (its config is made the first time, then reused)."""
     data_dir = data_dir.resolve()
     running = _running_recorded(data_dir)
-    if running:
-        _fail(f"a cluster from {data_dir} is already running (pids {running}); "
-              "stop it with: raftq cluster down")
     cfg, created = local_config(data_dir, nodes=nodes, base_port=base_port)
     err = _err()
+    if running:
+        _restart_missing(cfg, data_dir, running, wait_s)
+        return
     if created:
         err.print(f"wrote {cfg.path}")
     elif any(
@@ -191,6 +233,10 @@ def cluster_up(nodes: int, data_dir: Path, base_port: int, detach: bool, wait_s:
     ):
         err.print(f"using the existing {cfg.path} ({len(cfg.nodes)} nodes); "
                   "--nodes and --base-port apply only when it is created")
+    busy = _busy_client_ports(cfg, sorted(cfg.nodes))
+    if busy:
+        _fail(f"something already listens on {', '.join(busy)} (another cluster, or nodes of "
+              f"this one not recorded in {data_dir / PIDS_NAME}?); stop it first")
     launcher = Launcher(cfg)
     stop_requested: list[int] = []
 
@@ -207,6 +253,7 @@ def cluster_up(nodes: int, data_dir: Path, base_port: int, detach: bool, wait_s:
         launcher.record(pids_path)
         with err.status("waiting for a leader..."):
             launcher.wait_for_leader(timeout_s=wait_s)
+        _check_started(launcher, launcher.node_ids)
         _print_nodes(launcher, _roles(launcher))
         click.echo(f"RAFTQ_SERVERS={','.join(launcher.servers)}")
         sys.stdout.flush()  # a supervisor reading our pipe sees the line now
@@ -235,16 +282,56 @@ def cluster_up(nodes: int, data_dir: Path, base_port: int, detach: bool, wait_s:
     _stop_launcher(launcher, pids_path)
 
 
+def _restart_missing(
+    cfg: ClusterConfig, data_dir: Path, running: dict[int, RecordedNode], wait_s: float
+) -> None:
+    """The cluster runs but some nodes do not: start those (detached) and record them."""
+    missing = [nid for nid in sorted(cfg.nodes) if nid not in running]
+    pids = {nid: n.pid for nid, n in running.items()}
+    if not missing:
+        _fail(f"a cluster from {data_dir} is already running (pids {sorted(pids.values())}); "
+              "stop it with: raftq cluster down")
+    busy = _busy_client_ports(cfg, missing)
+    if busy:
+        _fail(f"something already listens on {', '.join(busy)}; stop it first")
+    launcher = Launcher(cfg)
+    for nid in missing:
+        launcher.start_node(nid)
+    pids.update({nid: launcher.pids[nid] for nid in missing})
+    write_pids(data_dir / PIDS_NAME, launcher.config_path, pids)
+    with _err().status("waiting for a leader..."):
+        launcher.wait_for_leader(timeout_s=wait_s)
+    time.sleep(0.5)
+    _check_started(launcher, missing)
+    _err().print(f"restarted node(s) {', '.join(map(str, missing))} (detached); the others "
+                 f"were running. Stop all with: raftq cluster down --data-dir {data_dir}")
+    click.echo(f"RAFTQ_SERVERS={','.join(launcher.servers)}")
+
+
 def _stop_launcher(launcher: Launcher, pids_path: Path) -> None:
     # Further signals must not interrupt the clean stop.
     old = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         _err().print("stopping the nodes...")
+        mine = set(launcher.pids.values())
         codes = launcher.stop(timeout_s=10.0)
-        pids_path.unlink(missing_ok=True)
+        # Only our own entries leave the pids file: nodes started since by another
+        # `cluster up` (a restart, or a new cluster) are not ours to stop or forget.
+        live = {
+            n.node_id: n.pid for n in read_pids(pids_path)
+            if n.pid not in mine and process_matches(n.pid, n.config_path, n.node_id)
+        }
+        if live:
+            write_pids(pids_path, launcher.config_path, live)
+        else:
+            pids_path.unlink(missing_ok=True)
         _err().print(
             "stopped: " + ", ".join(f"n{nid} status {code}" for nid, code in codes.items())
         )
+        if live:
+            _err().print(f"still running, started separately: "
+                         f"{', '.join(f'n{n} (pid {p})' for n, p in live.items())}; "
+                         "stop with: raftq cluster down")
     finally:
         for s, handler in old.items():
             signal.signal(s, handler)
@@ -301,17 +388,18 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
         _print_json(rows)
         return
     table = Table(title="raftq cluster status")
-    for name, justify in [("node", "right"), ("address", "left"), ("health", "left"),
-                          ("role", "left"), ("term", "right"), ("leader", "right"),
-                          ("commit", "right"), ("applied", "right"), ("last index", "right")]:
+    for name, justify in [("node", "right"), ("address", "left"), ("pid", "right"),
+                          ("health", "left"), ("role", "left"), ("term", "right"),
+                          ("leader", "right"), ("commit", "right"), ("applied", "right"),
+                          ("last index", "right")]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     for r in rows:
         if not r["reachable"]:
-            table.add_row("?", r["addr"], "[red]unreachable[/]", "", "", "", "", "", "")
+            table.add_row("?", r["addr"], "", "[red]unreachable[/]", "", "", "", "", "", "")
             continue
         role = str(r.get("role", "?"))
         table.add_row(
-            str(r.get("node_id", "?")), r["addr"], "[green]ok[/]",
+            str(r.get("node_id", "?")), r["addr"], str(r.get("pid", "")), "[green]ok[/]",
             f"[bold green]{role}[/]" if role == "leader" else role,
             *(str(r.get(k, "")) for k in ("term", "leader_id", "commit_index",
                                           "applied_index", "last_index")),
@@ -449,16 +537,22 @@ def queue_stats(ctx: click.Context, name: str, as_json: bool) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _stdin_lines() -> Iterator[str]:
-    for line in sys.stdin:
-        yield line[:-1] if line.endswith("\n") else line
+def _stdin_lines() -> Iterator[bytes]:
+    """Standard input's lines as bytes (bodies need not be UTF-8), without the newline."""
+    for line in sys.stdin.buffer:
+        yield line[:-1] if line.endswith(b"\n") else line
+
+
+def _arg_bytes(text: str) -> bytes:
+    """A command-line argument's original bytes (surrogate escapes undone)."""
+    return os.fsencode(text)
 
 
 def _bulk(
-    bodies: Iterator[str],
+    bodies: Iterator[bytes],
     total: int | None,
     send_batch: Callable[[list[OutgoingMessage]], list[SendResult]],
-    make: Callable[[str], OutgoingMessage],
+    make: Callable[[bytes], OutgoingMessage],
     batch_size: int,
 ) -> tuple[int, int, list[int]]:
     sent = duplicates = 0
@@ -480,12 +574,19 @@ def _bulk(
             progress.advance(task, len(results))
             batch.clear()
 
-        for body in bodies:
-            batch.append(make(body))
-            if len(batch) >= batch_size:
+        try:
+            for body in bodies:
+                batch.append(make(body))
+                if len(batch) >= batch_size:
+                    flush()
+            if batch:
                 flush()
-        if batch:
-            flush()
+        except RaftqError:
+            progress.stop()
+            err.print(f"sent {_plural(sent, 'message')} before this error "
+                      f"(the failed batch of {len(batch)} was not enqueued, or its outcome "
+                      "is unknown):")
+            raise
     return sent, duplicates, ids
 
 
@@ -509,15 +610,17 @@ def send_cmd(ctx: click.Context, queue_name: str, body: str | None, dedup_id: st
     bulk = body is None or count > 1
     if bulk and dedup_id:
         raise click.UsageError("--dedup-id applies to a single message (BODY without --count)")
+    if dedup_id is not None and not dedup_id:
+        raise click.BadParameter("must not be empty", param_hint="--dedup-id")
 
-    def make(text: str) -> OutgoingMessage:
-        return OutgoingMessage(text, headers=hdrs or None, delay_ms=delay_ms, ttl_ms=ttl_ms,
+    def make(data: bytes) -> OutgoingMessage:
+        return OutgoingMessage(data, headers=hdrs or None, delay_ms=delay_ms, ttl_ms=ttl_ms,
                                group=group)
 
     with _client(ctx) as c:
         if not bulk:
             assert body is not None
-            r = c.send(queue_name, body, headers=hdrs or None, dedup_id=dedup_id,
+            r = c.send(queue_name, _arg_bytes(body), headers=hdrs or None, dedup_id=dedup_id,
                        delay_ms=delay_ms, ttl_ms=ttl_ms, group=group)
             if as_json:
                 _print_json({"message_id": r.message_id, "duplicate": r.duplicate,
@@ -528,7 +631,7 @@ def send_cmd(ctx: click.Context, queue_name: str, body: str | None, dedup_id: st
                            + f" dedup_id={r.dedup_id}")
             return
         if body is not None:
-            bodies: Iterator[str] = iter([body] * count)
+            bodies: Iterator[bytes] = iter([_arg_bytes(body)] * count)
             total: int | None = count
         else:
             bodies, total = _stdin_lines(), None
@@ -542,12 +645,13 @@ def send_cmd(ctx: click.Context, queue_name: str, body: str | None, dedup_id: st
                      "first_message_id": ids[0] if ids else None,
                      "last_message_id": ids[-1] if ids else None})
     else:
-        click.echo(f"sent {sent} messages to {queue_name}"
-                   + (f" ({duplicates} duplicates)" if duplicates else ""))
+        click.echo(f"sent {_plural(sent, 'message')} to {queue_name}"
+                   + (f" ({duplicates} confirmed only on a retry, recognised by their "
+                      "deduplication id: each was enqueued once)" if duplicates else ""))
 
 
 def _messages_table(messages: list[Message]) -> Table:
-    table = Table(title=f"{len(messages)} messages")
+    table = Table(title=_plural(len(messages), "message"))
     table.add_column("id", justify="right")
     table.add_column("deliveries", justify="right")
     table.add_column("receipt")
@@ -733,7 +837,7 @@ def topic_publish(ctx: click.Context, topic_name: str, body: str | None, dedup_i
                   headers: tuple[str, ...], as_json: bool) -> None:
     """Publish BODY (or each line of standard input) to TOPIC."""
     hdrs = _headers(headers)
-    bodies = [body] if body is not None else list(_stdin_lines())
+    bodies = [_arg_bytes(body)] if body is not None else list(_stdin_lines())
     if dedup_id and len(bodies) != 1:
         raise click.UsageError("--dedup-id applies to a single message")
     out: list[dict[str, Any]] = []
@@ -755,7 +859,8 @@ def topic_publish(ctx: click.Context, topic_name: str, body: str | None, dedup_i
                                  + (" (duplicate)" if x["duplicate"] else ""))
             for x in item["results"]
         ]
-        click.echo(f"published to {len(parts)} queues" + (": " + "; ".join(parts) if parts else ""))
+        click.echo(f"published to {_plural(len(parts), 'queue')}"
+                   + (": " + "; ".join(parts) if parts else ""))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -325,6 +326,7 @@ class ClientServer:
         st = self.loop.status()
         st["leader_client_addr"] = self._leader_addr()
         st["client_addr"] = format_addr(self.cfg.node(self.node_id).client_addr)
+        st["pid"] = os.getpid()
         if digest:
             st["digest"] = self.app.digest()
         st["machine_index"] = self.app.last_index

@@ -15,7 +15,7 @@ from node.config import ClusterConfig, NodeConfig, write
 from tests.client.fake import FakeCluster
 
 
-async def run(args: list[str], *, input: str | None = None,
+async def run(args: list[str], *, input: str | bytes | None = None,
               env: dict[str, Any] | None = None) -> Result:
     """Invoke the CLI in a worker thread (it blocks; the fake serves on this trio loop)."""
     runner = CliRunner()
@@ -139,3 +139,20 @@ async def test_servers_from_env_and_local_config(
     r = await run(["queue", "list", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout) == ["q"]
     assert len(fake.ops("list_queues")) == before + 1
+
+
+async def test_send_takes_any_bytes_and_says_how_far_a_failed_bulk_send_got(
+    fake: FakeCluster,
+) -> None:
+    s = servers(fake)
+    assert (await run([*s, "queue", "create", "b", "--no-dlq"])).exit_code == 0
+    r = await run([*s, "send", "b"], input=b"ok1\n\xff\xfe\nok2\n")
+    assert r.exit_code == 0, r.output
+    bodies = [a["body"] for _, a in fake.ops("enqueue_batch") for a in a["messages"]]
+    assert bodies == [b"ok1", b"\xff\xfe", b"ok2"]
+    r = await run([*s, "send", "b", "--header", "k=v", "--dedup-id", ""])
+    assert r.exit_code == 2 and "must not be empty" in r.output
+    # A bulk send that fails part-way says how many were sent before the error.
+    r = await run([*s, "--timeout", "2", "send", "missing"], input="a\nb\n")
+    assert r.exit_code == 1
+    assert "sent 0 messages before this error" in r.stderr and "QUEUE_NOT_FOUND" in r.stderr

@@ -133,6 +133,18 @@ def test_cli_cluster_up_detach_status_down(tmp_path: Path) -> None:
         assert [r["role"] for r in rows].count("leader") == 1
         again = raftq("cluster", "up", "--detach", "--data-dir", str(data))
         assert again.returncode == 1 and "already running" in again.stderr
+        # A killed node comes back with `cluster up` (the README's restart step).
+        os.kill(recorded[2].pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while alive(recorded[2].pid):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        restart = raftq("cluster", "up", "--detach", "--data-dir", str(data))
+        assert restart.returncode == 0, restart.stderr
+        assert "restarted node(s) 3" in restart.stderr
+        now = {n.node_id: n.pid for n in read_pids(data / "pids.json")}
+        assert now[1] == recorded[0].pid and now[3] != recorded[2].pid and alive(now[3])
+        recorded = read_pids(data / "pids.json")
         down = runner.invoke(cli, ["cluster", "down", "--data-dir", str(data)])
         assert down.exit_code == 0, down.output
         assert down.stdout.count(": stopped") == 3
