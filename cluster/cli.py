@@ -314,13 +314,17 @@ def _stop_launcher(launcher: Launcher, pids_path: Path) -> None:
     try:
         _err().print("stopping the nodes...")
         mine = set(launcher.pids.values())
-        codes = launcher.stop(timeout_s=10.0)
-        # Only our own entries leave the pids file: nodes started since by another
-        # `cluster up` (a restart, or a new cluster) are not ours to stop or forget.
-        live = {
-            n.node_id: n.pid for n in read_pids(pids_path)
+        codes: dict[int, Any] = dict(launcher.stop(timeout_s=10.0))
+        others = [
+            n for n in read_pids(pids_path)
             if n.pid not in mine and process_matches(n.pid, n.config_path, n.node_id)
-        }
+        ]
+        if mine and others:
+            # Nodes restarted by `cluster up` while we ran belong to our cluster: stop them.
+            codes.update(stop_recorded(others, timeout_s=10.0))
+            others = []
+        # With none of ours left running, others may be a new cluster: not ours to stop.
+        live = {n.node_id: n.pid for n in others}
         if live:
             write_pids(pids_path, launcher.config_path, live)
         else:
