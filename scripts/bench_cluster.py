@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
+from bench_peers.common import code_version  # noqa: E402
 from bench_peers.raftq_peer import RaftqSystem  # noqa: E402
 
 
@@ -99,7 +101,8 @@ def main() -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title="raftq, local 3-node cluster, 1 KiB bodies")
+    table = Table(title=f"raftq, local 3-node cluster, 1 KiB bodies (code {code_version()}, "
+                        f"1-min load at the end {os.getloadavg()[0]:.1f})")
     for col in ("measurement", "figure", "detail"):
         table.add_column(col)
     for row in rows:

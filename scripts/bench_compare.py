@@ -50,7 +50,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
-from bench_peers.common import ROOT, Unavailable  # noqa: E402
+from bench_peers.common import ROOT, Unavailable, code_version  # noqa: E402
 
 ALL_SYSTEMS = ("raftq", "rabbitmq", "pysyncobj", "limits")
 PEERS = ("rabbitmq", "pysyncobj")
@@ -127,6 +127,7 @@ def machine_description(data_dir: Path) -> dict[str, Any]:
         "python": platform.python_version(),
         "disk": df.stdout.strip().splitlines()[-1] if df.stdout.strip() else "unknown",
         "loadavg_at_start": os.getloadavg(),
+        "code": code_version(),
     }
 
 
@@ -325,7 +326,8 @@ def run(args: argparse.Namespace) -> int:
     machine = machine_description(Path(os.environ.get("TMPDIR", "/tmp")))
     command = "scripts/bench compare " + " ".join(sys.argv[1:])
     print(f"machine: {machine['nproc']} cores, {machine['cpu']}, {machine['memory_gib']} GiB; "
-          f"disk {machine['disk']}; load {machine['loadavg_at_start']}", flush=True)
+          f"disk {machine['disk']}; load {machine['loadavg_at_start']}; code {machine['code']}",
+          flush=True)
 
     results: dict[str, Any] = {name: {} for name in chosen}
     status: dict[str, str] = {}
@@ -358,6 +360,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"workload {key[1:]} on {name} ...", flush=True)
             t0 = time.monotonic()
             load_before = os.getloadavg()[0]
+            code = code_version()
             sysm = None
             started = False
             try:
@@ -384,6 +387,8 @@ def run(args: argparse.Namespace) -> int:
                         traceback.print_exc()
             if isinstance(results[name].get(key), dict):
                 results[name][key]["loadavg_1min_before"] = load_before
+                if name == "raftq":
+                    results[name][key]["code"] = code
             print(f"  {time.monotonic() - t0:.1f} s: {_brief(results[name].get(key, results[name].get('error')))}",
                   flush=True)
             save()  # after every measurement: a run cut short keeps what it measured

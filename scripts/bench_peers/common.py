@@ -212,3 +212,13 @@ def rate_window(
 
 class Unavailable(Exception):
     """A system cannot be run on this machine; the message says why (shown in its row)."""
+
+
+def code_version() -> str:
+    """The commit the measured code is at ("abc1234"), "+dirty" when node/ or cluster/ have
+    uncommitted changes (the tree is shared: a node started later may run other code)."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True, check=False).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--", "node", "cluster"], cwd=ROOT,
+                           capture_output=True, text=True, check=False).stdout.strip()
+    return head + ("+dirty" if dirty else "")

@@ -99,7 +99,8 @@ class _Conn:
         return reply[1:] if reply[:1] == b"\x00" else None
 
     async def status(self) -> dict[str, Any]:
-        return json.loads((await self.call(b"S"))[1:])
+        status: dict[str, Any] = json.loads((await self.call(b"S"))[1:])
+        return status
 
     async def close(self) -> None:
         self.writer.close()
