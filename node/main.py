@@ -75,6 +75,7 @@ class Node:
             nc.raft_addr,
             cfg.peer_dial_addrs(node_id),
             self.inbound_send,
+            on_peer_lost=self._peer_lost,  # the loop exists by the time a peer can be lost
         )
         self.app = QueueApp(state)
         self.loop = RaftLoop(
@@ -90,6 +91,9 @@ class Node:
         self.server = ClientServer(
             node_id, cfg, self.loop, self.app, self.actors, self.transport.stats
         )
+
+    def _peer_lost(self, peer_id: int) -> None:
+        self.loop.peer_lost(peer_id)
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         try:

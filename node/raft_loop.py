@@ -156,6 +156,7 @@ class RaftLoop:
         self._wake = trio.Event()
         self._pending_ticks = 0
         self._inbox: list[Message] = []
+        self._lost_peers: list[int] = []
         self._proposals: list[list[Proposal]] = []
         self._waiting: dict[int, Proposal] = {}
         self._applied_index = core.log.applied
@@ -189,6 +190,11 @@ class RaftLoop:
         if props:
             self._proposals.append(props)
             self._wake.set()
+
+    def peer_lost(self, peer_id: int) -> None:
+        """The transport lost its connection from `peer_id` (see `RaftNode.peer_unreachable`)."""
+        self._lost_peers.append(peer_id)
+        self._wake.set()
 
     def request_snapshot(self, min_entries: int = 0) -> None:
         """Take a snapshot soon (the machine released the log, so the state is small), if at
@@ -265,6 +271,10 @@ class RaftLoop:
             self._pending_ticks = 0
             for _ in range(ticks):
                 core.tick()
+        if self._lost_peers:
+            lost, self._lost_peers = self._lost_peers, []
+            for peer in lost:
+                core.peer_unreachable(NodeId(peer))
         if self._inbox:
             msgs, self._inbox = self._inbox, []
             for m in msgs:

@@ -34,7 +34,7 @@ import hmac
 import logging
 import random
 import secrets
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import cbor2
@@ -376,6 +376,7 @@ class Transport:
         connect_timeout_s: float = 5.0,
         backoff_min_s: float = 0.05,
         backoff_max_s: float = 1.0,
+        on_peer_lost: Callable[[int], None] | None = None,
     ) -> None:
         """Configure the transport; nothing starts before `run`.
 
@@ -394,8 +395,11 @@ class Transport:
             connect_timeout_s: time allowed for a TCP connect, seconds.
             backoff_min_s: first reconnection delay, seconds.
             backoff_max_s: largest reconnection delay, seconds.
+            on_peer_lost: called with a peer's id when its authenticated connection to this
+                node closes or breaks (not when this transport shuts down).
         """
         self.node_id = node_id
+        self._on_peer_lost = on_peer_lost
         self.cluster_id = cluster_id
         self._secret = secret
         self._listen = listen
@@ -711,6 +715,8 @@ class Transport:
                     )
                 finally:
                     peer.inbound_scopes.discard(scope)
+            if not scope.cancelled_caught and self._on_peer_lost is not None:
+                self._on_peer_lost(peer_id)
 
     async def _receive_loop(
         self, stream: trio.SocketStream, decoder: FrameDecoder, peer_id: int, where: str

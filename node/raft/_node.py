@@ -248,6 +248,20 @@ class RaftNode:
         else:
             self._maybe_send_append(target, allow_empty=True)
 
+    def peer_unreachable(self, peer: NodeId) -> None:
+        """The driver saw its connection from `peer` break (the process died, or the link).
+
+        A follower that followed `peer` stops trusting its leader lease and lets its election
+        timer run out within one to three ticks instead of a whole election timeout, so a
+        crashed leader is replaced sooner. Only timing changes: the election still needs a
+        pre-vote majority, and a follower that still hears the leader refuses it (thesis 9.6),
+        so a broken link to a live leader does not depose it.
+        """
+        if self.role is Role.FOLLOWER and peer == self.leader_id:
+            self.leader_id = None
+            soon = self.randomized_election_ticks - 1 - self.rng.randrange(3)
+            self.election_elapsed = max(self.election_elapsed, soon)
+
     def has_ready(self) -> bool:
         """True when `ready()` has work for the driver."""
         if self._outstanding is not None:

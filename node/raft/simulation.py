@@ -590,6 +590,10 @@ class Simulator:
         for key in [k for k in self.pending if k[0] == sn.id]:
             del self.pending[key]
         sn.crash()
+        for other in self._alive():
+            assert other.core is not None
+            if self.rng.randrange(2):  # its peers may or may not see the connection break
+                other.core.peer_unreachable(sn.id)
         self._log(f"crash n{sn.id} (unsynced entries lost: {lost})")
         self._count("crashes")
 

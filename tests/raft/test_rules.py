@@ -519,3 +519,28 @@ def test_leader_counts_its_own_entry_only_once_durable() -> None:
     net.storage[1].append(rd.entries)
     leader.advance(rd)
     assert leader.log.committed == idx
+
+
+def test_lost_leader_connection_starts_an_election_within_a_few_ticks() -> None:
+    net = Net(3, election_ticks=10)
+    net.elect(1)
+    net.crash(1)
+    for i in (2, 3):  # both followers saw the dead leader's connection close
+        net.nodes[i].peer_unreachable(NodeId(1))
+        assert net.nodes[i].leader_id is None
+    ticks = 0
+    while not net.leaders() and ticks < 10:
+        net.tick_all()
+        ticks += 1
+    assert net.leaders() and net.leaders()[0] in (2, 3)
+    assert ticks <= 4, f"took {ticks} ticks (a full election timeout is 10 to 20)"
+
+
+def test_lost_link_to_a_live_leader_does_not_depose_it() -> None:
+    net = Net(3, election_ticks=10)
+    net.elect(1)
+    net.tick_all(3)
+    net.nodes[2].peer_unreachable(NodeId(1))  # only node 2's link broke; node 3 still hears 1
+    for _ in range(40):
+        net.tick_all()
+    assert net.leaders() == [1] and net.nodes[1].term == 1
