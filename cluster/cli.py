@@ -397,18 +397,26 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
                           ("leader", "right"), ("commit", "right"), ("applied", "right"),
                           ("last index", "right")]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
+    repairing: list[str] = []
     for r in rows:
         if not r["reachable"]:
             table.add_row("?", r["addr"], "", "[red]unreachable[/]", "", "", "", "", "", "")
             continue
         role = str(r.get("role", "?"))
+        standing = str(r.get("standing", "voter"))
+        health = "[green]ok[/]" if standing == "voter" else f"[yellow]{standing}[/]"
+        if standing != "voter":
+            repairing.append(f"node {r.get('node_id', '?')} is {standing}: "
+                             f"{r.get('repair_reason') or 'lost durable state'}")
         table.add_row(
-            str(r.get("node_id", "?")), r["addr"], str(r.get("pid", "")), "[green]ok[/]",
+            str(r.get("node_id", "?")), r["addr"], str(r.get("pid", "")), health,
             f"[bold green]{role}[/]" if role == "leader" else role,
             *(str(r.get(k, "")) for k in ("term", "leader_id", "commit_index",
                                           "applied_index", "last_index")),
         )
     _out().print(table)
+    for line in repairing:
+        _out().print(f"[yellow]{line}; it does not vote until a leader has repaired it[/]")
     if not any(r.get("role") == "leader" for r in rows):
         _err().print("[yellow]no leader among the reachable nodes[/]")
 

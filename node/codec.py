@@ -272,6 +272,8 @@ _FIELD_KINDS: dict[str, int] = {
     "leader_commit": _U, "success": _BOOL, "match_index": _U, "reject_index": _U,
     "hint_index": _U, "hint_term": _U, "commit": _U, "meta": _META, "offset_bytes": _U,
     "chunk": _BYTES, "done": _BOOL, "snapshot_index": _U, "next_offset_bytes": _U,
+    "round": _U, "repair": _U, "repairing": _BOOL, "lagging": _BOOL, "nonce": _U,
+    "empty": _BOOL, "boot": _U,
 }  # fmt: skip
 
 

@@ -22,8 +22,9 @@ from node import machine
 from node.actors import ActorSystem
 from node.app import QueueApp
 from node.config import ClusterConfig, ConfigError
+from node.marker import MARK_FILE_NAME, MarkerFile
 from node.raft import Config as RaftConfig
-from node.raft import Message, NodeId, RaftNode
+from node.raft import Message, NodeId, RaftNode, Ready, assess_durability, mark_of
 from node.raft_loop import RaftLoop
 from node.server import ClientServer
 from node.storage import RocksStorage, StorageError
@@ -46,6 +47,12 @@ class Node:
             node_id=node_id,
             voters=tuple(sorted(cfg.nodes)),
         )
+        try:
+            self.marker = MarkerFile(nc.data_dir / MARK_FILE_NAME, cfg.cluster_id, node_id)
+            mark, repair_reason = self._check_durability()
+        except BaseException:
+            self.storage.close()
+            raise
         snap = self.storage.snapshot()
         try:
             state = machine.restore(snap.data) if snap.meta.index > 0 else machine.new_state()
@@ -66,6 +73,7 @@ class Node:
             ),
             self.storage,
             random.Random(),
+            repair_reason=repair_reason,
         )
         self.inbound_send, self.inbound_receive = trio.open_memory_channel[Message](16384)
         self.transport = Transport(
@@ -85,12 +93,43 @@ class Node:
             self.app,
             tick_s=cfg.tick_ms / 1000,
             snapshot_entries=cfg.snapshot_entries,
+            marker=self.marker,
+            mark=mark,
         )
         self.actors = ActorSystem(self.loop)
         self.app.sink = self.actors
         self.server = ClientServer(
             node_id, cfg, self.loop, self.app, self.actors, self.transport.stats
         )
+
+    def _check_durability(self) -> tuple[Any, str | None]:
+        """Compare the database with the durability mark; start REPAIRING if state was lost.
+
+        Returns the mark now on disk and why the node lost durable state (None if it did not).
+        """
+        storage = self.storage
+        hard, _ = storage.initial_state()
+        mark = self.marker.load()
+        fixed, reason = assess_durability(hard, storage, mark)
+        if fixed != hard:
+            storage.persist(
+                Ready(fixed, (), None, (), (), (), None, (), must_sync=True)
+            )
+        if reason is not None:
+            logger.warning(
+                "node %d lost durable state: %s; it neither votes nor counts towards a quorum "
+                "until a leader has repaired it",
+                self.node_id,
+                reason,
+            )
+        last = storage.last_index()
+        current = mark_of(fixed, last, storage.term(last))
+        if mark is None or reason is not None or (mark.term, mark.vote, mark.standing) != (
+            current.term, current.vote, current.standing
+        ):
+            self.marker.store(current)
+            mark = current
+        return mark, reason
 
     def _peer_lost(self, peer_id: int) -> None:
         self.loop.peer_lost(peer_id)

@@ -32,8 +32,10 @@ from typing import Any, Protocol
 import trio
 
 from node.raft import (
+    DurabilityMark,
     Entry,
     EntryKind,
+    HardState,
     Index,
     Message,
     NodeId,
@@ -44,6 +46,9 @@ from node.raft import (
     Role,
     Snapshot,
     SoftState,
+    Term,
+    lower_mark_before,
+    raise_mark_after,
 )
 
 logger = logging.getLogger("raftq.raft")
@@ -54,6 +59,11 @@ INLINE_SYNC_MAX_BYTES = 64 * 1024
 INLINE_SYNC_MAX_S = 0.001
 """... while synced writes take less than this on average (else a worker thread does it, so a
 slow disk never stalls heartbeats)."""
+
+MARK_REFRESH_S = 0.25
+"""How often the durability mark's log position follows the durable log (node/marker.py). A
+WAL cut exactly at a record boundary that removes only entries written since the last refresh
+is the one storage fault a node cannot see by itself (docs/architecture.md)."""
 
 
 class Application(Protocol):
@@ -125,6 +135,12 @@ class Sender(Protocol):
     def send(self, msg: Message) -> None: ...
 
 
+class MarkStore(Protocol):
+    """Where the durability mark is written (node/marker.py's MarkerFile, or a test double)."""
+
+    def store(self, mark: DurabilityMark) -> None: ...
+
+
 class RaftLoop:
     """Owns the core; see the module docstring.
 
@@ -135,6 +151,8 @@ class RaftLoop:
         app: the application the committed entries are applied to.
         tick_s: length of one Raft tick in seconds.
         snapshot_entries: take a snapshot after this many entries were applied since the last.
+        marker: where the durability mark is kept, with `mark` its current contents; None to
+            keep no mark (tests).
     """
 
     def __init__(
@@ -146,6 +164,8 @@ class RaftLoop:
         *,
         tick_s: float,
         snapshot_entries: int = 20000,
+        marker: MarkStore | None = None,
+        mark: DurabilityMark | None = None,
     ) -> None:
         self.core = core
         self.storage = storage
@@ -169,10 +189,18 @@ class RaftLoop:
         self._serialized: tuple[int, bytes] | None = None
         self._nursery: trio.Nursery | None = None
         self._sync_s = 0.0  # moving average of a synced write's duration
+        self._marker = marker
+        self._mark = mark if mark is not None else DurabilityMark()
+        self._hard: HardState = core.log.storage.initial_state()[0]
+        last = core.log.storage.last_index()
+        self._durable_last: tuple[Index, Term] = (last, core.log.storage.term(last))
+        self._mark_refreshed_at = time.monotonic()
+        self._standing = core.standing
         self.role_changed = trio.Event()
         self.stats: dict[str, int] = {
             "readies": 0, "synced_writes": 0, "entries_applied": 0, "proposals": 0,
             "snapshots_taken": 0, "snapshots_installed": 0, "inline_synced_writes": 0,
+            "marks_written": 0,
         }
 
     # -- API for other tasks (same trio thread) ------------------------------------------------
@@ -212,7 +240,11 @@ class RaftLoop:
         if not core.is_leader:
             return None
         if target is None:
-            peers = [(pr.match, pid) for pid, pr in core.progress.items() if pid != core.id]
+            peers = [
+                (pr.match, pid)
+                for pid, pr in core.progress.items()
+                if pid != core.id and pr.counts
+            ]
             if not peers:
                 return None
             target = max(peers)[1]
@@ -310,7 +342,12 @@ class RaftLoop:
         # 0. A leader's appends go out while its own disk write runs (thesis 10.2.1).
         for m in rd.early_messages:
             send(m)
-        # 1. Persist: durable before any message that depends on it leaves.
+        # 1. Persist: durable before any message that depends on it leaves. The durability mark
+        # goes down before a write that removes entries it vouches for ...
+        if self._marker is not None:
+            lowered = lower_mark_before(self._mark, rd, self.core.log.storage)
+            if lowered is not None:
+                await self._store_mark(lowered)
         if rd.must_sync:
             self.stats["synced_writes"] += 1
             started = time.perf_counter()
@@ -324,9 +361,28 @@ class RaftLoop:
             self._sync_s = 0.9 * self._sync_s + 0.1 * took_s
         elif rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             self.storage.persist(rd)  # a commit-index-only write: no fsync, fast enough inline
+        refresh = False
+        if self._marker is not None:
+            # ... and follows term, vote and standing before any message that depends on them.
+            if rd.hard_state is not None:
+                self._hard = rd.hard_state
+            if rd.entries:
+                self._durable_last = (rd.entries[-1].index, rd.entries[-1].term)
+            elif rd.snapshot is not None:
+                self._durable_last = (rd.snapshot.meta.index, rd.snapshot.meta.term)
+            raised = raise_mark_after(self._mark, self._hard, self._durable_last, refresh=False)
+            if raised is not None:
+                await self._store_mark(raised)
+            refresh = time.monotonic() - self._mark_refreshed_at >= MARK_REFRESH_S
         # 2. Send the rest (votes, append responses).
         for m in rd.messages:
             send(m)
+        if refresh:
+            # The mark's log position follows the log now and then: no fsync per write.
+            moved = raise_mark_after(self._mark, self._hard, self._durable_last, refresh=True)
+            self._mark_refreshed_at = time.monotonic()
+            if moved is not None:
+                await self._store_mark(moved)
         # 3. Apply (or hold back while the state is being serialised).
         if rd.snapshot is not None:
             self._apply_or_defer(rd.snapshot)
@@ -341,6 +397,12 @@ class RaftLoop:
                 ))
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
+
+    async def _store_mark(self, mark: DurabilityMark) -> None:
+        assert self._marker is not None
+        await trio.to_thread.run_sync(self._marker.store, mark)
+        self._mark = mark
+        self.stats["marks_written"] += 1
 
     def _sync_inline(self, rd: Ready) -> bool:
         if rd.snapshot is not None or self._sync_s > INLINE_SYNC_MAX_S:
@@ -396,6 +458,12 @@ class RaftLoop:
             for p in waiting.values():
                 p.fail(err)
         logger.info("role %s term %d leader %s", soft.role.value, soft.term, soft.leader_id)
+        if soft.standing != self._standing:
+            self._standing = soft.standing
+            reason = self.core.repair_reason
+            logger.warning(
+                "standing %s%s", soft.standing.name.lower(), f" ({reason})" if reason else ""
+            )
         self.app.on_soft_state(soft)
         self.role_changed.set()
         self.role_changed = trio.Event()
@@ -456,12 +524,16 @@ class RaftLoop:
             "last_index": s.last_index,
             "first_index": s.first_index,
             "snapshot_index": s.first_index - 1,
+            "standing": s.standing.name.lower(),
+            "repair_reason": s.repair_reason,
             "peers": {
                 str(pid): {
                     "match_index": p.match_index,
                     "next_index": p.next_index,
                     "state": p.state,
                     "recent_active": p.recent_active,
+                    "repairing": p.repairing,
+                    "repair_target": p.repair_target,
                 }
                 for pid, p in sorted(s.peers.items())
             },

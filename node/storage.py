@@ -8,7 +8,8 @@ semantics as `MemoryStorage`) and the two writes of the driver: `persist(ready)`
 On-disk layout (one RocksDB database per node, raw bytes keys and values, three column families):
 
 - `meta`: `b"identity"` -> CBOR `{"format": 1, "cluster_id": str, "node_id": int}`;
-  `b"hard_state"` -> CBOR `[term, vote | null, commit]`;
+  `b"hard_state"` -> CBOR `[term, vote | null, commit, standing]` (format 1 databases written
+  before standing existed hold 3 items: a VOTER);
   `b"snapshot"` -> CBOR `[index, term, [voter, ...], size_bytes, chunk_count]`.
 - `log`: key = 8-byte big-endian log index; value = 8-byte big-endian term, 1-byte kind, data.
 - `snapshot`: key = 8-byte big-endian snapshot index + 4-byte big-endian chunk number;
@@ -53,6 +54,7 @@ from node.raft._types import (
     NodeId,
     Snapshot,
     SnapshotMeta,
+    Standing,
     Term,
 )
 
@@ -88,6 +90,7 @@ _CHUNK_KEY = Struct(">QI")  # snapshot index, chunk number
 _MAX_INDEX = 2**63 - 1
 _LOG_KEY_END = _LOG_KEY.pack(_MAX_INDEX + 1)  # sorts after every log key
 _KINDS = {kind.value: kind for kind in EntryKind}
+_STANDINGS = {standing.value: standing for standing in Standing}
 
 
 class StorageError(Exception):
@@ -166,17 +169,21 @@ def _decode_hard_state(body: memoryview) -> HardState:
     obj = _decode_cbor(body)
     if (
         type(obj) is not list
-        or len(obj) != 3
+        or len(obj) not in (3, 4)
         or not _is_uint(obj[0])
         or not (obj[1] is None or (_is_uint(obj[1]) and obj[1] > 0))
         or not _is_uint(obj[2])
+        or (len(obj) == 4 and obj[3] not in _STANDINGS)
     ):
         raise _Bad(f"malformed hard state {obj!r:.80}")
-    return HardState(Term(obj[0]), None if obj[1] is None else NodeId(obj[1]), Index(obj[2]))
+    standing = _STANDINGS[obj[3]] if len(obj) == 4 else Standing.VOTER
+    return HardState(
+        Term(obj[0]), None if obj[1] is None else NodeId(obj[1]), Index(obj[2]), standing
+    )
 
 
 def _encode_hard_state(hs: HardState) -> bytes:
-    return cbor2.dumps([hs.term, hs.vote, hs.commit])
+    return cbor2.dumps([hs.term, hs.vote, hs.commit, int(hs.standing)])
 
 
 def _decode_snapshot_record(body: memoryview) -> tuple[SnapshotMeta, int, int]:
@@ -252,6 +259,8 @@ class RocksStorage:
         self._terms = array("q")  # terms of entries snap_meta.index + 1 .. last_index
         self._cache: list[Entry] = []  # the last len(_cache) entries of the log
         self._cache_bytes = 0
+        self.created = False
+        """True when `open` created the database (it held nothing)."""
 
     # -- opening and closing ------------------------------------------------------------------
 
@@ -384,13 +393,17 @@ class RocksStorage:
         batch = WriteBatch(raw_mode=True)
         batch.put(_K_IDENTITY, _seal(_K_IDENTITY, cbor2.dumps(identity)), self._h_meta)
         batch.put(
-            _K_HARD_STATE, _seal(_K_HARD_STATE, _encode_hard_state(HardState())), self._h_meta
+            _K_HARD_STATE,
+            _seal(_K_HARD_STATE, _encode_hard_state(HardState(standing=Standing.JOINING))),
+            self._h_meta,
         )
         batch.put(
             _K_SNAPSHOT, _seal(_K_SNAPSHOT, _encode_snapshot_record(meta, 0, 0)), self._h_meta
         )
         self._write(batch, sync=True)
         self._snap_meta = meta
+        self._hard_state = HardState(standing=Standing.JOINING)
+        self.created = True
 
     def _load_hard_state(self) -> HardState:
         value = self._meta.get(_K_HARD_STATE)

@@ -3,6 +3,11 @@
 See `RaftNode` for the calling rules and `Ready` for the persist, send, apply, advance contract.
 """
 
+from ._durability import DurabilityMark as DurabilityMark
+from ._durability import assess_durability as assess_durability
+from ._durability import lower_mark_before as lower_mark_before
+from ._durability import mark_of as mark_of
+from ._durability import raise_mark_after as raise_mark_after
 from ._errors import CompactedError as CompactedError
 from ._errors import NotLeader as NotLeader
 from ._errors import ProposalDropped as ProposalDropped
@@ -18,6 +23,9 @@ from ._storage import MemoryStorage as MemoryStorage
 from ._storage import Storage as Storage
 from ._storage import entry_size_bytes as entry_size_bytes
 from ._types import MESSAGE_TYPES as MESSAGE_TYPES
+from ._types import REPAIR_DONE as REPAIR_DONE
+from ._types import REPAIR_ENTER as REPAIR_ENTER
+from ._types import REPAIR_NONE as REPAIR_NONE
 from ._types import AppendEntries as AppendEntries
 from ._types import AppendEntriesResponse as AppendEntriesResponse
 from ._types import Entry as Entry
@@ -28,6 +36,8 @@ from ._types import HeartbeatResponse as HeartbeatResponse
 from ._types import Index as Index
 from ._types import InstallSnapshot as InstallSnapshot
 from ._types import InstallSnapshotResponse as InstallSnapshotResponse
+from ._types import JoinQuery as JoinQuery
+from ._types import JoinQueryResponse as JoinQueryResponse
 from ._types import Message as Message
 from ._types import NodeId as NodeId
 from ._types import RequestVote as RequestVote
@@ -35,5 +45,6 @@ from ._types import RequestVoteResponse as RequestVoteResponse
 from ._types import Role as Role
 from ._types import Snapshot as Snapshot
 from ._types import SnapshotMeta as SnapshotMeta
+from ._types import Standing as Standing
 from ._types import Term as Term
 from ._types import TimeoutNow as TimeoutNow

@@ -23,6 +23,9 @@ from ._progress import Progress, ProgressState
 from ._ready import Ready, SoftState
 from ._storage import Storage
 from ._types import (
+    REPAIR_DONE,
+    REPAIR_ENTER,
+    REPAIR_NONE,
     AppendEntries,
     AppendEntriesResponse,
     Entry,
@@ -33,6 +36,8 @@ from ._types import (
     Index,
     InstallSnapshot,
     InstallSnapshotResponse,
+    JoinQuery,
+    JoinQueryResponse,
     Message,
     NodeId,
     RequestVote,
@@ -40,6 +45,7 @@ from ._types import (
     Role,
     Snapshot,
     SnapshotMeta,
+    Standing,
     Term,
     TimeoutNow,
 )
@@ -94,6 +100,8 @@ class PeerStatus:
     next_index: Index
     state: str
     recent_active: bool
+    repairing: bool = False
+    repair_target: Index | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +119,8 @@ class Status:
     first_index: Index
     voters: tuple[NodeId, ...]
     peers: dict[NodeId, PeerStatus] = field(default_factory=dict)
+    standing: Standing = Standing.VOTER
+    repair_reason: str | None = None
 
 
 class RaftNode:
@@ -119,14 +129,25 @@ class RaftNode:
     Args:
         config: tuning and this node's id.
         storage: read-only view of what the driver persisted (hard state, log, snapshot).
-        rng: the only source of randomness (election jitter).
+        rng: the only source of randomness (election jitter, join nonces).
+        repair_reason: why the driver found this node's durable state lost (see
+            `assess_durability`), shown in `status()` while the node is not a VOTER.
 
     Raises:
         ValueError: the storage's commit index is past its last index, or this node is not a
             voter of the stored configuration.
     """
 
-    def __init__(self, config: Config, storage: Storage, rng: random.Random) -> None:
+    progress_class: type[Progress] = Progress
+    """The class of the leader's per-follower progress (tests swap in broken variants)."""
+
+    def __init__(
+        self,
+        config: Config,
+        storage: Storage,
+        rng: random.Random,
+        repair_reason: str | None = None,
+    ) -> None:
         self.config = config
         self.id = config.id
         self.rng = rng
@@ -137,6 +158,10 @@ class RaftNode:
         self.log = RaftLog(storage, hard_state.commit)
         self.term: Term = hard_state.term
         self.vote: NodeId | None = hard_state.vote
+        self.standing: Standing = hard_state.standing
+        self.repair_reason: str | None = repair_reason
+        if self.standing is Standing.JOINING and repair_reason is None:
+            self.repair_reason = "new database: asking the other voters whether the cluster is new"
         self.role = Role.FOLLOWER
         self.leader_id: NodeId | None = None
         self.progress: dict[NodeId, Progress] = {}
@@ -156,9 +181,24 @@ class RaftNode:
         self._incoming_data = bytearray()
         # Last values handed out in a Ready, to detect changes.
         self._prev_hard = hard_state
-        self._prev_soft = SoftState(self.role, None, self.term)
+        self._prev_soft = SoftState(self.role, None, self.term, self.standing)
         self._outstanding: Ready | None = None
+        # Ticks since this core was built (a restart): a node whose term was lost waits two
+        # election timeouts before it accepts REPAIR_DONE (docs/architecture.md).
+        self._boot_ticks = 0
+        # Follower: last index proven to match the current leader's log in this term; the
+        # commit a heartbeat carries is applied only up to it.
+        self._leader_match = Index(0)
+        # Leader: heartbeat rounds, for fresh quorum confirmations.
+        self._heartbeat_round = 0
+        # JOINING: the current question to the other voters and the answers so far.
+        self._join_nonce = 0
+        self._join_answers: dict[NodeId, JoinQueryResponse] = {}
         self._reset_randomized_timeout()
+        # This incarnation, named in append and snapshot answers (see AppendEntriesResponse).
+        # Derived from the generator's state rather than drawn from it, so that adding it did
+        # not shift the election jitter of every seeded run.
+        self.boot_id = hash(self.rng.getstate()) % ((1 << 62) - 1) + 1
 
     # =========================================================================================
     # Public surface
@@ -174,11 +214,17 @@ class RaftNode:
     def tick(self) -> None:
         """Advance time by one tick: election timeout for followers, heartbeats for leaders."""
         self.election_elapsed += 1
+        self._boot_ticks += 1
         if self.role is Role.LEADER:
             self._tick_leader()
+        elif self.standing is Standing.JOINING:
+            self._tick_joining()
         elif self.election_elapsed >= self.randomized_election_ticks:
             self.election_elapsed = 0
-            self._campaign(transfer=False)
+            if self._may_campaign():
+                self._campaign(transfer=False)
+            else:
+                self.leader_id = None  # a repairing node waits for a leader to contact it
 
     def propose(self, data: bytes) -> Index:
         """Append one entry of application data to the leader's log.
@@ -217,6 +263,9 @@ class RaftNode:
     def step(self, msg: Message) -> None:
         """Handle one message from a peer. Messages for another node, or stale ones, are ignored."""
         if msg.to_id != self.id or msg.from_id == self.id:
+            return
+        if isinstance(msg, JoinQuery | JoinQueryResponse):
+            self._handle_join(msg)
             return
         if msg.term > self.term:
             if not self._accept_higher_term(msg):
@@ -307,7 +356,8 @@ class RaftNode:
             must_sync=bool(entries)
             or log.unstable_snapshot is not None
             or hard.term != self._prev_hard.term
-            or hard.vote != self._prev_hard.vote,
+            or hard.vote != self._prev_hard.vote
+            or hard.standing != self._prev_hard.standing,
         )
         self.msgs = []
         self.early_msgs = []
@@ -345,7 +395,14 @@ class RaftNode:
         peers: dict[NodeId, PeerStatus] = {}
         if self.role is Role.LEADER:
             for pid, pr in self.progress.items():
-                peers[pid] = PeerStatus(pr.match, pr.next, pr.state.value, pr.recent_active)
+                peers[pid] = PeerStatus(
+                    pr.match,
+                    pr.next,
+                    pr.state.value,
+                    pr.recent_active,
+                    pr.repairing or pr.regressed,
+                    pr.repair_target,
+                )
         return Status(
             id=self.id,
             role=self.role,
@@ -358,16 +415,18 @@ class RaftNode:
             first_index=self.log.first_index(),
             voters=self.voters,
             peers=peers,
+            standing=self.standing,
+            repair_reason=self.repair_reason if self.standing is not Standing.VOTER else None,
         )
 
     # =========================================================================================
     # Roles
     # =========================================================================================
     def _hard_state(self) -> HardState:
-        return HardState(self.term, self.vote, self.log.committed)
+        return HardState(self.term, self.vote, self.log.committed, self.standing)
 
     def _soft_state(self) -> SoftState:
-        return SoftState(self.role, self.leader_id, self.term)
+        return SoftState(self.role, self.leader_id, self.term, self.standing)
 
     def _reset_randomized_timeout(self) -> None:
         e = self.config.election_ticks
@@ -380,6 +439,7 @@ class RaftNode:
             self.term = term
             self.vote = None
         self.leader_id = None
+        self._leader_match = Index(0)
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
         self._reset_randomized_timeout()
@@ -424,7 +484,7 @@ class RaftNode:
         self.leader_id = self.id
         last = self.log.last_index()
         for pid in self.voters:
-            pr = Progress(Index(last + 1), self.config.max_inflight_appends)
+            pr = self.progress_class(Index(last + 1), self.config.max_inflight_appends)
             if pid == self.id:
                 # Our own entries count once durable: what earlier Readys persisted.
                 pr.match = self._durable_last_index()
@@ -437,7 +497,7 @@ class RaftNode:
     def _campaign(self, transfer: bool) -> None:
         """Start a pre-election (thesis 9.6), or an election at once when `transfer` is set
         (started by TimeoutNow) or pre-vote is off."""
-        if self.id not in self.voters:
+        if self.id not in self.voters or not self._may_campaign():
             return
         if not self.config.pre_vote or transfer:
             self._start_election(transfer)
@@ -470,6 +530,137 @@ class RaftNode:
 
     def _tally(self) -> int:
         return sum(1 for granted in self.votes.values() if granted)
+
+    def _may_vote(self) -> bool:
+        """Only a VOTER grants votes: a node that lost durable state might vote twice in a
+        term, or for a candidate without entries it once acknowledged."""
+        return self.standing is Standing.VOTER
+
+    def _may_campaign(self) -> bool:
+        """Only a VOTER campaigns (its log is what it claims to hold)."""
+        return self.standing is Standing.VOTER
+
+    @property
+    def _not_voter(self) -> bool:
+        return self.standing is not Standing.VOTER
+
+    # =========================================================================================
+    # Storage faults: joining, repair (docs/architecture.md, "Storage faults")
+    # =========================================================================================
+    def _tick_joining(self) -> None:
+        """JOINING: ask every other voter, once per election timeout, whether it holds state."""
+        if self._join_nonce and self.election_elapsed < self.config.election_ticks:
+            return
+        self.election_elapsed = 0
+        self._join_nonce = self.rng.randrange(1, 1 << 62)
+        self._join_answers = {}
+        others = [pid for pid in self.voters if pid != self.id]
+        if not others:
+            self._bootstrap()
+            return
+        for pid in others:
+            self._send(JoinQuery(self.term, self.id, pid, self._join_nonce))
+
+    def _handle_join(self, msg: JoinQuery | JoinQueryResponse) -> None:
+        if isinstance(msg, JoinQuery):
+            empty = self.log.last_index() == 0 and self.standing is not Standing.REPAIRING
+            self._send(JoinQueryResponse(self.term, self.id, msg.from_id, msg.nonce, empty))
+            return
+        if self.standing is not Standing.JOINING or msg.nonce != self._join_nonce:
+            return  # an answer to an earlier question (or we are past joining)
+        if not msg.empty:
+            self._start_repair(f"empty database, but node {msg.from_id} holds Raft state: "
+                               "this node lost its disk")
+            return
+        self._join_answers[msg.from_id] = msg
+        if all(pid in self._join_answers for pid in self.voters if pid != self.id):
+            self._bootstrap()
+
+    def _bootstrap(self) -> None:
+        """Every other voter is empty too: the cluster is brand new; become a VOTER.
+
+        A brand-new cluster may have had failed elections: adopt the highest term seen and
+        count our vote in it as given (we cannot prove we did not give it before a restart).
+        """
+        top = max([self.term, *(a.term for a in self._join_answers.values())])
+        if top > self.term:
+            self.term = Term(top)
+            self.vote = self.id
+        self.standing = Standing.VOTER
+        self.repair_reason = None
+        self._join_answers = {}
+        self.election_elapsed = 0
+        self._reset_randomized_timeout()
+
+    def _start_repair(self, reason: str) -> None:
+        if self.standing is not Standing.REPAIRING:
+            self.standing = Standing.REPAIRING
+            self.repair_reason = reason
+
+    def _follower_news(
+        self, pr: Progress, repairing: bool, boot: int, heartbeat_round: int | None = None
+    ) -> bool:
+        """Leader: take the standing a follower's answer reports. False: ignore the answer.
+
+        While a follower repairs, answers of its earlier incarnations (another `boot`, saying
+        it is a voter) are old: they are ignored, unless a heartbeat answer of a round sent
+        after the repair began shows a newer incarnation that is a voter again.
+        """
+        if repairing:
+            if not pr.repairing or boot != pr.repair_boot:
+                self._note_follower_standing(pr, True, boot)
+            return True
+        if pr.repairing:
+            if boot != pr.repair_boot and (
+                heartbeat_round is None or heartbeat_round < pr.repair_round
+            ):
+                return False
+            self._note_follower_standing(pr, False, boot)
+        return True
+
+    def _note_follower_standing(self, pr: Progress, repairing: bool, boot: int) -> None:
+        """Leader: a response said whether the follower is a VOTER.
+
+        A follower that says it is repairing lost state: whatever match it acknowledged before
+        is void, so the leader forgets it and probes again from its own log's end (answers of
+        the follower's earlier incarnations are ignored from now on).
+        """
+        if repairing:
+            pr.regressed = False  # it knows
+            if not pr.repairing or boot != pr.repair_boot:
+                pr.repairing = True
+                pr.repair_boot = boot
+                pr.repair_target = self.log.last_index()
+                pr.repair_round = self._heartbeat_round + 1
+                pr.match = Index(0)
+                pr.become_probe()
+                pr.next = Index(self.log.last_index() + 1)
+        elif pr.repairing:
+            pr.repairing = False
+            pr.repair_target = None
+
+    def _repair_signal(self, pr: Progress) -> int:
+        """What the next heartbeat tells this follower about its standing."""
+        if pr.regressed:
+            return REPAIR_ENTER
+        if (
+            pr.repairing
+            and pr.repair_target is not None
+            and pr.match >= pr.repair_target
+            and self._confirmed_since(pr.repair_round)
+        ):
+            return REPAIR_DONE
+        return REPAIR_NONE
+
+    def _confirmed_since(self, heartbeat_round: int) -> bool:
+        """A quorum of voters (not counting repairing ones) answered a heartbeat of round
+        `heartbeat_round` or later: no leader of a later term was elected before then."""
+        confirmed = sum(
+            1
+            for pid, pr in self.progress.items()
+            if pid == self.id or (pr.counts and pr.acked_round >= heartbeat_round)
+        )
+        return confirmed >= self.quorum
 
     # =========================================================================================
     # Term rules (paper Figure 2 "All servers"; thesis 9.6 for lease and pre-vote)
@@ -531,6 +722,11 @@ class RaftNode:
                 # A leader exists in our term (or in the term we would have moved to).
                 self._become_follower(msg.term, msg.from_id)
             self.election_elapsed = 0
+            if self.standing is Standing.JOINING:
+                self._start_repair(
+                    f"empty database, but node {msg.from_id} leads term {msg.term}: "
+                    "this node lost its disk (or joined late)"
+                )
             if isinstance(msg, AppendEntries):
                 self._handle_append_entries(msg)
             elif isinstance(msg, Heartbeat):
@@ -547,7 +743,7 @@ class RaftNode:
     # Elections
     # =========================================================================================
     def _handle_request_vote(self, msg: RequestVote) -> None:
-        can_vote = (
+        can_vote = self._may_vote() and (
             self.vote == msg.from_id
             or (self.vote is None and self.leader_id is None)
             or (msg.pre_vote and msg.term > self.term)
@@ -584,7 +780,9 @@ class RaftNode:
             self.election_elapsed = 0
             if cfg.check_quorum:
                 active = sum(
-                    1 for pid, pr in self.progress.items() if pid == self.id or pr.recent_active
+                    1
+                    for pid, pr in self.progress.items()
+                    if pid == self.id or (pr.recent_active and pr.counts)
                 )
                 for pid, pr in self.progress.items():
                     pr.recent_active = pid == self.id
@@ -598,9 +796,20 @@ class RaftNode:
 
     def _broadcast_heartbeat(self) -> None:
         committed = self.log.committed
+        self._heartbeat_round += 1
+        hb_round = self._heartbeat_round
         for pid, pr in self.progress.items():
             if pid != self.id:
-                self._send(Heartbeat(self.term, self.id, pid, Index(min(pr.match, committed))))
+                self._send(
+                    Heartbeat(
+                        self.term,
+                        self.id,
+                        pid,
+                        Index(min(pr.match, committed)),
+                        hb_round,
+                        self._repair_signal(pr),
+                    )
+                )
 
     def _durable_last_index(self) -> Index:
         log = self.log
@@ -668,7 +877,13 @@ class RaftNode:
         pr.chunk_sent = True
 
     def _maybe_commit(self) -> bool:
-        matches = sorted((pr.match for pr in self.progress.values()), reverse=True)
+        # Followers under repair do not count (their acknowledgements before the loss did).
+        matches = sorted(
+            (pr.match for pid, pr in self.progress.items() if pid == self.id or pr.counts),
+            reverse=True,
+        )
+        if len(matches) < self.quorum:
+            return False
         # Paper Figure 8: only an entry of the current term is committed by counting replicas.
         return self.log.maybe_commit(matches[self.quorum - 1], self.term)
 
@@ -676,18 +891,21 @@ class RaftNode:
         pr = self.progress.get(msg.from_id)
         if pr is None:
             return
+        if not self._follower_news(pr, msg.repairing, msg.boot):
+            return  # an answer of an incarnation from before the loss
         pr.recent_active = True
         pid = msg.from_id
         if not msg.success:
             hint_next = msg.hint_index
             if msg.hint_term > 0:
                 hint_next, _ = self.log.find_conflict_by_term(msg.hint_index, msg.hint_term)
-            if pr.maybe_decrease_to(msg.reject_index, Index(hint_next + 1)):
+            if pr.maybe_decrease_to(msg.reject_index, Index(hint_next + 1), msg.boot):
                 if pr.state is ProgressState.REPLICATE:
                     pr.become_probe()
                 self._maybe_send_append(pid, allow_empty=True)
             return
         updated = pr.maybe_update(msg.match_index)
+        pr.match_boot = msg.boot
         if not updated and not (pr.state is ProgressState.PROBE and msg.match_index == pr.match):
             return  # a stale or duplicate success
         if pr.state is ProgressState.PROBE:
@@ -703,22 +921,29 @@ class RaftNode:
         pr = self.progress.get(msg.from_id)
         if pr is None:
             return
+        if not self._follower_news(pr, msg.repairing, msg.boot, msg.round):
+            return
         pr.recent_active = True
+        if msg.round > pr.acked_round:
+            pr.acked_round = msg.round
         pr.probe_sent = False
         if pr.state is ProgressState.SNAPSHOT:
             pr.chunk_sent = False  # resend the chunk in case it was lost
         elif pr.state is ProgressState.REPLICATE and len(pr.inflight) >= pr.max_inflight:
             pr.inflight.popleft()  # a lost append would otherwise stall the stream
-        if pr.match < self.log.last_index() or pr.state is ProgressState.SNAPSHOT:
+        if msg.lagging or pr.match < self.log.last_index() or pr.state is ProgressState.SNAPSHOT:
             self._maybe_send_append(msg.from_id, allow_empty=True)
 
     def _handle_snapshot_response(self, msg: InstallSnapshotResponse) -> None:
         pr = self.progress.get(msg.from_id)
         if pr is None:
             return
+        if not self._follower_news(pr, msg.repairing, msg.boot):
+            return
         pr.recent_active = True
         if msg.done:
             pr.maybe_update(msg.snapshot_index)
+            pr.match_boot = msg.boot
             pr.become_probe()
             self._maybe_send_append(msg.from_id, allow_empty=True)
             return
@@ -735,16 +960,27 @@ class RaftNode:
     # =========================================================================================
     def _handle_append_entries(self, msg: AppendEntries) -> None:
         log = self.log
+        repairing = self._not_voter
         if msg.prev_log_index < log.committed:
             # Everything up to our commit index matches any leader's log (openraft#511: a
             # compacted prefix is not a conflict).
-            self._send(AppendEntriesResponse(self.term, self.id, msg.from_id, True, log.committed))
+            self._leader_match = max(self._leader_match, log.committed)
+            self._send(
+                AppendEntriesResponse(
+                    self.term, self.id, msg.from_id, True, log.committed, repairing=repairing, boot=self.boot_id
+                )
+            )
             return
         last_new = log.maybe_append(
             msg.prev_log_index, msg.prev_log_term, msg.leader_commit, msg.entries
         )
         if last_new is not None:
-            self._send(AppendEntriesResponse(self.term, self.id, msg.from_id, True, last_new))
+            self._leader_match = max(self._leader_match, last_new)
+            self._send(
+                AppendEntriesResponse(
+                    self.term, self.id, msg.from_id, True, last_new, repairing=repairing, boot=self.boot_id
+                )
+            )
             return
         probe = Index(min(msg.prev_log_index, log.last_index()))
         hint_index, hint_term = log.find_conflict_by_term(probe, msg.prev_log_term)
@@ -758,22 +994,50 @@ class RaftNode:
                 msg.prev_log_index,
                 hint_index,
                 hint_term,
+                repairing,
+                self.boot_id,
             )
         )
 
     def _handle_heartbeat(self, msg: Heartbeat) -> None:
-        # The commit a heartbeat carries is at most our match index: already in our log.
-        self.log.commit_to(Index(min(msg.commit, self.log.last_index())))
-        self._send(HeartbeatResponse(self.term, self.id, msg.from_id))
+        log = self.log
+        # The leader sends min(its commit, our match); our match may be stale if we lost data,
+        # so apply it only up to what we matched with this leader in this term.
+        log.commit_to(Index(min(msg.commit, self._leader_match, log.last_index())))
+        lagging = msg.commit > log.committed
+        if msg.repair == REPAIR_ENTER:
+            self._start_repair(
+                f"leader {msg.from_id} saw this node's log fall below what it had acknowledged"
+            )
+        elif (
+            msg.repair == REPAIR_DONE
+            and self.standing is Standing.REPAIRING
+            and self._boot_ticks >= 2 * self.config.election_ticks
+        ):
+            # Repaired past what we had, under a leader a quorum confirmed since. Our vote in
+            # this term may have been given before the loss: count it as given to this leader.
+            self.standing = Standing.VOTER
+            self.repair_reason = None
+            if self.vote is None:
+                self.vote = msg.from_id
+        self._send(
+            HeartbeatResponse(
+                self.term, self.id, msg.from_id, msg.round, self._not_voter, lagging, self.boot_id
+            )
+        )
 
     def _handle_install_snapshot(self, msg: InstallSnapshot) -> None:
         log = self.log
         meta = msg.meta
+        repairing = self._not_voter
         if meta.index <= log.committed:
             self._incoming_meta = None
             self._incoming_data = bytearray()
+            self._leader_match = max(self._leader_match, log.committed)
             self._send(
-                InstallSnapshotResponse(self.term, self.id, msg.from_id, log.committed, 0, True)
+                InstallSnapshotResponse(
+                    self.term, self.id, msg.from_id, log.committed, 0, True, repairing, self.boot_id
+                )
             )
             return
         if msg.offset_bytes == 0:
@@ -783,7 +1047,7 @@ class RaftNode:
             expected = len(self._incoming_data) if self._incoming_meta == meta else 0
             self._send(
                 InstallSnapshotResponse(
-                    self.term, self.id, msg.from_id, meta.index, expected, False
+                    self.term, self.id, msg.from_id, meta.index, expected, False, repairing, self.boot_id
                 )
             )
             return
@@ -791,7 +1055,14 @@ class RaftNode:
         if not msg.done:
             self._send(
                 InstallSnapshotResponse(
-                    self.term, self.id, msg.from_id, meta.index, len(self._incoming_data), False
+                    self.term,
+                    self.id,
+                    msg.from_id,
+                    meta.index,
+                    len(self._incoming_data),
+                    False,
+                    repairing,
+                    self.boot_id,
                 )
             )
             return
@@ -799,7 +1070,12 @@ class RaftNode:
         self._incoming_meta = None
         self._incoming_data = bytearray()
         self._restore(Snapshot(meta, data))
-        self._send(InstallSnapshotResponse(self.term, self.id, msg.from_id, meta.index, 0, True))
+        self._leader_match = max(self._leader_match, meta.index)
+        self._send(
+            InstallSnapshotResponse(
+                self.term, self.id, msg.from_id, meta.index, 0, True, repairing, self.boot_id
+            )
+        )
 
     def _restore(self, snap: Snapshot) -> None:
         log = self.log

@@ -37,6 +37,15 @@ class Progress:
         recent_active: heard from since the last check-quorum round.
         snapshot: in SNAPSHOT, the snapshot being sent; `snapshot_offset_bytes` is the next chunk.
         chunk_sent: in SNAPSHOT, a chunk is outstanding.
+        repairing: the follower says it is not a VOTER (it lost durable state or is joining);
+            its match does not count towards commit or check-quorum.
+        repair_target: while repairing, the leader's last index when it learned so: the
+            follower holds everything it could have acknowledged before its loss once its
+            match reaches it (docs/architecture.md, "Storage faults").
+        repair_round: while repairing, the first heartbeat round sent after that moment.
+        acked_round: the latest heartbeat round the follower answered.
+        regressed: the follower refused an index at or below the match it had acknowledged
+            (it lost data without knowing); it is told to become REPAIRING.
     """
 
     __slots__ = (
@@ -50,6 +59,13 @@ class Progress:
         "snapshot",
         "snapshot_offset_bytes",
         "chunk_sent",
+        "repairing",
+        "repair_target",
+        "repair_round",
+        "acked_round",
+        "regressed",
+        "match_boot",
+        "repair_boot",
     )
 
     def __init__(self, next_index: Index, max_inflight: int) -> None:
@@ -63,6 +79,18 @@ class Progress:
         self.snapshot: Snapshot | None = None
         self.snapshot_offset_bytes = 0
         self.chunk_sent = False
+        self.repairing = False
+        self.repair_target: Index | None = None
+        self.repair_round = 0
+        self.acked_round = 0
+        self.regressed = False
+        self.match_boot = 0
+        self.repair_boot = 0
+
+    @property
+    def counts(self) -> bool:
+        """True when this follower's match counts towards commit and check-quorum."""
+        return not (self.repairing or self.regressed)
 
     def _reset(self, state: ProgressState) -> None:
         self.state = state
@@ -116,12 +144,13 @@ class Progress:
             inflight.popleft()
         return updated
 
-    def maybe_decrease_to(self, rejected: Index, hint_next: Index) -> bool:
+    def maybe_decrease_to(self, rejected: Index, hint_next: Index, boot: int) -> bool:
         """A rejection of the append after `rejected` arrived. Returns False if it is stale.
 
         Args:
             rejected: the prev_log_index the follower refused.
             hint_next: the next index the fast back-off suggests (thesis 5.4.2).
+            boot: the incarnation of the follower that answered (see `match_boot`).
         """
         if self.state is ProgressState.REPLICATE:
             if rejected <= self.match:
@@ -130,6 +159,25 @@ class Progress:
             return True
         if self.next - 1 != rejected:
             return False
-        self.next = Index(max(min(rejected, hint_next), self.match + 1))
+        target = Index(max(min(rejected, hint_next), 1))
+        if target <= self.match:
+            if boot == self.match_boot:
+                return False  # this incarnation held it: an answer older than its success
+            self.lost_match(target)
+        else:
+            self.next = target
         self.probe_sent = False
         return True
+
+    def lost_match(self, next_index: Index) -> None:
+        """The follower refused an index at or below its match: it lost acknowledged entries.
+
+        The match is no longer known (whatever the follower holds below `next_index` is not
+        proven to match), so it goes to 0 and the leader probes down from `next_index`; it
+        never assumes the follower still holds what it acknowledged (the probe floor at
+        `match + 1` that used to stand here left such a follower refused forever).
+        """
+        self.match = Index(0)
+        self.next = next_index
+        if not self.repairing:
+            self.regressed = True

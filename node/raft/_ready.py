@@ -25,16 +25,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ._types import Entry, HardState, Index, Message, NodeId, Role, Snapshot, Term
+from ._types import Entry, HardState, Index, Message, NodeId, Role, Snapshot, Standing, Term
 
 
 @dataclass(frozen=True, slots=True)
 class SoftState:
-    """Volatile state an operator or the driver may want to see change: role and leader."""
+    """State an operator or the driver may want to see change: role, leader, term, standing."""
 
     role: Role
     leader_id: NodeId | None
     term: Term
+    standing: Standing = Standing.VOTER
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from ._errors import CompactedError, UnavailableError
-from ._types import Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Term
+from ._types import Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Standing, Term
 
 
 class Storage(Protocol):
@@ -67,8 +67,10 @@ class MemoryStorage:
     "disk") and dropping the core. `entries_list[0]` is a dummy entry at the snapshot index.
     """
 
-    def __init__(self, voters: tuple[NodeId, ...]) -> None:
-        self.hard_state = HardState()
+    def __init__(
+        self, voters: tuple[NodeId, ...], standing: Standing = Standing.VOTER
+    ) -> None:
+        self.hard_state = HardState(standing=standing)
         self.snap = Snapshot(SnapshotMeta(Index(0), Term(0), tuple(sorted(voters))), b"")
         self.log: list[Entry] = [Entry(Term(0), Index(0))]
 

@@ -48,6 +48,34 @@ class Entry:
     data: bytes = b""
 
 
+class Standing(enum.IntEnum):
+    """Whether a node may vote and count towards a quorum (docs/architecture.md, "Storage
+    faults"; after protocol-aware recovery, Alagappan et al., FAST 2018).
+
+    A node that cannot prove its durable state intact must not vote and must not count towards
+    a commit quorum until a leader has repaired it past what it had.
+    """
+
+    VOTER = 0
+    """Normal: votes, campaigns and counts towards commit and check-quorum."""
+    JOINING = 1
+    """Started with an empty database: asks every other voter whether the cluster is brand new
+    (all answer "empty": it becomes a VOTER) or exists (it lost its disk: REPAIRING)."""
+    REPAIRING = 2
+    """Lost durable state: follows a leader, grants no vote, never campaigns, and its
+    acknowledgements do not count, until the leader declares it repaired."""
+
+
+REPAIR_NONE = 0
+"""`Heartbeat.repair`: nothing to say."""
+REPAIR_ENTER = 1
+"""`Heartbeat.repair`: the leader saw this follower's log fall below the match index it had
+acknowledged (it lost data): become REPAIRING."""
+REPAIR_DONE = 2
+"""`Heartbeat.repair`: this REPAIRING follower now holds everything it could have acknowledged
+before its loss, and the leader confirmed its term with a quorum since: vote again."""
+
+
 @dataclass(frozen=True, slots=True)
 class HardState:
     """The state a node must persist before it acts on it (paper Figure 2, "persistent state").
@@ -57,11 +85,14 @@ class HardState:
         vote: node voted for in `term`, or None.
         commit: the commit index known to the node. Persisting it is not required for safety;
             it lets a restarted node apply committed entries without waiting for a leader.
+        standing: VOTER, JOINING or REPAIRING (see `Standing`); persisted so that a restart
+            does not turn a node under repair back into a voter.
     """
 
     term: Term = Term(0)
     vote: NodeId | None = None
     commit: Index = Index(0)
+    standing: Standing = Standing.VOTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +182,10 @@ class AppendEntriesResponse:
     `reject_index` is the `prev_log_index` that failed and (`hint_index`, `hint_term`) let the
     leader skip back a whole term at once (thesis 5.4.2 / etcd-io/raft's findConflictByTerm):
     the follower's largest index at or below the probe whose term is <= `prev_log_term`.
+    `repairing` is set while the follower is not a VOTER: its match does not count. `boot`
+    identifies the follower's process incarnation: a rejection at or below the match index
+    from another incarnation than the one that acknowledged it means the follower lost data;
+    from the same one it is a stale (reordered) answer.
     """
 
     term: Term
@@ -161,6 +196,8 @@ class AppendEntriesResponse:
     reject_index: Index = Index(0)
     hint_index: Index = Index(0)
     hint_term: Term = Term(0)
+    repairing: bool = False
+    boot: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,22 +205,43 @@ class Heartbeat:
     """Leader heartbeat. `commit` is min(leader commit, the follower's match index).
 
     Kept apart from AppendEntries (as etcd-io/raft does) so that a heartbeat never has to probe
-    the log: the commit it carries is already known to be in the follower's log.
+    the log. A follower applies the commit it carries only up to the last index it has matched
+    with this leader's log in this term (the leader's match index may be stale if the follower
+    lost data).
+
+    Attributes:
+        round: the leader's heartbeat round, echoed in the response, so that the leader knows
+            which followers confirmed its term after a given moment.
+        repair: REPAIR_NONE, REPAIR_ENTER or REPAIR_DONE (see those constants).
     """
 
     term: Term
     from_id: NodeId
     to_id: NodeId
     commit: Index
+    round: int = 0
+    repair: int = REPAIR_NONE
 
 
 @dataclass(frozen=True, slots=True)
 class HeartbeatResponse:
-    """Answer to Heartbeat; tells the leader the follower is alive (check-quorum)."""
+    """Answer to Heartbeat; tells the leader the follower is alive (check-quorum).
+
+    Attributes:
+        round: the heartbeat's round.
+        repairing: the follower is not a VOTER (REPAIRING or JOINING).
+        lagging: the heartbeat's commit is past what the follower has matched with this leader;
+            the leader answers with an AppendEntries so that the follower can catch up.
+        boot: the follower's incarnation (see AppendEntriesResponse).
+    """
 
     term: Term
     from_id: NodeId
     to_id: NodeId
+    round: int = 0
+    repairing: bool = False
+    lagging: bool = False
+    boot: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +278,8 @@ class InstallSnapshotResponse:
     snapshot_index: Index
     next_offset_bytes: int
     done: bool
+    repairing: bool = False
+    boot: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -229,6 +289,34 @@ class TimeoutNow:
     term: Term
     from_id: NodeId
     to_id: NodeId
+
+
+@dataclass(frozen=True, slots=True)
+class JoinQuery:
+    """A JOINING node (empty database) asks a peer whether it holds any Raft state.
+
+    Outside the term rules: it neither raises nor reveals a term. `nonce` is echoed, so that
+    answers to an earlier incarnation's question are ignored.
+    """
+
+    term: Term
+    from_id: NodeId
+    to_id: NodeId
+    nonce: int
+
+
+@dataclass(frozen=True, slots=True)
+class JoinQueryResponse:
+    """Answer to JoinQuery: `empty` when the peer's log is empty and it is not repairing.
+
+    `term` is the peer's current term (a brand-new cluster may have had failed elections).
+    """
+
+    term: Term
+    from_id: NodeId
+    to_id: NodeId
+    nonce: int
+    empty: bool
 
 
 Message = (
@@ -241,6 +329,8 @@ Message = (
     | InstallSnapshot
     | InstallSnapshotResponse
     | TimeoutNow
+    | JoinQuery
+    | JoinQueryResponse
 )
 """Every message the core sends or accepts."""
 
@@ -254,5 +344,7 @@ MESSAGE_TYPES: tuple[type, ...] = (
     InstallSnapshot,
     InstallSnapshotResponse,
     TimeoutNow,
+    JoinQuery,
+    JoinQueryResponse,
 )
 """The message classes, in a fixed order (their position is their wire tag)."""

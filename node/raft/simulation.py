@@ -12,7 +12,13 @@ ever lost. After the faults stop it checks liveness: a leader within a bounded n
 and every node converges to the same applied log.
 
 A node's "disk" is its `MemoryStorage`; a crash drops the `RaftNode` and the applied state and
-loses whatever the core held that had not been persisted by a Ready.
+loses whatever the core held that had not been persisted by a Ready. Beside the disk each node
+keeps its durability mark (node/raft/_durability.py), written as the real driver writes it.
+Disk faults (never on a majority of nodes at once) lose more: "wipe" (the node comes back with
+an empty disk and no mark), "truncate" (synced log records at the tail are lost, down below the
+mark's position, with an older hard state) and "corrupt" (a damaged record: the node refuses to
+start until the operator moves its data away, then it comes back empty). Safety must hold
+throughout; after the faults stop every node must be a voter again and converge.
 """
 
 from __future__ import annotations
@@ -21,11 +27,18 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
+from ._durability import (
+    DurabilityMark,
+    assess_durability,
+    lower_mark_before,
+    mark_of,
+    raise_mark_after,
+)
 from ._errors import CompactedError, NotLeader, ProposalDropped, UnavailableError
 from ._node import Config, RaftNode
 from ._ready import Ready
 from ._storage import MemoryStorage
-from ._types import Entry, EntryKind, Index, Message, NodeId, Role, Term
+from ._types import Entry, EntryKind, HardState, Index, Message, NodeId, Role, Standing, Term
 
 # ---------------------------------------------------------------------------------------------
 # Faults as data
@@ -46,7 +59,9 @@ class Fault:
         "transfer" (): the leader hands leadership to a random peer;
         "compact" (node,): the node snapshots its applied state and compacts its log;
         "crashy" (per_mille,): from now on each node crashes with this chance per tick and
-            comes back 1 to 5 ticks later (0 stops it).
+            comes back 1 to 5 ticks later (0 stops it);
+        "wipe" / "truncate" / "corrupt" (node, restart_after_ticks): disk faults (see the
+            module docstring), skipped when they would leave a majority with damaged storage.
     """
 
     at_tick: int
@@ -68,7 +83,15 @@ FAULT_KINDS = (
     "transfer",
     "compact",
     "crashy",
+    "wipe",
+    "truncate",
+    "corrupt",
 )
+
+DISK_FAULTS = ("wipe", "truncate", "corrupt")
+
+MARK_REFRESH_TICKS = 6
+"""Ticks between refreshes of a node's durability mark position (the node's 0.25 s at 40 ms)."""
 
 
 def random_schedule(rng: random.Random, nodes: int, fault_ticks: int) -> list[Fault]:
@@ -92,7 +115,7 @@ def random_schedule(rng: random.Random, nodes: int, fault_ticks: int) -> list[Fa
         args: tuple[int, ...] = ()
         if kind in ("isolate", "restart", "compact"):
             args = (node,)
-        elif kind == "crash":
+        elif kind in ("crash", *DISK_FAULTS):
             args = (node, rng.choice((0, 2, 10, 40)))
         elif kind == "crash_leader":
             args = (rng.choice((0, 2, 10, 40)),)
@@ -174,6 +197,7 @@ class SimNode:
         node_factory: Callable[[Config, MemoryStorage, random.Random], RaftNode],
     ) -> None:
         self.id = node_id
+        self.cluster = voters
         self.storage = MemoryStorage(voters)
         self.config = config
         self.rng = rng
@@ -183,10 +207,24 @@ class SimNode:
         self.max_commit = 0
         self.max_applied = 0
         self.persisted_commit = 0
+        self.mark: DurabilityMark | None = mark_of(self.storage.hard_state, Index(0), Term(0))
+        self.damaged = False  # a disk fault hit it and it is not a voter again yet
+        self.refuses_start = False  # "corrupt": it will not start until its data is moved away
         self.start()
 
     def start(self) -> None:
-        self.core = self.node_factory(self.config, self.storage, self.rng)
+        if self.refuses_start:
+            # The operator's procedure: move the damaged data directory away, start again.
+            self.refuses_start = False
+            self.wipe()
+        st = self.storage
+        fixed, reason = assess_durability(st.hard_state, st, self.mark)
+        st.set_hard_state(fixed)
+        last = st.last_index()
+        self.mark = mark_of(fixed, last, st.term(last))
+        self.core = self.node_factory(self.config, st, self.rng)
+        if reason is not None:
+            self.core.repair_reason = reason
         snap = self.storage.snapshot()
         self.applied = _decode_applied(snap.data) if snap.data else []
         self.max_commit = self.core.log.committed
@@ -195,6 +233,11 @@ class SimNode:
     def crash(self) -> None:
         self.core = None
         self.applied = []
+
+    def wipe(self) -> None:
+        """The disk is gone: a new, empty database (JOINING) and no durability mark."""
+        self.storage = MemoryStorage(self.cluster, Standing.JOINING)
+        self.mark = None
 
     @property
     def alive(self) -> bool:
@@ -360,6 +403,13 @@ class Simulator:
                         self._crash(sn)
                         self.restarts.append((self.now + self.rng.randint(1, 5), sn.id))
         self._process_readies()
+        if self.now % MARK_REFRESH_TICKS == 0:
+            self._refresh_marks()
+        for sn in self._alive():
+            if sn.damaged and sn.core is not None and sn.core.standing is Standing.VOTER:
+                sn.damaged = False
+                self._log(f"n{sn.id} repaired: a voter again")
+                self._count("repaired")
         self._check_tick()
 
     def _alive(self) -> list[SimNode]:
@@ -452,6 +502,29 @@ class Simulator:
                 self._after_ready(sn, rd)
 
     def _persist(self, sn: SimNode, rd: Ready) -> None:
+        st = sn.storage
+        if sn.mark is not None:
+            lowered = lower_mark_before(sn.mark, rd, st)
+            if lowered is not None:
+                sn.mark = lowered
+        self._write(sn, rd)
+        if sn.mark is not None:
+            last = st.last_index()
+            raised = raise_mark_after(sn.mark, st.hard_state, (last, st.term(last)), False)
+            if raised is not None:
+                sn.mark = raised
+
+    def _refresh_marks(self) -> None:
+        for sn in self._alive():
+            if sn.mark is None:
+                continue
+            st = sn.storage
+            last = st.last_index()
+            moved = raise_mark_after(sn.mark, st.hard_state, (last, st.term(last)), refresh=True)
+            if moved is not None:
+                sn.mark = moved
+
+    def _write(self, sn: SimNode, rd: Ready) -> None:
         st = sn.storage
         if rd.snapshot is not None:
             st.apply_snapshot(rd.snapshot)
@@ -572,7 +645,48 @@ class Simulator:
                 self.faults_injected -= 1
                 return
             self._compact(sn)
+        elif kind in DISK_FAULTS:
+            if not self._disk_fault(kind, self.nodes[NodeId(f.args[0])], f.args[1]):
+                self.faults_injected -= 1
+                return
         self._log(f"fault {kind}{f.args} blocked={sorted(self.blocked)}")
+
+    def _disk_fault(self, kind: str, sn: SimNode, restart_after: int) -> bool:
+        """Crash `sn` and damage its disk; False (nothing done) when that would leave a
+        majority of nodes with damaged storage, or there is nothing the mark could miss."""
+        damaged = sum(1 for other in self.nodes.values() if other.damaged and other is not sn)
+        if damaged + 1 > (self.n - 1) // 2:
+            return False
+        st = sn.storage
+        if kind == "truncate":
+            # Lose synced records at the tail, down below the mark's position (a cut of only
+            # records newer than the mark is the one loss a node cannot see: module docs).
+            floor = st.snap.meta.index
+            top = min(st.last_index(), sn.mark.index if sn.mark is not None else 0)
+            if top <= floor:
+                return False
+            cut = self.rng.randint(floor, top - 1)
+        if sn.alive:
+            self._crash(sn)
+        if kind == "wipe":
+            sn.wipe()
+        elif kind == "truncate":
+            offset = st.log[0].index
+            del st.log[cut - offset + 1 :]
+            hs = st.hard_state
+            # The hard state written with those records is lost with them: an older one.
+            st.hard_state = HardState(
+                Term(min(hs.term, st.term(Index(cut)))), None, Index(min(hs.commit, cut)),
+                hs.standing,
+            )
+        else:
+            sn.refuses_start = True
+        sn.damaged = True
+        self._count(f"disk_{kind}")
+        if restart_after:
+            self.restarts.append((self.now + restart_after, sn.id))
+        self._log(f"disk fault {kind} n{sn.id}")
+        return True
 
     def _partition(self, groups: Iterable[Iterable[int]]) -> None:
         gs = [list(g) for g in groups]
@@ -722,6 +836,7 @@ class Simulator:
         target = leader.core.log.last_index()
         return all(
             sn.core is not None
+            and sn.core.standing is Standing.VOTER
             and sn.core.log.applied == target
             and sn.applied
             and sn.applied[-1][0] == target

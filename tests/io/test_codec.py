@@ -197,8 +197,8 @@ def test_every_message_type_has_a_distinct_tag() -> None:
 
 def test_wire_form_is_compact() -> None:
     msg = Heartbeat(Term(3), NodeId(1), NodeId(2), Index(7))
-    assert encode_raft_message(msg) == [MESSAGE_TYPES.index(Heartbeat), 3, 1, 2, 7]
-    assert len(encode_frame(encode_raft_message(msg))) == 4 + 6
+    assert encode_raft_message(msg) == [MESSAGE_TYPES.index(Heartbeat), 3, 1, 2, 7, 0, 0]
+    assert len(encode_frame(encode_raft_message(msg))) == 4 + 8
 
 
 def test_entry_kind_is_decoded_as_the_enum() -> None:

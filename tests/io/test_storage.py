@@ -28,6 +28,7 @@ from node.raft._types import (
     NodeId,
     Snapshot,
     SnapshotMeta,
+    Standing,
     Term,
 )
 from node.storage import CorruptStorageError, RocksStorage, StorageError
@@ -71,7 +72,7 @@ class MemoryDriver:
     """MemoryStorage with the same write surface as RocksStorage."""
 
     def __init__(self) -> None:
-        self.store = MemoryStorage(VOTERS)
+        self.store = MemoryStorage(VOTERS, Standing.JOINING)  # a new database is JOINING
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
@@ -129,7 +130,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 
 
 def test_empty_storage(store: Any) -> None:
-    assert store.initial_state() == (HardState(), VOTERS)
+    assert store.initial_state() == (HardState(standing=Standing.JOINING), VOTERS)
     assert store.first_index() == 1
     assert store.last_index() == 0
     assert store.term(0) == 0
@@ -422,7 +423,7 @@ def test_decreasing_terms_and_commit_past_end_are_refused(tmp_path: Path) -> Non
         with pytest.raises(ValueError, match="commit"):
             s.persist(ready(hard_state=HardState(Term(2), None, Index(3))))
         assert s.last_index() == 2
-        assert s.initial_state()[0] == HardState()
+        assert s.initial_state()[0] == HardState(standing=Standing.JOINING)
 
 
 def test_large_snapshot(tmp_path: Path) -> None:

@@ -50,6 +50,10 @@ def test_seeds() -> None:
         "compactions",
         "snapshots_installed",
         "proposals_unknown",
+        "disk_wipe",
+        "disk_truncate",
+        "disk_corrupt",
+        "repaired",
     ):
         assert totals.get(key, 0) > 0, f"no {key} in {SEEDS} seeds: {totals}"
     assert sum(r.acked for r in results) > 50 * len(results)
@@ -71,7 +75,7 @@ def test_every_fault_kind_is_exercised() -> None:
         args: tuple[int, ...] = ()
         if kind in ("isolate", "restart", "compact"):
             args = (2,)
-        elif kind == "crash":
+        elif kind in ("crash", "wipe", "truncate", "corrupt"):
             args = (2, 5)
         elif kind == "crash_leader":
             args = (5,)
@@ -100,7 +104,7 @@ def _normalise(f: Fault, n: int) -> Fault:
     node = (a - 1) % n + 1
     if f.kind in ("isolate", "restart", "compact"):
         return Fault(f.at_tick, f.kind, (node,))
-    if f.kind == "crash":
+    if f.kind in ("crash", "wipe", "truncate", "corrupt"):
         return Fault(f.at_tick, f.kind, (node, b))
     if f.kind == "crash_leader":
         return Fault(f.at_tick, f.kind, (b,))
