@@ -10,6 +10,10 @@ Input arrives as calls: `tick()` (time, in ticks), `step(message)`, `propose(dat
 driver persists, sends and applies before calling `advance`. Randomness (election jitter) comes
 from the injected `random.Random`. Only one Ready may be outstanding at a time; `tick`, `step`
 and `propose` may be called between `ready()` and `advance()`.
+
+The class is assembled from parts, one job per module: this one holds the public surface,
+roles, term rules and elections; the leader's replication is in _leader.py, the follower's in
+_follower.py, the storage-fault rules (joining, repair) in _repair.py, shared state in _base.py.
 """
 
 from __future__ import annotations
@@ -17,15 +21,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ._errors import CompactedError, NotLeader, ProposalDropped
+from ._config import Config as Config
+from ._errors import NotLeader, ProposalDropped
+from ._follower import FollowerReplication
+from ._leader import LeaderReplication
 from ._log import RaftLog
-from ._progress import Progress, ProgressState
+from ._progress import Progress
 from ._ready import Ready, SoftState
 from ._storage import Storage
 from ._types import (
-    REPAIR_DONE,
-    REPAIR_ENTER,
-    REPAIR_NONE,
     AppendEntries,
     AppendEntriesResponse,
     Entry,
@@ -43,53 +47,11 @@ from ._types import (
     RequestVote,
     RequestVoteResponse,
     Role,
-    Snapshot,
     SnapshotMeta,
     Standing,
     Term,
     TimeoutNow,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Config:
-    """Tuning of one node. Times are in ticks; the driver decides how long a tick is.
-
-    Attributes:
-        id: this node's id.
-        election_ticks: base election timeout; the randomized timeout lies in
-            [election_ticks, 2 * election_ticks). Also the check-quorum period.
-        heartbeat_ticks: ticks between leader heartbeats; must be < election_ticks.
-        max_append_entries: most entries in one AppendEntries.
-        max_append_bytes: about the most entry bytes in one AppendEntries (at least one entry).
-        max_inflight_appends: AppendEntries outstanding per follower in REPLICATE state.
-        max_snapshot_chunk_bytes: bytes of snapshot data per InstallSnapshot message.
-        max_committed_bytes_per_ready: about the most entry bytes in one Ready's committed_entries.
-        pre_vote: run the pre-vote phase before an election (thesis 9.6).
-        check_quorum: a leader steps down when it has not heard from a majority for an election
-            timeout, and followers that heard from a leader within one ignore votes (thesis 6.2).
-    """
-
-    id: NodeId
-    election_ticks: int = 10
-    heartbeat_ticks: int = 1
-    max_append_entries: int = 1024
-    max_append_bytes: int = 1 << 20
-    max_inflight_appends: int = 64
-    max_snapshot_chunk_bytes: int = 1 << 20
-    max_committed_bytes_per_ready: int = 8 << 20
-    pre_vote: bool = True
-    check_quorum: bool = True
-
-    def __post_init__(self) -> None:
-        if self.id <= 0:
-            raise ValueError("node id must be positive")
-        if not 0 < self.heartbeat_ticks < self.election_ticks:
-            raise ValueError("need 0 < heartbeat_ticks < election_ticks")
-        if self.max_append_entries < 1 or self.max_inflight_appends < 1:
-            raise ValueError("max_append_entries and max_inflight_appends must be >= 1")
-        if self.max_snapshot_chunk_bytes < 1:
-            raise ValueError("max_snapshot_chunk_bytes must be >= 1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +85,7 @@ class Status:
     repair_reason: str | None = None
 
 
-class RaftNode:
+class RaftNode(LeaderReplication, FollowerReplication):
     """One Raft node. See the module docstring for the calling rules.
 
     Args:
@@ -203,10 +165,6 @@ class RaftNode:
     # =========================================================================================
     # Public surface
     # =========================================================================================
-    @property
-    def quorum(self) -> int:
-        return len(self.voters) // 2 + 1
-
     @property
     def is_leader(self) -> bool:
         return self.role is Role.LEADER
@@ -428,10 +386,6 @@ class RaftNode:
     def _soft_state(self) -> SoftState:
         return SoftState(self.role, self.leader_id, self.term, self.standing)
 
-    def _reset_randomized_timeout(self) -> None:
-        e = self.config.election_ticks
-        self.randomized_election_ticks = e + self.rng.randrange(e)
-
     def _reset(self, term: Term) -> None:
         if self.role is Role.LEADER:
             self._drop_pending_proposals()  # before the term changes: they are of the old term
@@ -531,136 +485,6 @@ class RaftNode:
     def _tally(self) -> int:
         return sum(1 for granted in self.votes.values() if granted)
 
-    def _may_vote(self) -> bool:
-        """Only a VOTER grants votes: a node that lost durable state might vote twice in a
-        term, or for a candidate without entries it once acknowledged."""
-        return self.standing is Standing.VOTER
-
-    def _may_campaign(self) -> bool:
-        """Only a VOTER campaigns (its log is what it claims to hold)."""
-        return self.standing is Standing.VOTER
-
-    @property
-    def _not_voter(self) -> bool:
-        return self.standing is not Standing.VOTER
-
-    # =========================================================================================
-    # Storage faults: joining, repair (docs/architecture.md, "Storage faults")
-    # =========================================================================================
-    def _tick_joining(self) -> None:
-        """JOINING: ask every other voter, once per election timeout, whether it holds state."""
-        if self._join_nonce and self.election_elapsed < self.config.election_ticks:
-            return
-        self.election_elapsed = 0
-        self._join_nonce = self.rng.randrange(1, 1 << 62)
-        self._join_answers = {}
-        others = [pid for pid in self.voters if pid != self.id]
-        if not others:
-            self._bootstrap()
-            return
-        for pid in others:
-            self._send(JoinQuery(self.term, self.id, pid, self._join_nonce))
-
-    def _handle_join(self, msg: JoinQuery | JoinQueryResponse) -> None:
-        if isinstance(msg, JoinQuery):
-            empty = self.log.last_index() == 0 and self.standing is not Standing.REPAIRING
-            self._send(JoinQueryResponse(self.term, self.id, msg.from_id, msg.nonce, empty))
-            return
-        if self.standing is not Standing.JOINING or msg.nonce != self._join_nonce:
-            return  # an answer to an earlier question (or we are past joining)
-        if not msg.empty:
-            self._start_repair(f"empty database, but node {msg.from_id} holds Raft state: "
-                               "this node lost its disk")
-            return
-        self._join_answers[msg.from_id] = msg
-        if all(pid in self._join_answers for pid in self.voters if pid != self.id):
-            self._bootstrap()
-
-    def _bootstrap(self) -> None:
-        """Every other voter is empty too: the cluster is brand new; become a VOTER.
-
-        A brand-new cluster may have had failed elections: adopt the highest term seen and
-        count our vote in it as given (we cannot prove we did not give it before a restart).
-        """
-        top = max([self.term, *(a.term for a in self._join_answers.values())])
-        if top > self.term:
-            self.term = Term(top)
-            self.vote = self.id
-        self.standing = Standing.VOTER
-        self.repair_reason = None
-        self._join_answers = {}
-        self.election_elapsed = 0
-        self._reset_randomized_timeout()
-
-    def _start_repair(self, reason: str) -> None:
-        if self.standing is not Standing.REPAIRING:
-            self.standing = Standing.REPAIRING
-            self.repair_reason = reason
-
-    def _follower_news(
-        self, pr: Progress, repairing: bool, boot: int, heartbeat_round: int | None = None
-    ) -> bool:
-        """Leader: take the standing a follower's answer reports. False: ignore the answer.
-
-        While a follower repairs, answers of its earlier incarnations (another `boot`, saying
-        it is a voter) are old: they are ignored, unless a heartbeat answer of a round sent
-        after the repair began shows a newer incarnation that is a voter again.
-        """
-        if repairing:
-            if not pr.repairing or boot != pr.repair_boot:
-                self._note_follower_standing(pr, True, boot)
-            return True
-        if pr.repairing:
-            if boot != pr.repair_boot and (
-                heartbeat_round is None or heartbeat_round < pr.repair_round
-            ):
-                return False
-            self._note_follower_standing(pr, False, boot)
-        return True
-
-    def _note_follower_standing(self, pr: Progress, repairing: bool, boot: int) -> None:
-        """Leader: a response said whether the follower is a VOTER.
-
-        A follower that says it is repairing lost state: whatever match it acknowledged before
-        is void, so the leader forgets it and probes again from its own log's end (answers of
-        the follower's earlier incarnations are ignored from now on).
-        """
-        if repairing:
-            pr.regressed = False  # it knows
-            if not pr.repairing or boot != pr.repair_boot:
-                pr.repairing = True
-                pr.repair_boot = boot
-                pr.repair_target = self.log.last_index()
-                pr.repair_round = self._heartbeat_round + 1
-                pr.match = Index(0)
-                pr.become_probe()
-                pr.next = Index(self.log.last_index() + 1)
-        elif pr.repairing:
-            pr.repairing = False
-            pr.repair_target = None
-
-    def _repair_signal(self, pr: Progress) -> int:
-        """What the next heartbeat tells this follower about its standing."""
-        if pr.regressed:
-            return REPAIR_ENTER
-        if (
-            pr.repairing
-            and pr.repair_target is not None
-            and pr.match >= pr.repair_target
-            and self._confirmed_since(pr.repair_round)
-        ):
-            return REPAIR_DONE
-        return REPAIR_NONE
-
-    def _confirmed_since(self, heartbeat_round: int) -> bool:
-        """A quorum of voters (not counting repairing ones) answered a heartbeat of round
-        `heartbeat_round` or later: no leader of a later term was elected before then."""
-        confirmed = sum(
-            1
-            for pid, pr in self.progress.items()
-            if pid == self.id or (pr.counts and pr.acked_round >= heartbeat_round)
-        )
-        return confirmed >= self.quorum
 
     # =========================================================================================
     # Term rules (paper Figure 2 "All servers"; thesis 9.6 for lease and pre-vote)
@@ -769,330 +593,3 @@ class RaftNode:
                 self._become_leader()
         elif len(self.votes) - granted >= self.quorum:
             self._become_follower(self.term, None)
-
-    # =========================================================================================
-    # Leader: replication
-    # =========================================================================================
-    def _tick_leader(self) -> None:
-        cfg = self.config
-        self.heartbeat_elapsed += 1
-        if self.election_elapsed >= cfg.election_ticks:
-            self.election_elapsed = 0
-            if cfg.check_quorum:
-                active = sum(
-                    1
-                    for pid, pr in self.progress.items()
-                    if pid == self.id or (pr.recent_active and pr.counts)
-                )
-                for pid, pr in self.progress.items():
-                    pr.recent_active = pid == self.id
-                if active < self.quorum:
-                    self._become_follower(self.term, None)
-                    return
-            self.transfer_target = None  # a transfer that did not finish in time is abandoned
-        if self.heartbeat_elapsed >= cfg.heartbeat_ticks:
-            self.heartbeat_elapsed = 0
-            self._broadcast_heartbeat()
-
-    def _broadcast_heartbeat(self) -> None:
-        committed = self.log.committed
-        self._heartbeat_round += 1
-        hb_round = self._heartbeat_round
-        for pid, pr in self.progress.items():
-            if pid != self.id:
-                self._send(
-                    Heartbeat(
-                        self.term,
-                        self.id,
-                        pid,
-                        Index(min(pr.match, committed)),
-                        hb_round,
-                        self._repair_signal(pr),
-                    )
-                )
-
-    def _durable_last_index(self) -> Index:
-        log = self.log
-        return Index(log.unstable_offset - 1) if log.unstable_entries else log.last_index()
-
-    def _append_entries_as_leader(self, entries: list[Entry]) -> None:
-        # The leader's own match moves in advance(), once the Ready holding these is persisted.
-        self.log.append(entries)
-        self._append_pending = True
-
-    def _flush_appends(self) -> None:
-        if self._append_pending and self.role is Role.LEADER:
-            self._append_pending = False
-            for pid in self.progress:
-                if pid != self.id:
-                    while self._maybe_send_append(pid, allow_empty=False):
-                        pass
-
-    def _maybe_send_append(self, pid: NodeId, allow_empty: bool) -> bool:
-        """Send the next AppendEntries (or snapshot chunk) to `pid` if flow control allows.
-
-        Returns True if an AppendEntries with entries was sent and more may follow.
-        """
-        pr = self.progress[pid]
-        if pr.state is ProgressState.SNAPSHOT:
-            self._maybe_send_snapshot_chunk(pid, pr)
-            return False
-        if pr.is_paused():
-            return False
-        log = self.log
-        last = log.last_index()
-        if pr.next > last and not allow_empty:
-            return False
-        prev = Index(pr.next - 1)
-        try:
-            prev_term = log.term(prev)
-            entries: list[Entry] = []
-            if pr.next <= last:
-                hi = Index(min(last + 1, pr.next + self.config.max_append_entries))
-                entries = log.entries(pr.next, hi, self.config.max_append_bytes)
-        except CompactedError:
-            # Thesis chapter 5: the follower needs entries we compacted; send the snapshot.
-            snap = log.storage.snapshot()
-            pr.become_snapshot(snap)
-            self._maybe_send_snapshot_chunk(pid, pr)
-            return False
-        self._send(
-            AppendEntries(self.term, self.id, pid, prev, prev_term, tuple(entries), log.committed)
-        )
-        if entries:
-            pr.sent_entries(entries[-1].index)
-        else:
-            pr.sent_entries(prev)
-        return bool(entries)
-
-    def _maybe_send_snapshot_chunk(self, pid: NodeId, pr: Progress) -> None:
-        snap = pr.snapshot
-        if snap is None or pr.chunk_sent:
-            return
-        size = self.config.max_snapshot_chunk_bytes
-        off = pr.snapshot_offset_bytes
-        chunk = snap.data[off : off + size]
-        done = off + len(chunk) >= len(snap.data)
-        self._send(InstallSnapshot(self.term, self.id, pid, snap.meta, off, chunk, done))
-        pr.chunk_sent = True
-
-    def _maybe_commit(self) -> bool:
-        # Followers under repair do not count (their acknowledgements before the loss did).
-        matches = sorted(
-            (pr.match for pid, pr in self.progress.items() if pid == self.id or pr.counts),
-            reverse=True,
-        )
-        if len(matches) < self.quorum:
-            return False
-        # Paper Figure 8: only an entry of the current term is committed by counting replicas.
-        return self.log.maybe_commit(matches[self.quorum - 1], self.term)
-
-    def _handle_append_response(self, msg: AppendEntriesResponse) -> None:
-        pr = self.progress.get(msg.from_id)
-        if pr is None:
-            return
-        if not self._follower_news(pr, msg.repairing, msg.boot):
-            return  # an answer of an incarnation from before the loss
-        pr.recent_active = True
-        pid = msg.from_id
-        if not msg.success:
-            hint_next = msg.hint_index
-            if msg.hint_term > 0:
-                hint_next, _ = self.log.find_conflict_by_term(msg.hint_index, msg.hint_term)
-            if pr.maybe_decrease_to(msg.reject_index, Index(hint_next + 1), msg.boot):
-                if pr.state is ProgressState.REPLICATE:
-                    pr.become_probe()
-                self._maybe_send_append(pid, allow_empty=True)
-            return
-        updated = pr.maybe_update(msg.match_index)
-        pr.match_boot = msg.boot
-        if not updated and not (pr.state is ProgressState.PROBE and msg.match_index == pr.match):
-            return  # a stale or duplicate success
-        if pr.state is ProgressState.PROBE:
-            pr.become_replicate()
-        if updated:
-            self._maybe_commit()
-        while self._maybe_send_append(pid, allow_empty=False):
-            pass
-        if self.transfer_target == pid and pr.match == self.log.last_index():
-            self._send(TimeoutNow(self.term, self.id, pid))
-
-    def _handle_heartbeat_response(self, msg: HeartbeatResponse) -> None:
-        pr = self.progress.get(msg.from_id)
-        if pr is None:
-            return
-        if not self._follower_news(pr, msg.repairing, msg.boot, msg.round):
-            return
-        pr.recent_active = True
-        if msg.round > pr.acked_round:
-            pr.acked_round = msg.round
-        pr.probe_sent = False
-        if pr.state is ProgressState.SNAPSHOT:
-            pr.chunk_sent = False  # resend the chunk in case it was lost
-        elif pr.state is ProgressState.REPLICATE and len(pr.inflight) >= pr.max_inflight:
-            pr.inflight.popleft()  # a lost append would otherwise stall the stream
-        if msg.lagging or pr.match < self.log.last_index() or pr.state is ProgressState.SNAPSHOT:
-            self._maybe_send_append(msg.from_id, allow_empty=True)
-
-    def _handle_snapshot_response(self, msg: InstallSnapshotResponse) -> None:
-        pr = self.progress.get(msg.from_id)
-        if pr is None:
-            return
-        if not self._follower_news(pr, msg.repairing, msg.boot):
-            return
-        pr.recent_active = True
-        if msg.done:
-            pr.maybe_update(msg.snapshot_index)
-            pr.match_boot = msg.boot
-            pr.become_probe()
-            self._maybe_send_append(msg.from_id, allow_empty=True)
-            return
-        if pr.state is not ProgressState.SNAPSHOT or pr.snapshot is None:
-            return
-        if msg.snapshot_index != pr.snapshot.meta.index:
-            return
-        pr.snapshot_offset_bytes = msg.next_offset_bytes
-        pr.chunk_sent = False
-        self._maybe_send_snapshot_chunk(msg.from_id, pr)
-
-    # =========================================================================================
-    # Follower: receiving
-    # =========================================================================================
-    def _handle_append_entries(self, msg: AppendEntries) -> None:
-        log = self.log
-        repairing = self._not_voter
-        if msg.prev_log_index < log.committed:
-            # Everything up to our commit index matches any leader's log (openraft#511: a
-            # compacted prefix is not a conflict).
-            self._leader_match = max(self._leader_match, log.committed)
-            self._send(
-                AppendEntriesResponse(
-                    self.term, self.id, msg.from_id, True, log.committed, repairing=repairing, boot=self.boot_id
-                )
-            )
-            return
-        last_new = log.maybe_append(
-            msg.prev_log_index, msg.prev_log_term, msg.leader_commit, msg.entries
-        )
-        if last_new is not None:
-            self._leader_match = max(self._leader_match, last_new)
-            self._send(
-                AppendEntriesResponse(
-                    self.term, self.id, msg.from_id, True, last_new, repairing=repairing, boot=self.boot_id
-                )
-            )
-            return
-        probe = Index(min(msg.prev_log_index, log.last_index()))
-        hint_index, hint_term = log.find_conflict_by_term(probe, msg.prev_log_term)
-        self._send(
-            AppendEntriesResponse(
-                self.term,
-                self.id,
-                msg.from_id,
-                False,
-                Index(0),
-                msg.prev_log_index,
-                hint_index,
-                hint_term,
-                repairing,
-                self.boot_id,
-            )
-        )
-
-    def _handle_heartbeat(self, msg: Heartbeat) -> None:
-        log = self.log
-        # The leader sends min(its commit, our match); our match may be stale if we lost data,
-        # so apply it only up to what we matched with this leader in this term.
-        log.commit_to(Index(min(msg.commit, self._leader_match, log.last_index())))
-        lagging = msg.commit > log.committed
-        if msg.repair == REPAIR_ENTER:
-            self._start_repair(
-                f"leader {msg.from_id} saw this node's log fall below what it had acknowledged"
-            )
-        elif (
-            msg.repair == REPAIR_DONE
-            and self.standing is Standing.REPAIRING
-            and self._boot_ticks >= 2 * self.config.election_ticks
-        ):
-            # Repaired past what we had, under a leader a quorum confirmed since. Our vote in
-            # this term may have been given before the loss: count it as given to this leader.
-            self.standing = Standing.VOTER
-            self.repair_reason = None
-            if self.vote is None:
-                self.vote = msg.from_id
-        self._send(
-            HeartbeatResponse(
-                self.term, self.id, msg.from_id, msg.round, self._not_voter, lagging, self.boot_id
-            )
-        )
-
-    def _handle_install_snapshot(self, msg: InstallSnapshot) -> None:
-        log = self.log
-        meta = msg.meta
-        repairing = self._not_voter
-        if meta.index <= log.committed:
-            self._incoming_meta = None
-            self._incoming_data = bytearray()
-            self._leader_match = max(self._leader_match, log.committed)
-            self._send(
-                InstallSnapshotResponse(
-                    self.term, self.id, msg.from_id, log.committed, 0, True, repairing, self.boot_id
-                )
-            )
-            return
-        if msg.offset_bytes == 0:
-            self._incoming_meta = meta
-            self._incoming_data = bytearray()
-        elif self._incoming_meta != meta or msg.offset_bytes != len(self._incoming_data):
-            expected = len(self._incoming_data) if self._incoming_meta == meta else 0
-            self._send(
-                InstallSnapshotResponse(
-                    self.term, self.id, msg.from_id, meta.index, expected, False, repairing, self.boot_id
-                )
-            )
-            return
-        self._incoming_data += msg.chunk
-        if not msg.done:
-            self._send(
-                InstallSnapshotResponse(
-                    self.term,
-                    self.id,
-                    msg.from_id,
-                    meta.index,
-                    len(self._incoming_data),
-                    False,
-                    repairing,
-                    self.boot_id,
-                )
-            )
-            return
-        data = bytes(self._incoming_data)
-        self._incoming_meta = None
-        self._incoming_data = bytearray()
-        self._restore(Snapshot(meta, data))
-        self._leader_match = max(self._leader_match, meta.index)
-        self._send(
-            InstallSnapshotResponse(
-                self.term, self.id, msg.from_id, meta.index, 0, True, repairing, self.boot_id
-            )
-        )
-
-    def _restore(self, snap: Snapshot) -> None:
-        log = self.log
-        if log.match_term(snap.meta.index, snap.meta.term):
-            # We already have the entry the snapshot ends at: keep the log, just commit to it.
-            log.commit_to(snap.meta.index)
-            return
-        log.restore(snap)
-        if snap.meta.voters:
-            self.voters = tuple(sorted(snap.meta.voters))
-
-    # =========================================================================================
-    def _send(self, msg: Message) -> None:
-        if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot | TimeoutNow):
-            # Sent only by a leader, whose term and vote are already durable; the entries they
-            # carry may still be in flight to its own disk (thesis 10.2.1), since the leader
-            # does not count itself for commitment until they are persisted.
-            self.early_msgs.append(msg)
-        else:
-            self.msgs.append(msg)

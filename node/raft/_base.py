@@ -1,0 +1,83 @@
+"""`NodeState`: what every part of `RaftNode` shares, declared once for the type checker.
+
+`RaftNode` (node/raft/_node.py) is assembled from parts with one job each: the leader's
+replication (_leader.py), the follower's side of replication (_follower.py), the storage-fault
+rules (_repair.py), and in _node.py itself the public surface, roles, term rules and elections.
+Each part is a class over `NodeState`, which declares the attributes they share (created by
+`RaftNode.__init__`) and holds the few helpers every part uses. The parts are mixins only in
+the sense of files: there is one object, and one owner (the driver) calls it.
+"""
+
+from __future__ import annotations
+
+import random
+
+from ._config import Config
+from ._log import RaftLog
+from ._progress import Progress
+from ._types import (
+    AppendEntries,
+    Heartbeat,
+    Index,
+    InstallSnapshot,
+    JoinQueryResponse,
+    Message,
+    NodeId,
+    Role,
+    SnapshotMeta,
+    Standing,
+    Term,
+    TimeoutNow,
+)
+
+
+class NodeState:
+    """Attributes shared by the parts of `RaftNode` (see `RaftNode.__init__` for each)."""
+
+    config: Config
+    id: NodeId
+    rng: random.Random
+    voters: tuple[NodeId, ...]
+    log: RaftLog
+    term: Term
+    vote: NodeId | None
+    standing: Standing
+    repair_reason: str | None
+    role: Role
+    leader_id: NodeId | None
+    progress: dict[NodeId, Progress]
+    election_elapsed: int
+    heartbeat_elapsed: int
+    randomized_election_ticks: int
+    transfer_target: NodeId | None
+    msgs: list[Message]
+    early_msgs: list[Message]
+    boot_id: int
+    _append_pending: bool
+    _incoming_meta: SnapshotMeta | None
+    _incoming_data: bytearray
+    _boot_ticks: int
+    _leader_match: Index
+    _heartbeat_round: int
+    _join_nonce: int
+    _join_answers: dict[NodeId, JoinQueryResponse]
+
+    @property
+    def quorum(self) -> int:
+        return len(self.voters) // 2 + 1
+
+    def _reset_randomized_timeout(self) -> None:
+        e = self.config.election_ticks
+        self.randomized_election_ticks = e + self.rng.randrange(e)
+
+    def _send(self, msg: Message) -> None:
+        if isinstance(msg, AppendEntries | Heartbeat | InstallSnapshot | TimeoutNow):
+            # Sent only by a leader, whose term and vote are already durable; the entries they
+            # carry may still be in flight to its own disk (thesis 10.2.1), since the leader
+            # does not count itself for commitment until they are persisted.
+            self.early_msgs.append(msg)
+        else:
+            self.msgs.append(msg)
+
+    def _become_follower(self, term: Term, leader_id: NodeId | None) -> None:
+        raise NotImplementedError  # RaftNode's
