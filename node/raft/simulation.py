@@ -195,10 +195,11 @@ class SimNode:
         config: Config,
         rng: random.Random,
         node_factory: Callable[[Config, MemoryStorage, random.Random], RaftNode],
+        standing: Standing = Standing.VOTER,
     ) -> None:
         self.id = node_id
         self.cluster = voters
-        self.storage = MemoryStorage(voters)
+        self.storage = MemoryStorage(voters, standing)
         self.config = config
         self.rng = rng
         self.node_factory = node_factory
@@ -267,6 +268,8 @@ class Simulator:
         node_factory: builds a core; tests pass a deliberately broken variant here.
         liveness_ticks: budget after the faults stop for a leader and convergence.
         config: core tuning (id is filled in per node).
+        brand_new: every node starts with a new, empty database (JOINING: the cluster forms
+            only once all have asked each other); default: on odd seeds.
     """
 
     def __init__(
@@ -279,6 +282,7 @@ class Simulator:
         liveness_ticks: int = 400,
         config: Config | None = None,
         propose_pct: int = 30,
+        brand_new: bool | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -309,8 +313,14 @@ class Simulator:
                 base.pre_vote,
                 base.check_quorum,
             )
+            fresh = brand_new if brand_new is not None else seed % 2 == 1
             self.nodes[nid] = SimNode(
-                nid, voters, cfg, random.Random(self.rng.random()), node_factory
+                nid,
+                voters,
+                cfg,
+                random.Random(self.rng.random()),
+                node_factory,
+                Standing.JOINING if fresh else Standing.VOTER,
             )
         self.schedule = (
             list(schedule)
