@@ -4,13 +4,19 @@ The launcher starts `python -m node --config FILE --id ID` per node (output in
 `log_dir/n<ID>.log`) and signals only the pids it started. Its calls that wait for a process
 (`kill`, `stop`) block, so they run in a worker thread here (`trio.to_thread`), keeping the
 harness's proxies and clients running meanwhile. This module adds what the nemesis needs on
-top: every pid each node ran under, the exit codes, and the process state from /proc (to prove
-that SIGSTOP took effect).
+top: every pid each node ran under, the exit codes, the process state from /proc (to prove
+that SIGSTOP took effect), each node's data directory, and what each process wrote to its log.
+
+A process started with `may_refuse=True` (on data the nemesis damaged) may exit by itself with
+status 2 after a `raftq node N: cannot start: ... database ...` line: the node refused its
+damaged database, as it should. Such an exit is recorded in `NodeProcess.refusals` and is not
+a crash; any other exit of it is.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,9 +26,12 @@ import trio
 from cluster.launcher import Launcher
 from node.config import ClusterConfig
 
-__all__ = ["NodeProcess", "NodeProcs", "process_state"]
+__all__ = ["REFUSAL_EXIT_CODE", "NodeProcess", "NodeProcs", "process_state"]
 
 logger = logging.getLogger("jepsen_like.procs")
+
+REFUSAL_EXIT_CODE = 2
+"""Exit status of a node that cannot start (bad configuration, unusable database)."""
 
 
 def process_state(pid: int) -> str | None:
@@ -45,12 +54,18 @@ class NodeProcess:
         pids: every pid this node ran under, in order.
         exits: exit codes of the processes that ended (negative: the killing signal).
         killed: pids the run stopped on purpose (SIGKILL by the nemesis, or the final stop).
+        log_offsets: pid -> size of the node's log when it started (its output follows).
+        may_refuse: pids started on damaged data: they may refuse to start (exit status 2).
+        refusals: pid -> the line with which it refused its database.
     """
 
     node_id: int
     pids: list[int] = field(default_factory=list)
     exits: list[int | None] = field(default_factory=list)
     killed: set[int] = field(default_factory=set)
+    log_offsets: dict[int, int] = field(default_factory=dict)
+    may_refuse: set[int] = field(default_factory=set)
+    refusals: dict[int, str] = field(default_factory=dict)
 
 
 class NodeProcs:
@@ -77,12 +92,68 @@ class NodeProcs:
     def pid(self, node_id: int) -> int | None:
         return self.launcher.pids.get(node_id)
 
-    async def start(self, node_id: int) -> int:
-        """Start the node's process (it must not be running). Returns its pid."""
+    def data_dir(self, node_id: int) -> Path:
+        """The node's data directory (its database is `raft/` in it)."""
+        return Path(self.launcher.config.node(node_id).data_dir)
+
+    async def start(self, node_id: int, *, may_refuse: bool = False) -> int:
+        """Start the node's process (it must not be running). Returns its pid.
+
+        Args:
+            node_id: the node.
+            may_refuse: its data was damaged on purpose: an exit with status 2 and a refusal
+                line (`refusal_line`) is not a crash.
+        """
+        try:
+            offset = self.launcher.log_path(node_id).stat().st_size
+        except OSError:
+            offset = 0
         pid = self.launcher.start_node(node_id)
-        self.nodes[node_id].pids.append(pid)
+        np = self.nodes[node_id]
+        np.pids.append(pid)
+        np.log_offsets[pid] = offset
+        if may_refuse:
+            np.may_refuse.add(pid)
         logger.debug("started node %d as pid %d", node_id, pid)
         return pid
+
+    def output(self, node_id: int, pid: int) -> str:
+        """What the node's log received since `pid` started (its own output, and whatever
+        later processes of the node wrote after it)."""
+        offset = self.nodes[node_id].log_offsets.get(pid, 0)
+        try:
+            with open(self.launcher.log_path(node_id), "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def refusal_line(self, node_id: int, pid: int) -> str | None:
+        """The `raftq node N: cannot start: ...database...` line `pid` wrote, or None."""
+        pattern = re.compile(rf"^raftq node {node_id}: cannot start: .*\bdatabase\b.*$", re.M)
+        m = pattern.search(self.output(node_id, pid))
+        return m.group(0) if m else None
+
+    def exit_code(self, node_id: int, pid: int) -> int | None:
+        """The exit status of `pid` once it ended (recorded once in `exits`), else None."""
+        if self.pid(node_id) is not None or not self.nodes[node_id].pids:
+            return None
+        if self.nodes[node_id].pids[-1] != pid:
+            return None
+        code = self.launcher.exit_code(node_id)
+        np = self.nodes[node_id]
+        if code is not None and len(np.exits) < len(np.pids):
+            np.exits.append(code)
+        return code
+
+    def _refused(self, np: NodeProcess, pid: int, code: int) -> bool:
+        if pid not in np.may_refuse or code != REFUSAL_EXIT_CODE:
+            return False
+        line = self.refusal_line(np.node_id, pid)
+        if line is None:
+            return False
+        np.refusals[pid] = line
+        return True
 
     async def kill(self, node_id: int) -> tuple[int | None, int | None]:
         """SIGKILL the node and reap it. Returns (pid, exit code); code -9 proves the kill."""
@@ -127,6 +198,10 @@ class NodeProcs:
             if code is None or pid in np.killed or pid in self._reported:
                 continue
             self._reported.add(pid)
+            if self._refused(np, pid, code):
+                logger.info("node %d (pid %d) refused its damaged database: %s", nid, pid,
+                            np.refusals[pid])
+                continue
             try:
                 lines = self.launcher.log_path(nid).read_text(errors="replace").splitlines()
             except OSError:

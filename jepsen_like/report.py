@@ -39,6 +39,8 @@ FAULT_COLOURS = {
     "partition": "#1f77b4",
     "restart-all": "#8c564b",
     "delay": "#7f7f7f",
+    "disk-corruption": "#ff7f0e",
+    "disk-loss": "#e377c2",
 }
 
 

@@ -355,6 +355,16 @@ class Run:
                 nursery.start_soon(ask, nid, addr)
         return [out[i] for i in sorted(out)]
 
+    async def node_status_of(self, nid: int, timeout_s: float = 0.5) -> dict[str, Any] | None:
+        """One node's `node_status` (no digest), None when it does not answer."""
+        assert self.admin is not None and self.cfg is not None
+        addr = config_mod.format_addr(self.cfg.node(nid).client_addr)
+        try:
+            with trio.fail_after(timeout_s + 0.5):
+                return await self.admin.node_status(addr, timeout_s=timeout_s)
+        except (RaftqError, trio.TooSlowError, OSError):
+            return None
+
     async def find_leader(self) -> int | None:
         """The node that says it leads, with the highest term; None when none does."""
         sts = await self.node_statuses(0.5)
@@ -670,7 +680,8 @@ class Run:
                 async with AsyncClient(self.addrs, timeout_s=5.0, connect_timeout_s=0.5,
                                        request_timeout_s=1.0, backoff_max_s=0.3) as admin:
                     self.admin = admin
-                    self.nemesis = Nemesis(procs, mesh, self.find_leader, self.clock_s)
+                    self.nemesis = Nemesis(procs, mesh, self.find_leader, self.clock_s,
+                                           status_of=self.node_status_of)
                     if o.progress:
                         nursery.start_soon(self._progress)
                     await self.wait_for_leader(30)
