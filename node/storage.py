@@ -21,6 +21,38 @@ value, so a flipped bit, or a value under the wrong key, is caught. `open` verif
 the snapshot and that its terms never decrease, and raises `CorruptStorageError` naming the
 database path and the record rather than start with silently lost data.
 
+Damage to RocksDB's own files is caught where RocksDB sees it (observed with RocksDB 9.8 through
+rocksdict 0.3.29; tests/io/test_disk_damage.py). Every message is one line naming the
+database and the damage, and what to do:
+
+- WAL (`NNNNNN.log`, replayed at open after a crash; a clean close leaves it empty): it is
+  replayed in `tolerate_corrupted_tail_records` mode. A damaged record (checksum or length)
+  anywhere refuses the open, naming the WAL file (taken from RocksDB's `LOG`: its error names
+  none, nor an offset). RocksDB's default mode (point-in-time) would instead silently drop that
+  record and everything after it. A file cut inside its last record (a torn write, never
+  acknowledged) opens without that record's batch; zeros after the last record are ignored;
+  but a last record whose bytes are wrong in place (not cut off) is refused like any damage.
+- Not detected by RocksDB, which cannot tell them from a torn tail or a legitimate state: a WAL
+  cut anywhere else (at 30 % it opens with the first 30 % of the entries), a deleted WAL (it
+  opens with what the SST files hold; a database never flushed, i.e. not reopened since it was
+  created, then looks empty and is created again as a new node), a MANIFEST cut after its first
+  records (the SST files added after the cut are forgotten, and RocksDB deletes them). Those
+  lose whole records, not bytes: detecting that is the job of the durability mark kept outside
+  the database (node/raft/_durability.py), and of the checks above (a gap in the log, a commit
+  index past the last entry).
+- SST files: opening reads every live SST's footer and index block and checks each file's size
+  against the MANIFEST (`paranoid_checks`), so damage there, or a missing or truncated SST,
+  refuses the open with RocksDB's message (file and offset). A damaged data block is found
+  when read (`verify_checksums`); open reads every record, so it refuses the open: RocksDB ends
+  an iteration at such a block as if the data ended there, and every iteration here checks the
+  iterator's status when it stops (`_scan`), naming the SST file and the block's offset.
+- MANIFEST flipped or deleted, CURRENT garbled or naming a missing MANIFEST: RocksDB refuses
+  the open (CorruptStorageError naming the file). CURRENT deleted: RocksDB would create a new,
+  empty database over the old files, so `open` refuses first when the directory holds SST or
+  non-empty WAL files but no CURRENT.
+
+A refused open changes nothing: the node refuses again on every restart.
+
 Reads of recent entries and of any term cost no disk I/O: the terms of the whole log (8 bytes an
 entry) and the entries of its tail (up to `cache_max_bytes`) are kept in memory; older entries
 are read from the database.
@@ -32,16 +64,18 @@ Not thread-safe: calls must be serialised (the driver runs each call, in a worke
 from __future__ import annotations
 
 import collections
+import re
+import traceback
 import zlib
 from array import array
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from struct import Struct
 from types import TracebackType
 from typing import Any, cast
 
 import cbor2
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import DBRecoveryMode, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
 
 from node.raft._errors import CompactedError, UnavailableError
 from node.raft._ready import Ready
@@ -90,6 +124,11 @@ _CHUNK_KEY = Struct(">QI")  # snapshot index, chunk number
 _MAX_INDEX = 2**63 - 1
 _LOG_KEY_END = _LOG_KEY.pack(_MAX_INDEX + 1)  # sorts after every log key
 _KINDS = {kind.value: kind for kind in EntryKind}
+_DAMAGED = (
+    "the node's disk is damaged: move its data directory away and restart it, "
+    'see docs/operations.md "Recovery"'
+)
+_NAMES_A_FILE = re.compile(r"\d{6}\.(?:sst|log|blob)\b|MANIFEST-\d+")
 _STANDINGS = {standing.value: standing for standing in Standing}
 
 
@@ -130,6 +169,149 @@ def _encode_entry_value(key: bytes, entry: Entry) -> bytes:
 
 class _Bad(Exception):
     """A record failed a check; turned into CorruptStorageError with the path and record name."""
+
+
+def _one_line(exc: BaseException) -> str:
+    """A RocksDB error (some span lines) as one line."""
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _wal_damage_in_info_log(path: Path) -> str:
+    """Where RocksDB's own text log (`LOG`) says the WAL replay of the failed open hit damage.
+
+    RocksDB's error for a damaged WAL record ("Corruption: checksum mismatch") names no file
+    and no offset; its `LOG` (rewritten by each open) has a line "<wal>: dropping N bytes;
+    <problem>" for it (N: from the damaged record to the end of its 32 KiB block, not an
+    offset). Returns " in write-ahead log <wal>" for the first such line, or "" (best effort).
+    """
+    try:
+        text = (path / "LOG").read_text(errors="replace")
+    except OSError:
+        return ""
+    found = re.search(rf"({re.escape(str(path))}/\d+\.log): dropping \d+ bytes; ", text)
+    return f" in write-ahead log {found[1]}" if found else ""
+
+
+def _open_error(path: Path, exc: BaseException) -> StorageError:
+    """The StorageError for an exception of `Rdict(...)` opening the database at `path`.
+
+    RocksDB's "Corruption" errors, and files of the database it cannot find, are damage
+    (CorruptStorageError, with what to do); anything else (e.g. the lock held by another
+    process) is a StorageError.
+    """
+    message = _one_line(exc)
+    missing_file = "No such file or directory" in message and str(path) in message
+    if "Corruption" not in message and not missing_file:
+        return StorageError(f"cannot open database {path}: {message}")
+    if "CURRENT" in message and str(path) not in message:
+        message += f" in {path / 'CURRENT'}"
+    elif not _NAMES_A_FILE.search(message):
+        message += _wal_damage_in_info_log(path)
+    return CorruptStorageError(f"database {path}: RocksDB refused to open: {message} ({_DAMAGED})")
+
+
+def _check_current_file(path: Path) -> None:
+    """Refuse a database directory that lost its `CURRENT` file but still holds data.
+
+    Without `CURRENT` RocksDB (create_if_missing) would create a new, empty database in the
+    directory (it only refuses while a non-empty WAL is there) and the node would start as new.
+    """
+    if (path / "CURRENT").exists():
+        return
+    data = sorted(
+        entry.name
+        for entry in path.iterdir()
+        if entry.suffix == ".sst" or (entry.suffix == ".log" and entry.stat().st_size > 0)
+    )
+    if data:
+        shown = ", ".join(data[:3]) + (f" and {len(data) - 3} more" if len(data) > 3 else "")
+        raise CorruptStorageError(
+            f"database {path}: file {path / 'CURRENT'} is missing but the directory holds "
+            f"database files ({shown}) ({_DAMAGED})"
+        )
+
+
+def _db_options() -> Options:
+    """Database options: what RocksDB checks when it opens the database and reads it."""
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    options.create_missing_column_families(True)
+    # Replaying the WAL, tolerate only an incomplete last record (a write cut off by a crash,
+    # never acknowledged); any other damaged record refuses the open. The default
+    # (point-in-time) silently drops every record after a damaged one.
+    options.set_wal_recovery_mode(DBRecoveryMode.tolerate_corrupted_tail_records())
+    # RocksDB's default, made explicit: at open every live SST file must exist with the size
+    # the MANIFEST records, and an error in a write or in background work stops the database
+    # instead of being skipped. (Opening also reads the footer and index block of every live
+    # SST, checksummed: damage there refuses the open.)
+    options.set_paranoid_checks(True)
+    return options
+
+
+def _family_options() -> dict[str, Options]:
+    return {name: Options(raw_mode=True) for name in (_CF_META, _CF_LOG, _CF_SNAPSHOT)}
+
+
+def _read_options() -> ReadOptions:
+    read_opt = ReadOptions()
+    read_opt.set_verify_checksums(True)  # every block read from an SST is checked
+    return read_opt
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Clear the local variables of the frames `exc` (and the exceptions it chains) holds.
+
+    They may hold iterators and column families, which keep RocksDB (and its lock) alive after
+    `close` for as long as the exception lives: a caller could not open the database again.
+    """
+    pending: list[BaseException | None] = [exc]
+    seen: set[int] = set()
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if current.__traceback__ is not None:
+            traceback.clear_frames(current.__traceback__)
+        pending += (current.__cause__, current.__context__)
+
+
+def _named(record: str) -> Callable[[bytes | None], str]:
+    return lambda _last: record
+
+
+def _scan(
+    family: Rdict,
+    read_opt: ReadOptions,
+    fail: Callable[[bytes | None, BaseException], StorageError],
+    from_key: bytes | None = None,
+) -> Iterator[tuple[bytes, bytes]]:
+    """Iterate a raw-mode column family (keys and values are bytes) from `from_key` on.
+
+    RocksDB ends an iteration early, as if the data ended there, when it cannot read a block (a
+    checksum mismatch in an SST, an I/O error); only the iterator's status tells. So the status
+    is checked when the iteration stops, and a bad one raises `fail(last key yielded or None,
+    error)`.
+    """
+    it = family.iter(read_opt)
+    if from_key is None:
+        it.seek_to_first()
+    else:
+        it.seek(from_key)
+    valid, key, value, step = it.valid, it.key, it.value, it.next
+    last: bytes | None = None
+    while valid():
+        last = key()
+        yield last, value()
+        step()
+    try:
+        it.status()
+    except Exception as exc:
+        error = exc
+    else:
+        return
+    del it, valid, key, value, step, family  # they keep RocksDB open while the error lives
+    raise fail(last, error) from None
 
 
 def _unseal(key: bytes, value: bytes) -> memoryview:
@@ -251,6 +433,7 @@ class RocksStorage:
         self._wo_sync = WriteOptions()
         self._wo_sync.sync = True
         self._wo_nosync = WriteOptions()
+        self._ro = _read_options()
         # In-memory state, rebuilt by _load and kept equal to the database by every write.
         self._hard_state = HardState()
         self._snap_meta = SnapshotMeta()
@@ -292,18 +475,20 @@ class RocksStorage:
         Raises:
             StorageError: RocksDB cannot open the database (e.g. another process holds it), or
                 it belongs to another cluster or node, or has an unknown format.
-            CorruptStorageError: a record fails its checksum or checks, or the log has a gap.
+            CorruptStorageError: RocksDB finds damage (a WAL record, an SST block, the
+                MANIFEST or CURRENT), or a record fails its checksum or checks, or the log has
+                a gap. The message is one line naming the database and the damage.
         """
         path = Path(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            options = Options(raw_mode=True)
-            options.create_if_missing(True)
-            options.create_missing_column_families(True)
-            families = {name: Options(raw_mode=True) for name in (_CF_META, _CF_LOG, _CF_SNAPSHOT)}
-            db = Rdict(str(path), options, column_families=families)
-        except Exception as exc:
+            _check_current_file(path)
+        except OSError as exc:
             raise StorageError(f"cannot open database {path}: {exc}") from exc
+        try:
+            db = Rdict(str(path), _db_options(), column_families=_family_options())
+        except Exception as exc:
+            raise _open_error(path, exc) from exc
         try:
             self = cls(
                 db, path, cache_max_bytes=cache_max_bytes, snapshot_chunk_bytes=snapshot_chunk_bytes
@@ -313,8 +498,9 @@ class RocksStorage:
             raise
         try:
             self._load(cluster_id, node_id, tuple(sorted(NodeId(v) for v in voters)))
-        except BaseException:
+        except BaseException as exc:
             self.close()
+            _clear_frames(exc)
             raise
         return self
 
@@ -347,11 +533,80 @@ class RocksStorage:
         """Directory of the database."""
         return self._path
 
+    def flush(self) -> None:
+        """Write the memtables of every column family to SST files, and wait.
+
+        Never needed for durability (every write is in the WAL); tests and tools use it to put
+        the data in SST files.
+
+        Raises:
+            StorageError: the database is closed, or RocksDB failed.
+        """
+        self._require_open()
+        try:
+            for family in (self._meta, self._log, self._snapshot_cf):
+                family.flush()
+        except Exception as exc:
+            raise StorageError(f"database {self._path}: flush failed: {_one_line(exc)}") from exc
+
     def _corrupt(self, record: str, problem: str) -> CorruptStorageError:
         return CorruptStorageError(f"database {self._path}: {record}: {problem}")
 
+    def _read_error(self, record: str, exc: BaseException) -> StorageError:
+        """The error for RocksDB failing to read `record` (damage when it says Corruption)."""
+        message = _one_line(exc)
+        if "Corruption" in message:
+            return CorruptStorageError(
+                f"database {self._path}: {record}: unreadable: {message} ({_DAMAGED})"
+            )
+        return StorageError(f"database {self._path}: {record}: read failed: {message}")
+
+    def _scan(
+        self,
+        family: Rdict,
+        record: Callable[[bytes | None], str],
+        from_key: bytes | None = None,
+    ) -> Iterator[tuple[bytes, bytes]]:
+        """`_scan` on `family`; a read error names `record(last key read, or None)`."""
+        return _scan(
+            family, self._ro, lambda last, exc: self._read_error(record(last), exc), from_key
+        )
+
+    def _scan_log(self, first: int, *, whole: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """`_scan` of the log from entry `first` (or every key when `whole`, first expected).
+
+        A read error names the entry after the last one read.
+        """
+
+        def record(last: bytes | None) -> str:
+            if last is None or len(last) != _LOG_KEY.size:
+                return f"log entry {first}"
+            return f"log entry {_LOG_KEY.unpack(last)[0] + 1}"
+
+        return self._scan(self._log, record, None if whole else _log_key(first))
+
+    def _scan_snapshot(self, index: int, *, whole: bool = False) -> Iterator[tuple[bytes, bytes]]:
+        """`_scan` of the chunks of snapshot `index` (or every key when `whole`).
+
+        A read error names the chunk after the last one read.
+        """
+
+        def record(last: bytes | None) -> str:
+            if last is None or len(last) != _CHUNK_KEY.size:
+                return f"snapshot {index} chunk 0"
+            last_index, number = _CHUNK_KEY.unpack(last)
+            return f"snapshot {last_index} chunk {number + 1}"
+
+        return self._scan(self._snapshot_cf, record, None if whole else _CHUNK_KEY.pack(index, 0))
+
+    def _get_meta(self, key: bytes, record: str) -> bytes | None:
+        try:
+            return cast("bytes | None", self._meta.get(key, None, self._ro))
+        except Exception as exc:
+            raise self._read_error(record, exc) from None
+
     def _load(self, cluster_id: str, node_id: int, voters: tuple[NodeId, ...]) -> None:
-        identity_value = self._meta.get(_K_IDENTITY)
+        identity_value = self._get_meta(_K_IDENTITY, "identity record")
         if identity_value is None:
             self._create(cluster_id, node_id, voters)
             return
@@ -384,7 +639,7 @@ class RocksStorage:
     def _create(self, cluster_id: str, node_id: int, voters: tuple[NodeId, ...]) -> None:
         families = {_CF_META: self._meta, _CF_LOG: self._log, _CF_SNAPSHOT: self._snapshot_cf}
         for name, family in families.items():
-            for key in family.keys():
+            for key, _ in self._scan(family, _named(f"column family {name!r}")):
                 raise self._corrupt(
                     "identity record", f"missing, but column family {name!r} holds {key!r:.40}"
                 )
@@ -406,7 +661,7 @@ class RocksStorage:
         self.created = True
 
     def _load_hard_state(self) -> HardState:
-        value = self._meta.get(_K_HARD_STATE)
+        value = self._get_meta(_K_HARD_STATE, "hard state")
         if value is None:
             raise self._corrupt("hard state", "missing")
         try:
@@ -415,7 +670,7 @@ class RocksStorage:
             raise self._corrupt("hard state", str(exc)) from None
 
     def _load_snapshot(self) -> SnapshotMeta:
-        value = self._meta.get(_K_SNAPSHOT)
+        value = self._get_meta(_K_SNAPSHOT, "snapshot meta")
         if value is None:
             raise self._corrupt("snapshot meta", "missing")
         try:
@@ -424,7 +679,7 @@ class RocksStorage:
             raise self._corrupt("snapshot meta", str(exc)) from None
         # Read every chunk once to check it; the data is loaded again on first snapshot().
         seen = total = 0
-        for key, value in _items(self._snapshot_cf):
+        for key, value in self._scan_snapshot(meta.index, whole=True):
             record = f"snapshot {meta.index} chunk {seen}"
             if len(key) != _CHUNK_KEY.size:
                 raise self._corrupt(record, f"malformed key {key!r:.40}")
@@ -453,7 +708,7 @@ class RocksStorage:
         terms = array("q")
         cache: collections.deque[Entry] = collections.deque()
         cache_bytes = 0
-        for key, value in _items(self._log):
+        for key, value in self._scan_log(expected, whole=True):
             if len(key) != _LOG_KEY.size:
                 raise self._corrupt(f"log entry {expected}", f"malformed key {key!r:.40}")
             index = _LOG_KEY.unpack(key)[0]
@@ -552,20 +807,22 @@ class RocksStorage:
     def _read_log(self, lo: int, hi: int) -> Iterator[Entry]:
         """Yield entries lo .. hi - 1 from the database, checking each."""
         self._require_open()
+        if lo >= hi:
+            return
         expected = lo
-        for key, value in _items(self._log, _log_key(lo)):
-            if expected >= hi:
-                return
+        for key, value in self._scan_log(lo):
             index = _LOG_KEY.unpack(key)[0]
             if index != expected:
                 raise self._corrupt(f"log entry {expected}", "missing")
             try:
-                yield _decode_entry_value(index, key, value)
+                entry = _decode_entry_value(index, key, value)
             except _Bad as exc:
                 raise self._corrupt(f"log entry {index}", str(exc)) from None
+            yield entry
             expected += 1
-        if expected < hi:
-            raise self._corrupt(f"log entry {expected}", "missing")
+            if expected == hi:
+                return  # before the iterator reads past what was asked
+        raise self._corrupt(f"log entry {expected}", "missing")
 
     def snapshot(self) -> Snapshot:
         """The latest snapshot (an empty one at index 0 when there is none).
@@ -587,7 +844,7 @@ class RocksStorage:
         self._require_open()
         index = self._snap_meta.index
         parts: list[memoryview] = []
-        for number, (key, value) in enumerate(_items(self._snapshot_cf, _CHUNK_KEY.pack(index, 0))):
+        for number, (key, value) in enumerate(self._scan_snapshot(index)):
             if key != _CHUNK_KEY.pack(index, number):
                 break
             try:
@@ -782,11 +1039,6 @@ class RocksStorage:
             db.write(batch, self._wo_sync if sync else self._wo_nosync)
         except Exception as exc:
             raise StorageError(f"database {self._path}: write failed: {exc}") from exc
-
-
-def _items(family: Rdict, from_key: bytes | None = None) -> Iterator[tuple[bytes, bytes]]:
-    """Iterate a raw-mode column family (keys and values are bytes) from `from_key` on."""
-    return cast(Iterator[tuple[bytes, bytes]], family.items(from_key=from_key))
 
 
 def _chain(first: Iterator[Entry], second: list[Entry]) -> Iterator[Entry]:
