@@ -5,21 +5,12 @@ semantics as `MemoryStorage`) and the two writes of the driver: `persist(ready)`
 `Ready` contract: one atomic `WriteBatch`, synced when `ready.must_sync`) and
 `save_snapshot(index, data, voters)` (the application's snapshot, which compacts the log).
 
-On-disk layout (one RocksDB database per node, raw bytes keys and values, three column families):
-
-- `meta`: `b"identity"` -> CBOR `{"format": 1, "cluster_id": str, "node_id": int}`;
-  `b"hard_state"` -> CBOR `[term, vote | null, commit, standing]` (format 1 databases written
-  before standing existed hold 3 items: a VOTER);
-  `b"snapshot"` -> CBOR `[index, term, [voter, ...], size_bytes, chunk_count]`.
-- `log`: key = 8-byte big-endian log index; value = 8-byte big-endian term, 1-byte kind, data.
-- `snapshot`: key = 8-byte big-endian snapshot index + 4-byte big-endian chunk number;
-  value = up to `snapshot_chunk_bytes` of snapshot data.
-
-Every value starts with a 4-byte big-endian CRC32 (zlib) of the key followed by the rest of the
-value, so a flipped bit, or a value under the wrong key, is caught. `open` verifies every record
-(identity, hard state, snapshot meta and chunks, each log entry), that the log has no gap after
-the snapshot and that its terms never decrease, and raises `CorruptStorageError` naming the
-database path and the record rather than start with silently lost data.
+The record format (column families, keys, values, a CRC32 on every value) is in
+node/storage_format.py; opening RocksDB so that damage is reported is in node/rocks_io.py.
+`open` verifies every record (identity, hard state, snapshot meta and chunks, each log entry),
+that the log has no gap after the snapshot and that its terms never decrease, and raises
+`CorruptStorageError` naming the database path and the record rather than start with silently
+lost data.
 
 Damage to RocksDB's own files is caught where RocksDB sees it (observed with RocksDB 9.8 through
 rocksdict 0.3.29; tests/io/test_disk_damage.py). Every message is one line naming the
@@ -64,25 +55,22 @@ Not thread-safe: calls must be serialised (the driver runs each call, in a worke
 from __future__ import annotations
 
 import collections
-import re
-import traceback
-import zlib
 from array import array
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from struct import Struct
 from types import TracebackType
-from typing import Any, cast
+from typing import cast
 
 import cbor2
-from rocksdict import DBRecoveryMode, Options, Rdict, ReadOptions, WriteBatch, WriteOptions
+from rocksdict import Rdict, WriteBatch, WriteOptions
 
+from node import rocks_io as rio
+from node import storage_format as fmt
 from node.raft._errors import CompactedError, UnavailableError
 from node.raft._ready import Ready
 from node.raft._storage import entry_size_bytes
 from node.raft._types import (
     Entry,
-    EntryKind,
     HardState,
     Index,
     NodeId,
@@ -91,6 +79,7 @@ from node.raft._types import (
     Standing,
     Term,
 )
+from node.storage_format import FORMAT_VERSION, CorruptStorageError, StorageError
 
 __all__ = [
     "DEFAULT_CACHE_MAX_BYTES",
@@ -101,289 +90,12 @@ __all__ = [
     "StorageError",
 ]
 
-FORMAT_VERSION = 1
-"""Version of the on-disk layout, recorded in the identity record."""
 
 DEFAULT_CACHE_MAX_BYTES = 64 * 1024 * 1024
 """Default budget of the in-memory cache of the log tail (sizes as `entry_size_bytes`)."""
 
 DEFAULT_SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
 """Default size of the values snapshot data is split into."""
-
-_CF_META = "meta"
-_CF_LOG = "log"
-_CF_SNAPSHOT = "snapshot"
-_K_IDENTITY = b"identity"
-_K_HARD_STATE = b"hard_state"
-_K_SNAPSHOT = b"snapshot"
-
-_CRC = Struct(">I")
-_LOG_KEY = Struct(">Q")
-_ENTRY_HEAD = Struct(">IQB")  # crc, term, kind
-_CHUNK_KEY = Struct(">QI")  # snapshot index, chunk number
-_MAX_INDEX = 2**63 - 1
-_LOG_KEY_END = _LOG_KEY.pack(_MAX_INDEX + 1)  # sorts after every log key
-_KINDS = {kind.value: kind for kind in EntryKind}
-_DAMAGED = (
-    "the node's disk is damaged: move its data directory away and restart it, "
-    'see docs/operations.md "Recovery"'
-)
-_NAMES_A_FILE = re.compile(r"\d{6}\.(?:sst|log|blob)\b|MANIFEST-\d+")
-_STANDINGS = {standing.value: standing for standing in Standing}
-
-
-class StorageError(Exception):
-    """The node's database cannot be used (wrong identity, locked, unreadable, ...).
-
-    Attributes:
-        code: stable error code.
-    """
-
-    code = "STORAGE_ERROR"
-
-
-class CorruptStorageError(StorageError):
-    """A record in the database fails its checks; the message names the path and the record."""
-
-    code = "CORRUPT_STORAGE"
-
-
-def _crc(key: bytes, body: bytes | memoryview) -> int:
-    return zlib.crc32(body, zlib.crc32(key))
-
-
-def _seal(key: bytes, body: bytes) -> bytes:
-    return _CRC.pack(_crc(key, body)) + body
-
-
-def _log_key(index: int) -> bytes:
-    return _LOG_KEY.pack(index)
-
-
-def _encode_entry_value(key: bytes, entry: Entry) -> bytes:
-    data = entry.data
-    head = _ENTRY_HEAD.pack(0, entry.term, entry.kind)
-    crc = zlib.crc32(data, zlib.crc32(memoryview(head)[4:], zlib.crc32(key)))
-    return _ENTRY_HEAD.pack(crc, entry.term, entry.kind) + data
-
-
-class _Bad(Exception):
-    """A record failed a check; turned into CorruptStorageError with the path and record name."""
-
-
-def _one_line(exc: BaseException) -> str:
-    """A RocksDB error (some span lines) as one line."""
-    return " ".join(str(exc).split()) or type(exc).__name__
-
-
-def _wal_damage_in_info_log(path: Path) -> str:
-    """Where RocksDB's own text log (`LOG`) says the WAL replay of the failed open hit damage.
-
-    RocksDB's error for a damaged WAL record ("Corruption: checksum mismatch") names no file
-    and no offset; its `LOG` (rewritten by each open) has a line "<wal>: dropping N bytes;
-    <problem>" for it (N: from the damaged record to the end of its 32 KiB block, not an
-    offset). Returns " in write-ahead log <wal>" for the first such line, or "" (best effort).
-    """
-    try:
-        text = (path / "LOG").read_text(errors="replace")
-    except OSError:
-        return ""
-    found = re.search(rf"({re.escape(str(path))}/\d+\.log): dropping \d+ bytes; ", text)
-    return f" in write-ahead log {found[1]}" if found else ""
-
-
-def _open_error(path: Path, exc: BaseException) -> StorageError:
-    """The StorageError for an exception of `Rdict(...)` opening the database at `path`.
-
-    RocksDB's "Corruption" errors, and files of the database it cannot find, are damage
-    (CorruptStorageError, with what to do); anything else (e.g. the lock held by another
-    process) is a StorageError.
-    """
-    message = _one_line(exc)
-    missing_file = "No such file or directory" in message and str(path) in message
-    if "Corruption" not in message and not missing_file:
-        return StorageError(f"cannot open database {path}: {message}")
-    if "CURRENT" in message and str(path) not in message:
-        message += f" in {path / 'CURRENT'}"
-    elif not _NAMES_A_FILE.search(message):
-        message += _wal_damage_in_info_log(path)
-    return CorruptStorageError(f"database {path}: RocksDB refused to open: {message} ({_DAMAGED})")
-
-
-def _check_current_file(path: Path) -> None:
-    """Refuse a database directory that lost its `CURRENT` file but still holds data.
-
-    Without `CURRENT` RocksDB (create_if_missing) would create a new, empty database in the
-    directory (it only refuses while a non-empty WAL is there) and the node would start as new.
-    """
-    if (path / "CURRENT").exists():
-        return
-    data = sorted(
-        entry.name
-        for entry in path.iterdir()
-        if entry.suffix == ".sst" or (entry.suffix == ".log" and entry.stat().st_size > 0)
-    )
-    if data:
-        shown = ", ".join(data[:3]) + (f" and {len(data) - 3} more" if len(data) > 3 else "")
-        raise CorruptStorageError(
-            f"database {path}: file {path / 'CURRENT'} is missing but the directory holds "
-            f"database files ({shown}) ({_DAMAGED})"
-        )
-
-
-def _db_options() -> Options:
-    """Database options: what RocksDB checks when it opens the database and reads it."""
-    options = Options(raw_mode=True)
-    options.create_if_missing(True)
-    options.create_missing_column_families(True)
-    # Replaying the WAL, tolerate only an incomplete last record (a write cut off by a crash,
-    # never acknowledged); any other damaged record refuses the open. The default
-    # (point-in-time) silently drops every record after a damaged one.
-    options.set_wal_recovery_mode(DBRecoveryMode.tolerate_corrupted_tail_records())
-    # RocksDB's default, made explicit: at open every live SST file must exist with the size
-    # the MANIFEST records, and an error in a write or in background work stops the database
-    # instead of being skipped. (Opening also reads the footer and index block of every live
-    # SST, checksummed: damage there refuses the open.)
-    options.set_paranoid_checks(True)
-    return options
-
-
-def _family_options() -> dict[str, Options]:
-    return {name: Options(raw_mode=True) for name in (_CF_META, _CF_LOG, _CF_SNAPSHOT)}
-
-
-def _read_options() -> ReadOptions:
-    read_opt = ReadOptions()
-    read_opt.set_verify_checksums(True)  # every block read from an SST is checked
-    return read_opt
-
-
-def _clear_frames(exc: BaseException) -> None:
-    """Clear the local variables of the frames `exc` (and the exceptions it chains) holds.
-
-    They may hold iterators and column families, which keep RocksDB (and its lock) alive after
-    `close` for as long as the exception lives: a caller could not open the database again.
-    """
-    pending: list[BaseException | None] = [exc]
-    seen: set[int] = set()
-    while pending:
-        current = pending.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if current.__traceback__ is not None:
-            traceback.clear_frames(current.__traceback__)
-        pending += (current.__cause__, current.__context__)
-
-
-def _named(record: str) -> Callable[[bytes | None], str]:
-    return lambda _last: record
-
-
-def _scan(
-    family: Rdict,
-    read_opt: ReadOptions,
-    fail: Callable[[bytes | None, BaseException], StorageError],
-    from_key: bytes | None = None,
-) -> Iterator[tuple[bytes, bytes]]:
-    """Iterate a raw-mode column family (keys and values are bytes) from `from_key` on.
-
-    RocksDB ends an iteration early, as if the data ended there, when it cannot read a block (a
-    checksum mismatch in an SST, an I/O error); only the iterator's status tells. So the status
-    is checked when the iteration stops, and a bad one raises `fail(last key yielded or None,
-    error)`.
-    """
-    it = family.iter(read_opt)
-    if from_key is None:
-        it.seek_to_first()
-    else:
-        it.seek(from_key)
-    valid, key, value, step = it.valid, it.key, it.value, it.next
-    last: bytes | None = None
-    while valid():
-        last = key()
-        yield last, value()
-        step()
-    try:
-        it.status()
-    except Exception as exc:
-        error = exc
-    else:
-        return
-    del it, valid, key, value, step, family  # they keep RocksDB open while the error lives
-    raise fail(last, error) from None
-
-
-def _unseal(key: bytes, value: bytes) -> memoryview:
-    if len(value) < _CRC.size:
-        raise _Bad(f"value of {len(value)} bytes is too short for its checksum")
-    body = memoryview(value)[_CRC.size :]
-    stored = _CRC.unpack_from(value)[0]
-    actual = _crc(key, body)
-    if stored != actual:
-        raise _Bad(f"checksum mismatch (stored {stored:#010x}, computed {actual:#010x})")
-    return body
-
-
-def _decode_entry_value(index: int, key: bytes, value: bytes) -> Entry:
-    if len(value) < _ENTRY_HEAD.size:
-        raise _Bad(f"value of {len(value)} bytes is shorter than an entry header")
-    _unseal(key, value)
-    _, term, kind = _ENTRY_HEAD.unpack_from(value)
-    entry_kind = _KINDS.get(kind)
-    if entry_kind is None:
-        raise _Bad(f"unknown entry kind {kind}")
-    return Entry(Term(term), Index(index), entry_kind, value[_ENTRY_HEAD.size :])
-
-
-def _is_uint(value: object) -> bool:
-    return type(value) is int and 0 <= value <= _MAX_INDEX
-
-
-def _decode_cbor(body: memoryview) -> Any:
-    try:
-        return cbor2.loads(bytes(body))
-    except Exception as exc:
-        raise _Bad(f"undecodable CBOR ({exc})") from exc
-
-
-def _decode_hard_state(body: memoryview) -> HardState:
-    obj = _decode_cbor(body)
-    if (
-        type(obj) is not list
-        or len(obj) not in (3, 4)
-        or not _is_uint(obj[0])
-        or not (obj[1] is None or (_is_uint(obj[1]) and obj[1] > 0))
-        or not _is_uint(obj[2])
-        or (len(obj) == 4 and obj[3] not in _STANDINGS)
-    ):
-        raise _Bad(f"malformed hard state {obj!r:.80}")
-    standing = _STANDINGS[obj[3]] if len(obj) == 4 else Standing.VOTER
-    return HardState(
-        Term(obj[0]), None if obj[1] is None else NodeId(obj[1]), Index(obj[2]), standing
-    )
-
-
-def _encode_hard_state(hs: HardState) -> bytes:
-    return cbor2.dumps([hs.term, hs.vote, hs.commit, int(hs.standing)])
-
-
-def _decode_snapshot_record(body: memoryview) -> tuple[SnapshotMeta, int, int]:
-    obj = _decode_cbor(body)
-    if (
-        type(obj) is not list
-        or len(obj) != 5
-        or not all(_is_uint(v) for v in (obj[0], obj[1], obj[3], obj[4]))
-        or type(obj[2]) is not list
-        or not all(_is_uint(v) and v > 0 for v in obj[2])
-    ):
-        raise _Bad(f"malformed snapshot meta {obj!r:.80}")
-    meta = SnapshotMeta(Index(obj[0]), Term(obj[1]), tuple(NodeId(v) for v in obj[2]))
-    return meta, obj[3], obj[4]
-
-
-def _encode_snapshot_record(meta: SnapshotMeta, size_bytes: int, chunk_count: int) -> bytes:
-    return cbor2.dumps([meta.index, meta.term, list(meta.voters), size_bytes, chunk_count])
 
 
 def _limit_bytes(entries: Iterable[Entry], max_bytes: int | None) -> list[Entry]:
@@ -424,16 +136,16 @@ class RocksStorage:
         self._path = path
         self._cache_max_bytes = cache_max_bytes
         self._snapshot_chunk_bytes = snapshot_chunk_bytes
-        self._meta = db.get_column_family(_CF_META)
-        self._log = db.get_column_family(_CF_LOG)
-        self._snapshot_cf = db.get_column_family(_CF_SNAPSHOT)
-        self._h_meta = db.get_column_family_handle(_CF_META)
-        self._h_log = db.get_column_family_handle(_CF_LOG)
-        self._h_snapshot = db.get_column_family_handle(_CF_SNAPSHOT)
+        self._meta = db.get_column_family(fmt.CF_META)
+        self._log = db.get_column_family(fmt.CF_LOG)
+        self._snapshot_cf = db.get_column_family(fmt.CF_SNAPSHOT)
+        self._h_meta = db.get_column_family_handle(fmt.CF_META)
+        self._h_log = db.get_column_family_handle(fmt.CF_LOG)
+        self._h_snapshot = db.get_column_family_handle(fmt.CF_SNAPSHOT)
         self._wo_sync = WriteOptions()
         self._wo_sync.sync = True
         self._wo_nosync = WriteOptions()
-        self._ro = _read_options()
+        self._ro = rio.read_options()
         # In-memory state, rebuilt by _load and kept equal to the database by every write.
         self._hard_state = HardState()
         self._snap_meta = SnapshotMeta()
@@ -482,13 +194,13 @@ class RocksStorage:
         path = Path(path)
         try:
             path.mkdir(parents=True, exist_ok=True)
-            _check_current_file(path)
+            rio.check_current_file(path)
         except OSError as exc:
             raise StorageError(f"cannot open database {path}: {exc}") from exc
         try:
-            db = Rdict(str(path), _db_options(), column_families=_family_options())
+            db = Rdict(str(path), rio.db_options(), column_families=rio.family_options())
         except Exception as exc:
-            raise _open_error(path, exc) from exc
+            raise rio.open_error(path, exc) from exc
         try:
             self = cls(
                 db, path, cache_max_bytes=cache_max_bytes, snapshot_chunk_bytes=snapshot_chunk_bytes
@@ -500,7 +212,7 @@ class RocksStorage:
             self._load(cluster_id, node_id, tuple(sorted(NodeId(v) for v in voters)))
         except BaseException as exc:
             self.close()
-            _clear_frames(exc)
+            rio.clear_frames(exc)
             raise
         return self
 
@@ -547,17 +259,17 @@ class RocksStorage:
             for family in (self._meta, self._log, self._snapshot_cf):
                 family.flush()
         except Exception as exc:
-            raise StorageError(f"database {self._path}: flush failed: {_one_line(exc)}") from exc
+            raise StorageError(f"database {self._path}: flush failed: {rio.one_line(exc)}") from exc
 
     def _corrupt(self, record: str, problem: str) -> CorruptStorageError:
         return CorruptStorageError(f"database {self._path}: {record}: {problem}")
 
     def _read_error(self, record: str, exc: BaseException) -> StorageError:
         """The error for RocksDB failing to read `record` (damage when it says Corruption)."""
-        message = _one_line(exc)
+        message = rio.one_line(exc)
         if "Corruption" in message:
             return CorruptStorageError(
-                f"database {self._path}: {record}: unreadable: {message} ({_DAMAGED})"
+                f"database {self._path}: {record}: unreadable: {message} ({rio.DAMAGED})"
             )
         return StorageError(f"database {self._path}: {record}: read failed: {message}")
 
@@ -567,37 +279,37 @@ class RocksStorage:
         record: Callable[[bytes | None], str],
         from_key: bytes | None = None,
     ) -> Iterator[tuple[bytes, bytes]]:
-        """`_scan` on `family`; a read error names `record(last key read, or None)`."""
-        return _scan(
+        """`rio.scan` on `family`; a read error names `record(last key read, or None)`."""
+        return rio.scan(
             family, self._ro, lambda last, exc: self._read_error(record(last), exc), from_key
         )
 
     def _scan_log(self, first: int, *, whole: bool = False) -> Iterator[tuple[bytes, bytes]]:
-        """`_scan` of the log from entry `first` (or every key when `whole`, first expected).
+        """`rio.scan` of the log from entry `first` (or every key when `whole`, first expected).
 
         A read error names the entry after the last one read.
         """
 
         def record(last: bytes | None) -> str:
-            if last is None or len(last) != _LOG_KEY.size:
+            if last is None or len(last) != fmt.LOG_KEY.size:
                 return f"log entry {first}"
-            return f"log entry {_LOG_KEY.unpack(last)[0] + 1}"
+            return f"log entry {fmt.LOG_KEY.unpack(last)[0] + 1}"
 
-        return self._scan(self._log, record, None if whole else _log_key(first))
+        return self._scan(self._log, record, None if whole else fmt.log_key(first))
 
     def _scan_snapshot(self, index: int, *, whole: bool = False) -> Iterator[tuple[bytes, bytes]]:
-        """`_scan` of the chunks of snapshot `index` (or every key when `whole`).
+        """`rio.scan` of the chunks of snapshot `index` (or every key when `whole`).
 
         A read error names the chunk after the last one read.
         """
 
         def record(last: bytes | None) -> str:
-            if last is None or len(last) != _CHUNK_KEY.size:
+            if last is None or len(last) != fmt.CHUNK_KEY.size:
                 return f"snapshot {index} chunk 0"
-            last_index, number = _CHUNK_KEY.unpack(last)
+            last_index, number = fmt.CHUNK_KEY.unpack(last)
             return f"snapshot {last_index} chunk {number + 1}"
 
-        return self._scan(self._snapshot_cf, record, None if whole else _CHUNK_KEY.pack(index, 0))
+        return self._scan(self._snapshot_cf, record, None if whole else fmt.CHUNK_KEY.pack(index, 0))
 
     def _get_meta(self, key: bytes, record: str) -> bytes | None:
         try:
@@ -606,13 +318,13 @@ class RocksStorage:
             raise self._read_error(record, exc) from None
 
     def _load(self, cluster_id: str, node_id: int, voters: tuple[NodeId, ...]) -> None:
-        identity_value = self._get_meta(_K_IDENTITY, "identity record")
+        identity_value = self._get_meta(fmt.K_IDENTITY, "identity record")
         if identity_value is None:
             self._create(cluster_id, node_id, voters)
             return
         try:
-            identity = _decode_cbor(_unseal(_K_IDENTITY, identity_value))
-        except _Bad as exc:
+            identity = fmt.decode_cbor(fmt.unseal(fmt.K_IDENTITY, identity_value))
+        except fmt.Bad as exc:
             raise self._corrupt("identity record", str(exc)) from None
         if type(identity) is not dict or identity.get("format") != FORMAT_VERSION:
             raise StorageError(
@@ -637,23 +349,23 @@ class RocksStorage:
             )
 
     def _create(self, cluster_id: str, node_id: int, voters: tuple[NodeId, ...]) -> None:
-        families = {_CF_META: self._meta, _CF_LOG: self._log, _CF_SNAPSHOT: self._snapshot_cf}
+        families = {fmt.CF_META: self._meta, fmt.CF_LOG: self._log, fmt.CF_SNAPSHOT: self._snapshot_cf}
         for name, family in families.items():
-            for key, _ in self._scan(family, _named(f"column family {name!r}")):
+            for key, _ in self._scan(family, rio.named(f"column family {name!r}")):
                 raise self._corrupt(
                     "identity record", f"missing, but column family {name!r} holds {key!r:.40}"
                 )
         identity = {"format": FORMAT_VERSION, "cluster_id": cluster_id, "node_id": node_id}
         meta = SnapshotMeta(Index(0), Term(0), voters)
         batch = WriteBatch(raw_mode=True)
-        batch.put(_K_IDENTITY, _seal(_K_IDENTITY, cbor2.dumps(identity)), self._h_meta)
+        batch.put(fmt.K_IDENTITY, fmt.seal(fmt.K_IDENTITY, cbor2.dumps(identity)), self._h_meta)
         batch.put(
-            _K_HARD_STATE,
-            _seal(_K_HARD_STATE, _encode_hard_state(HardState(standing=Standing.JOINING))),
+            fmt.K_HARD_STATE,
+            fmt.seal(fmt.K_HARD_STATE, fmt.encode_hard_state(HardState(standing=Standing.JOINING))),
             self._h_meta,
         )
         batch.put(
-            _K_SNAPSHOT, _seal(_K_SNAPSHOT, _encode_snapshot_record(meta, 0, 0)), self._h_meta
+            fmt.K_SNAPSHOT, fmt.seal(fmt.K_SNAPSHOT, fmt.encode_snapshot_record(meta, 0, 0)), self._h_meta
         )
         self._write(batch, sync=True)
         self._snap_meta = meta
@@ -661,36 +373,36 @@ class RocksStorage:
         self.created = True
 
     def _load_hard_state(self) -> HardState:
-        value = self._get_meta(_K_HARD_STATE, "hard state")
+        value = self._get_meta(fmt.K_HARD_STATE, "hard state")
         if value is None:
             raise self._corrupt("hard state", "missing")
         try:
-            return _decode_hard_state(_unseal(_K_HARD_STATE, value))
-        except _Bad as exc:
+            return fmt.decode_hard_state(fmt.unseal(fmt.K_HARD_STATE, value))
+        except fmt.Bad as exc:
             raise self._corrupt("hard state", str(exc)) from None
 
     def _load_snapshot(self) -> SnapshotMeta:
-        value = self._get_meta(_K_SNAPSHOT, "snapshot meta")
+        value = self._get_meta(fmt.K_SNAPSHOT, "snapshot meta")
         if value is None:
             raise self._corrupt("snapshot meta", "missing")
         try:
-            meta, size_bytes, chunk_count = _decode_snapshot_record(_unseal(_K_SNAPSHOT, value))
-        except _Bad as exc:
+            meta, size_bytes, chunk_count = fmt.decode_snapshot_record(fmt.unseal(fmt.K_SNAPSHOT, value))
+        except fmt.Bad as exc:
             raise self._corrupt("snapshot meta", str(exc)) from None
         # Read every chunk once to check it; the data is loaded again on first snapshot().
         seen = total = 0
         for key, value in self._scan_snapshot(meta.index, whole=True):
             record = f"snapshot {meta.index} chunk {seen}"
-            if len(key) != _CHUNK_KEY.size:
+            if len(key) != fmt.CHUNK_KEY.size:
                 raise self._corrupt(record, f"malformed key {key!r:.40}")
-            index, number = _CHUNK_KEY.unpack(key)
+            index, number = fmt.CHUNK_KEY.unpack(key)
             if index != meta.index or number >= chunk_count:
                 raise self._corrupt(f"snapshot {index} chunk {number}", "stray chunk")
             if number != seen:
                 raise self._corrupt(record, "missing")
             try:
-                total += len(_unseal(key, value))
-            except _Bad as exc:
+                total += len(fmt.unseal(key, value))
+            except fmt.Bad as exc:
                 raise self._corrupt(record, str(exc)) from None
             seen += 1
         if seen != chunk_count:
@@ -709,9 +421,9 @@ class RocksStorage:
         cache: collections.deque[Entry] = collections.deque()
         cache_bytes = 0
         for key, value in self._scan_log(expected, whole=True):
-            if len(key) != _LOG_KEY.size:
+            if len(key) != fmt.LOG_KEY.size:
                 raise self._corrupt(f"log entry {expected}", f"malformed key {key!r:.40}")
-            index = _LOG_KEY.unpack(key)[0]
+            index = fmt.LOG_KEY.unpack(key)[0]
             if index < expected:
                 raise self._corrupt(
                     f"log entry {index}",
@@ -722,8 +434,8 @@ class RocksStorage:
                     f"log entry {expected}", f"missing (the next entry stored is {index})"
                 )
             try:
-                entry = _decode_entry_value(index, key, value)
-            except _Bad as exc:
+                entry = fmt.decode_entry_value(index, key, value)
+            except fmt.Bad as exc:
                 raise self._corrupt(f"log entry {index}", str(exc)) from None
             if entry.term < prev_term:
                 raise self._corrupt(
@@ -811,12 +523,12 @@ class RocksStorage:
             return
         expected = lo
         for key, value in self._scan_log(lo):
-            index = _LOG_KEY.unpack(key)[0]
+            index = fmt.LOG_KEY.unpack(key)[0]
             if index != expected:
                 raise self._corrupt(f"log entry {expected}", "missing")
             try:
-                entry = _decode_entry_value(index, key, value)
-            except _Bad as exc:
+                entry = fmt.decode_entry_value(index, key, value)
+            except fmt.Bad as exc:
                 raise self._corrupt(f"log entry {index}", str(exc)) from None
             yield entry
             expected += 1
@@ -845,11 +557,11 @@ class RocksStorage:
         index = self._snap_meta.index
         parts: list[memoryview] = []
         for number, (key, value) in enumerate(self._scan_snapshot(index)):
-            if key != _CHUNK_KEY.pack(index, number):
+            if key != fmt.CHUNK_KEY.pack(index, number):
                 break
             try:
-                parts.append(_unseal(key, value))
-            except _Bad as exc:
+                parts.append(fmt.unseal(key, value))
+            except fmt.Bad as exc:
                 raise self._corrupt(f"snapshot {index} chunk {number}", str(exc)) from None
         data = b"".join(parts)
         if len(data) != self._snap_size_bytes:
@@ -891,7 +603,7 @@ class RocksStorage:
 
         batch = WriteBatch(raw_mode=True)
         if snap is not None:
-            batch.delete_range(_log_key(0), _LOG_KEY_END, self._h_log)
+            batch.delete_range(fmt.log_key(0), fmt.LOG_KEY_END, self._h_log)
             self._put_snapshot(batch, snap_meta, snap.data)
         if entries and entries[0].index <= snap_meta.index:
             entries = tuple(e for e in entries if e.index > snap_meta.index)
@@ -914,19 +626,19 @@ class RocksStorage:
                     )
                 prev_term = entry.term
             if first <= last:
-                batch.delete_range(_log_key(first), _log_key(last + 1), self._h_log)
+                batch.delete_range(fmt.log_key(first), fmt.log_key(last + 1), self._h_log)
             h_log = self._h_log
             for entry in entries:
-                key = _log_key(entry.index)
-                batch.put(key, _encode_entry_value(key, entry), h_log)
+                key = fmt.log_key(entry.index)
+                batch.put(key, fmt.encode_entry_value(key, entry), h_log)
             kept = first - snap_meta.index - 1 + len(entries)
         if hard_state is not None:
             if hard_state.commit > snap_meta.index + kept:
                 raise ValueError(
                     f"commit index {hard_state.commit} past last index {snap_meta.index + kept}"
                 )
-            value = _seal(_K_HARD_STATE, _encode_hard_state(hard_state))
-            batch.put(_K_HARD_STATE, value, self._h_meta)
+            value = fmt.seal(fmt.K_HARD_STATE, fmt.encode_hard_state(hard_state))
+            batch.put(fmt.K_HARD_STATE, value, self._h_meta)
 
         self._write(batch, sync=ready.must_sync or snap is not None)
 
@@ -999,7 +711,7 @@ class RocksStorage:
         meta = SnapshotMeta(index, self.term(index), tuple(sorted(voters)))
         batch = WriteBatch(raw_mode=True)
         self._put_snapshot(batch, meta, data)
-        batch.delete_range(_log_key(0), _log_key(index + 1), self._h_log)
+        batch.delete_range(fmt.log_key(0), fmt.log_key(index + 1), self._h_log)
         self._write(batch, sync=True)
 
         self._snap_meta = meta
@@ -1015,17 +727,17 @@ class RocksStorage:
     def _put_snapshot(self, batch: WriteBatch, meta: SnapshotMeta, data: bytes) -> int:
         """Add a snapshot (meta and data chunks, replacing any older one) to `batch`."""
         h_snapshot = self._h_snapshot
-        batch.delete_range(b"", b"\xff" * (_CHUNK_KEY.size + 1), h_snapshot)
+        batch.delete_range(b"", b"\xff" * (fmt.CHUNK_KEY.size + 1), h_snapshot)
         view = memoryview(data)
         step = self._snapshot_chunk_bytes
         chunk_count = 0
         for start in range(0, len(data), step):
-            key = _CHUNK_KEY.pack(meta.index, chunk_count)
+            key = fmt.CHUNK_KEY.pack(meta.index, chunk_count)
             chunk = view[start : start + step]
-            batch.put(key, _CRC.pack(_crc(key, chunk)) + chunk, h_snapshot)
+            batch.put(key, fmt.CRC.pack(fmt.crc(key, chunk)) + chunk, h_snapshot)
             chunk_count += 1
-        record = _encode_snapshot_record(meta, len(data), chunk_count)
-        batch.put(_K_SNAPSHOT, _seal(_K_SNAPSHOT, record), self._h_meta)
+        record = fmt.encode_snapshot_record(meta, len(data), chunk_count)
+        batch.put(fmt.K_SNAPSHOT, fmt.seal(fmt.K_SNAPSHOT, record), self._h_meta)
         return chunk_count
 
     def _require_open(self) -> None:

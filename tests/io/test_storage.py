@@ -539,7 +539,7 @@ def test_entry_below_snapshot_is_detected(populated: Path) -> None:
         stale = s.entries(Index(11), Index(12))[0]
     with raw_db(populated) as cfs:
         # A well-formed entry (valid checksum for its key) that compaction should have deleted.
-        from node.storage import _encode_entry_value
+        from node.storage_format import encode_entry_value as _encode_entry_value
 
         cfs["log"][log_key(5)] = _encode_entry_value(
             log_key(5), Entry(Term(1), Index(5), stale.kind)
