@@ -24,7 +24,15 @@ from node.app import QueueApp
 from node.config import ClusterConfig, ConfigError
 from node.marker import MARK_FILE_NAME, MarkerFile
 from node.raft import Config as RaftConfig
-from node.raft import Message, NodeId, RaftNode, Ready, assess_durability, mark_of
+from node.raft import (
+    DurabilityMark,
+    Message,
+    NodeId,
+    RaftNode,
+    Ready,
+    assess_durability,
+    mark_of,
+)
 from node.raft_loop import RaftLoop
 from node.server import ClientServer
 from node.storage import RocksStorage, StorageError
@@ -102,7 +110,7 @@ class Node:
             node_id, cfg, self.loop, self.app, self.actors, self.transport.stats
         )
 
-    def _check_durability(self) -> tuple[Any, str | None]:
+    def _check_durability(self) -> tuple[DurabilityMark, str | None]:
         """Compare the database with the durability mark; start REPAIRING if state was lost.
 
         Returns the mark now on disk and why the node lost durable state (None if it did not).
@@ -112,9 +120,7 @@ class Node:
         mark = self.marker.load()
         fixed, reason = assess_durability(hard, storage, mark)
         if fixed != hard:
-            storage.persist(
-                Ready(fixed, (), None, (), (), (), None, (), must_sync=True)
-            )
+            storage.persist(Ready(fixed, (), None, (), (), (), None, (), must_sync=True))
         if reason is not None:
             logger.warning(
                 "node %d lost durable state: %s; it neither votes nor counts towards a quorum "

@@ -194,7 +194,7 @@ class RaftLoop:
         self._hard: HardState = core.log.storage.initial_state()[0]
         last = core.log.storage.last_index()
         self._durable_last: tuple[Index, Term] = (last, core.log.storage.term(last))
-        self._mark_refreshed_at = time.monotonic()
+        self._mark_refreshed_at: float | None = None  # trio time of the last refresh
         self._standing = core.standing
         self.role_changed = trio.Event()
         self.stats: dict[str, int] = {
@@ -373,16 +373,13 @@ class RaftLoop:
             raised = raise_mark_after(self._mark, self._hard, self._durable_last, refresh=False)
             if raised is not None:
                 await self._store_mark(raised)
-            refresh = time.monotonic() - self._mark_refreshed_at >= MARK_REFRESH_S
+            now = trio.current_time()
+            if self._mark_refreshed_at is None:
+                self._mark_refreshed_at = now
+            refresh = now - self._mark_refreshed_at >= MARK_REFRESH_S
         # 2. Send the rest (votes, append responses).
         for m in rd.messages:
             send(m)
-        if refresh:
-            # The mark's log position follows the log now and then: no fsync per write.
-            moved = raise_mark_after(self._mark, self._hard, self._durable_last, refresh=True)
-            self._mark_refreshed_at = time.monotonic()
-            if moved is not None:
-                await self._store_mark(moved)
         # 3. Apply (or hold back while the state is being serialised).
         if rd.snapshot is not None:
             self._apply_or_defer(rd.snapshot)
@@ -397,6 +394,13 @@ class RaftLoop:
                 ))
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
+        if refresh:
+            # The mark's log position follows the log now and then (no fsync per write), once
+            # this Ready's messages are out and its clients answered.
+            moved = raise_mark_after(self._mark, self._hard, self._durable_last, refresh=True)
+            self._mark_refreshed_at = trio.current_time()
+            if moved is not None:
+                await self._store_mark(moved)
 
     async def _store_mark(self, mark: DurabilityMark) -> None:
         assert self._marker is not None

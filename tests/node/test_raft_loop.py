@@ -7,9 +7,11 @@ import threading
 from typing import Any
 
 import trio
+import trio.testing
 
 from node.raft import (
     Config,
+    DurabilityMark,
     Entry,
     Index,
     MemoryStorage,
@@ -19,7 +21,7 @@ from node.raft import (
     Ready,
     SoftState,
 )
-from node.raft_loop import RaftLoop
+from node.raft_loop import MARK_REFRESH_S, RaftLoop
 
 
 class MemoryDisk:
@@ -113,4 +115,58 @@ async def test_snapshot_serialises_in_a_thread_while_applies_wait() -> None:
         snap = disk.store.snapshot()
         assert snap.data == b"a|b|c"
         assert snap.meta.index == first[-1].index  # the state it holds, not a later index
+        nursery.cancel_scope.cancel()
+
+
+class RecordingMarks:
+    """A MarkStore that keeps every mark written, and what the disk held at that moment."""
+
+    def __init__(self, disk: MemoryDisk) -> None:
+        self.disk = disk
+        self.written: list[tuple[DurabilityMark, int]] = []
+
+    def store(self, mark: DurabilityMark) -> None:
+        self.written.append((mark, self.disk.store.hard_state.term))
+
+
+class CountingApp(SlowSnapshotApp):
+    def snapshot(self) -> bytes:
+        return b""
+
+
+async def test_the_durability_mark_follows_term_vote_and_now_and_then_the_log(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Virtual time (trio.testing.MockClock, autojump): ticks and the refresh interval pass
+    # without real sleeps.
+    disk = MemoryDisk()
+    core = RaftNode(Config(NodeId(1)), disk.store, random.Random(1))
+    marks = RecordingMarks(disk)
+    loop = RaftLoop(core, disk, NoNetwork(), CountingApp(), tick_s=0.01,
+                    snapshot_entries=10**9, marker=marks, mark=DurabilityMark())
+    send, receive = trio.open_memory_channel[Message](10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(loop.run, receive)
+        with trio.fail_after(5):
+            while not core.is_leader:
+                await trio.sleep(0.01)
+        # The election (term 1, vote for itself) was marked, after the disk held it.
+        voted = [(m, t) for m, t in marks.written if m.term == core.term]
+        assert voted and voted[0][0].vote == 1 and voted[0][1] == core.term
+        written = len(marks.written)
+        for _ in range(20):  # many synced writes within one refresh interval: no mark each
+            props = loop.propose([b"x"])
+            await props[0].done.wait()
+        assert len(marks.written) <= written + 1
+        await trio.sleep(MARK_REFRESH_S * 2)
+        props = loop.propose([b"y"])
+        await props[0].done.wait()
+        await trio.sleep(MARK_REFRESH_S * 2)
+        loop.propose([b"z"])
+        with trio.fail_after(5):
+            while marks.written[-1][0].index < props[0].index:
+                await trio.sleep(0.01)
+        last = marks.written[-1][0]
+        assert last.index <= disk.store.last_index()
+        assert last.index_term == disk.store.term(last.index)
         nursery.cancel_scope.cancel()
