@@ -150,7 +150,10 @@ async def test_the_durability_mark_follows_term_vote_and_now_and_then_the_log(
         with trio.fail_after(5):
             while not core.is_leader:
                 await trio.sleep(0.01)
-        # The election (term 1, vote for itself) was marked, after the disk held it.
+        # The election (its term, its vote for itself) is marked, after the disk held it.
+        with trio.fail_after(5):
+            while not any(m.term == core.term for m, _ in marks.written):
+                await trio.sleep(0.01)
         voted = [(m, t) for m, t in marks.written if m.term == core.term]
         assert voted and voted[0][0].vote == 1 and voted[0][1] == core.term
         written = len(marks.written)
