@@ -33,7 +33,8 @@ damage, e.g. `flip-sst` on a node without an SST) and starts the node again: it 
 to start (exit status 2, `raftq node N: cannot start: database ...`: outcome `refused`; the
 nemesis then applies the operator procedure, `wipe` and start again) or keeps running (outcome
 `running`: it found its state lost and is repaired by its peers, or the damage hit nothing
-that mattered). Healed when the node runs again.
+that mattered). Healed when the node runs again. The disk faults are the job of the
+`Nemesis`'s `DiskNemesis` (`jepsen_like.disk_nemesis`), which keeps the damaged nodes.
 
 Partitions are grudges (node -> the nodes it must not hear from), as in Jepsen's nemesis.clj:
 `leader` isolates the leader both ways; `halves` splits the nodes into two random halves
@@ -48,16 +49,15 @@ from __future__ import annotations
 
 import logging
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import trio
 
-from jepsen_like import disk
-from jepsen_like.procs import REFUSAL_EXIT_CODE, NodeProcs
+from jepsen_like.disk_nemesis import DISK_KINDS, DISK_OPS, Damaged, DiskNemesis, StatusOf
+from jepsen_like.faults import KINDS, Fault, FaultRecord
+from jepsen_like.procs import NodeProcs
 from jepsen_like.proxy import ProxyMesh
 
 __all__ = [
@@ -72,98 +72,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("jepsen_like.nemesis")
-
-KINDS: dict[str, tuple[str, ...]] = {
-    "kill": ("one", "leader", "minority", "all"),
-    "pause": ("leader", "one"),
-    "partition": ("leader", "halves", "halves-leader", "ring", "bridge", "link", "one-way"),
-    "restart-all": ("kill",),
-    "delay": ("all",),
-    "disk-corruption": ("flip-wal", "flip-sst", "truncate-wal", "cut-wal", "delete-wal"),
-    "disk-loss": ("wipe",),
-}
-"""Every nemesis kind and its variants."""
-
-DISK_KINDS = ("disk-corruption", "disk-loss")
-"""Kinds that damage a node's disk (a minority of nodes at most, until repaired)."""
-
-DISK_OPS: dict[str, Callable[[Any, random.Random], disk.Damage]] = {
-    "flip-wal": lambda d, rng: disk.flip_bit(d, rng, "wal"),
-    "flip-sst": lambda d, rng: disk.flip_bit(d, rng, "sst"),
-    "truncate-wal": lambda d, rng: disk.truncate_wal(d, rng),
-    "cut-wal": lambda d, rng: disk.cut_wal_at_record_boundary(d, rng),
-    "delete-wal": lambda d, rng: disk.delete_wal(d),
-    "wipe": lambda d, rng: disk.wipe(d),
-}
-"""The damage operation of each disk variant: (data_dir, rng) -> what it did."""
-
-_WARNING_LINE = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|^raftq node \d+:|Traceback")
-
-
-@dataclass(frozen=True)
-class Fault:
-    """One fault to inject.
-
-    Attributes:
-        kind: a key of `KINDS`.
-        variant: one of the kind's variants.
-        at_s: start, seconds after the workload began.
-        duration_s: how long it lasts before it is healed, seconds.
-        nodes_from: index (in the schedule) of an earlier fault whose nodes this one targets
-            (e.g. kill the node that an earlier partition isolated), or None.
-        seed: randomness for choosing nodes when it starts.
-    """
-
-    kind: str
-    variant: str
-    at_s: float
-    duration_s: float
-    nodes_from: int | None = None
-    seed: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class FaultRecord:
-    """What one fault really did.
-
-    Attributes:
-        index: its index in the schedule.
-        kind, variant: as the `Fault`.
-        nodes: the nodes it targeted.
-        links: directed links cut (partition), as [src, dst].
-        pids: pids signalled (kill, pause, restart-all, disk-corruption, disk-loss).
-        start_s, end_s: seconds since the start of the run (monotonic); end None while active.
-        start_wall_ms, end_wall_ms: Unix wall-clock milliseconds.
-        evidence: what proves the fault took effect (exit codes, process states, proxy counts).
-        verified: the evidence shows the fault took effect.
-        note: anything notable (e.g. "leader unknown: chose node 2").
-    """
-
-    index: int
-    kind: str
-    variant: str
-    nodes: list[int] = field(default_factory=list)
-    links: list[list[int]] = field(default_factory=list)
-    pids: list[int] = field(default_factory=list)
-    start_s: float = 0.0
-    end_s: float | None = None
-    start_wall_ms: float = 0.0
-    end_wall_ms: float | None = None
-    evidence: dict[str, Any] = field(default_factory=dict)
-    verified: bool = False
-    note: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def describe(self) -> str:
-        what = f"{self.kind}/{self.variant}"
-        if self.links:
-            return f"{what} links {' '.join(f'{a}->{b}' for a, b in self.links)}"
-        return f"{what} nodes {self.nodes}"
 
 
 def make_schedule(
@@ -292,17 +200,6 @@ def grudge_for(
 
 
 LeaderFinder = Callable[[], Awaitable[int | None]]
-StatusOf = Callable[[int], Awaitable["dict[str, Any] | None"]]
-
-
-@dataclass
-class _Damaged:
-    """A node whose disk a fault damaged, until it is seen repaired."""
-
-    node_id: int
-    fault: int
-    mark: int
-    since_s: float
 
 
 class Nemesis:
@@ -319,15 +216,13 @@ class Nemesis:
             damaged node as repaired once it runs.
 
     Attributes:
+        disk: the `DiskNemesis` that injects the disk faults; it keeps the damaged nodes
+            (`damaged`) and the three settings below, which read and set its own.
         start_watch_s: how long a node started on damaged data may take to refuse it or serve.
         settle_s: without `status_of`, how long a restarted node must keep running.
         repair_wait_s: how long a disk fault waits for damaged nodes to be repaired when no
             other node may be damaged.
     """
-
-    start_watch_s = 15.0
-    settle_s = 2.0
-    repair_wait_s = 15.0
 
     def __init__(
         self,
@@ -341,13 +236,11 @@ class Nemesis:
         self.mesh = mesh
         self.find_leader = find_leader
         self.clock_s = clock_s
-        self.status_of = status_of
         self.records: list[FaultRecord] = []
         self.active: dict[int, FaultRecord] = {}
         self._started: dict[int, trio.Event] = {}
         self._by_index: dict[int, FaultRecord] = {}
-        self.damaged: dict[int, _Damaged] = {}
-        self._disk_lock = trio.Lock()
+        self.disk = DiskNemesis(procs, clock_s, self._by_index.get, status_of)
 
     @property
     def node_ids(self) -> list[int]:
@@ -426,7 +319,7 @@ class Nemesis:
         if kind == "delay":
             return self._delay(rec, rng)
         if kind in DISK_KINDS:
-            return await self._disk(fault, rec, rng, targets)
+            return await self.disk.start(fault, rec, rng, targets)
         raise ValueError(f"unknown fault kind {kind!r}")
 
     async def _choose_nodes(self, variant: str, rec: FaultRecord, rng: random.Random) -> list[int]:
@@ -537,201 +430,49 @@ class Nemesis:
 
         return heal
 
-    # -- disk faults ------------------------------------------------------------------------
+    # -- disk faults: the DiskNemesis's ----------------------------------------------------
+    @property
+    def status_of(self) -> StatusOf | None:
+        return self.disk.status_of
+
+    @property
+    def damaged(self) -> dict[int, Damaged]:
+        """The nodes damaged and not yet seen repaired (the DiskNemesis's)."""
+        return self.disk.damaged
+
     @property
     def damage_budget(self) -> int:
         """How many nodes may be damaged and not yet repaired at once: a minority."""
-        return (len(self.node_ids) - 1) // 2
-
-    async def _status(self, nid: int) -> dict[str, Any] | None:
-        if self.status_of is None:
-            return None
-        st = await self.status_of(nid)
-        if not st or "error" in st or st.get("node_id") != nid:
-            return None
-        return st
+        return self.disk.damage_budget
 
     async def refresh_repairs(self) -> list[int]:
         """Forget damaged nodes that are repaired (see the module docstring); record when on
         their faults. Returns the nodes still damaged."""
-        for nid, dm in sorted(self.damaged.items()):
-            if not self.procs.running(nid) or self.procs.paused(nid):
-                continue
-            if self.status_of is None:
-                repaired, seen = True, None
-            else:
-                seen = await self._status(nid)
-                repaired = seen is not None and _repaired(seen, dm.mark)
-            if repaired:
-                del self.damaged[nid]
-                rec = self._by_index.get(dm.fault)
-                if rec is not None:
-                    rec.evidence["repair_seen_after_s"] = round(self.clock_s() - dm.since_s, 3)
-                    if seen is not None:
-                        rec.evidence["repaired_status"] = {
-                            k: seen.get(k) for k in ("role", "term", "commit_index",
-                                                     "applied_index", "last_index", "standing")
-                            if k in seen}
-                logger.info("node %d repaired (fault %d)", nid, dm.fault)
-        return sorted(self.damaged)
+        return await self.disk.refresh_repairs()
 
-    async def _disk_target(
-        self, rec: FaultRecord, rng: random.Random, targets: list[int] | None
-    ) -> int | None:
-        """A running node that may be damaged now (waiting for repairs if need be)."""
-        budget = self.damage_budget
-        deadline = trio.current_time() + self.repair_wait_s
-        while True:
-            damaged = set(await self.refresh_repairs())
-            pool = targets if targets is not None else self.running_nodes()
-            ok = [n for n in pool if self.procs.running(n) and not self.procs.paused(n)
-                  and len(damaged | {n}) <= budget]
-            if ok:
-                if damaged:
-                    rec.evidence["damaged_not_repaired"] = sorted(damaged)
-                return rng.choice(sorted(ok))
-            if budget == 0 or trio.current_time() >= deadline:
-                rec.note = (f"not injected: {len(self.node_ids)} nodes allow {budget} damaged "
-                            f"at once; not repaired yet: {sorted(damaged)}")
-                return None
-            rec.note = f"waiting for nodes {sorted(damaged)} to be repaired"
-            await trio.sleep(0.2)
-            rec.note = ""
+    @property
+    def start_watch_s(self) -> float:
+        return self.disk.start_watch_s
 
-    async def _mark(self, nid: int) -> int:
-        """What `nid` could have acknowledged: its last index, or the highest commit index
-        known, if higher."""
-        mark = 0
-        for other in self.node_ids:
-            st = await self._status(other) if self.procs.running(other) else None
-            if st is None:
-                continue
-            mark = max(mark, int(st.get("commit_index") or 0))
-            if other == nid:
-                mark = max(mark, int(st.get("last_index") or 0))
-        return mark
+    @start_watch_s.setter
+    def start_watch_s(self, value: float) -> None:
+        self.disk.start_watch_s = value
 
-    async def _watch_start(self, nid: int, pid: int) -> tuple[str, dict[str, Any]]:
-        """Wait until the node just started (as `pid`) serves, refuses its data, or exits.
+    @property
+    def settle_s(self) -> float:
+        return self.disk.settle_s
 
-        Returns (outcome, evidence): "running" (answers `node_status` as `pid`, or without
-        `status_of` still runs after `settle_s`), "refused" (exit status 2 with the refusal
-        line), "exited" (any other exit), or "no-answer" (still running, silent, after
-        `start_watch_s`).
-        """
-        t0 = trio.current_time()
-        limit = self.settle_s if self.status_of is None else self.start_watch_s
-        while True:
-            code = self.procs.exit_code(nid, pid)
-            if code is not None:
-                line = self.procs.refusal_line(nid, pid)
-                ev: dict[str, Any] = {"exit_code": code,
-                                      "after_s": round(trio.current_time() - t0, 3)}
-                if code == REFUSAL_EXIT_CODE and line is not None:
-                    return "refused", {**ev, "line": line}
-                return "exited", {**ev, "log_tail": self.procs.output(nid, pid)
-                                  .splitlines()[-12:]}
-            if self.status_of is not None:
-                st = await self._status(nid)
-                if st is not None and st.get("pid") in (pid, None):
-                    return "running", {"after_s": round(trio.current_time() - t0, 3),
-                                       "status": {k: st.get(k) for k in (
-                                           "role", "term", "commit_index", "applied_index",
-                                           "last_index", "standing") if k in st}}
-            if trio.current_time() - t0 >= limit:
-                running = self.procs.running(nid)
-                return ("running" if running and self.status_of is None else "no-answer",
-                        {"after_s": round(trio.current_time() - t0, 3), "running": running})
-            await trio.sleep(0.05)
+    @settle_s.setter
+    def settle_s(self, value: float) -> None:
+        self.disk.settle_s = value
 
-    def _warnings(self, nid: int, pid: int, limit: int = 10) -> list[str]:
-        """The node's first warnings and errors since `pid` started (not the transport's)."""
-        lines = [ln for ln in self.procs.output(nid, pid).splitlines()
-                 if _WARNING_LINE.search(ln) and " raftq.transport " not in ln]
-        return lines[:limit]
+    @property
+    def repair_wait_s(self) -> float:
+        return self.disk.repair_wait_s
 
-    async def _damage(self, nid: int, fault: Fault, rec: FaultRecord,
-                      rng: random.Random) -> disk.Damage | None:
-        """Apply the fault's operation to the stopped node's data directory (or, when it
-        finds nothing to damage, another corruption chosen by `rng`)."""
-        data_dir = self.procs.data_dir(nid)
-        order = [fault.variant]
-        if fault.kind == "disk-corruption":
-            others = [v for v in KINDS["disk-corruption"] if v != fault.variant]
-            rng.shuffle(others)
-            order += others
-        skipped: dict[str, str] = {}
-        for op in order:
-            fn = DISK_OPS[op]
-            try:
-                done = await trio.to_thread.run_sync(fn, data_dir, rng)
-            except disk.NothingToDamage as exc:
-                skipped[op] = str(exc)
-                continue
-            if skipped:
-                rec.evidence["skipped_ops"] = skipped
-                rec.note = f"{'/'.join(skipped)}: nothing to damage; did {op}".strip()
-            rec.evidence["op"] = op
-            return done
-        rec.evidence["skipped_ops"] = skipped
-        return None
-
-    async def _disk(
-        self, fault: Fault, rec: FaultRecord, rng: random.Random, targets: list[int] | None
-    ) -> Callable[[], Awaitable[None]]:
-        async with self._disk_lock:  # two disk faults never choose at the same time
-            nid = await self._disk_target(rec, rng, targets)
-            if nid is None:
-                async def nothing() -> None:
-                    return None
-                return nothing
-            rec.nodes = [nid]
-            mark = await self._mark(nid)
-            rec.evidence["mark_index"] = mark
-            pid, code = await self.procs.kill(nid)
-            if pid is not None:
-                rec.pids.append(pid)
-            rec.evidence["exit_codes"] = {str(nid): code}
-            killed = pid is not None and code == -9
-            restarted: list[int] = []
-            try:
-                damage = await self._damage(nid, fault, rec, rng) if killed else None
-            finally:  # whatever happened to the files, the node runs again
-                if not self.procs.running(nid):
-                    restarted.append(await self.procs.start(
-                        nid, may_refuse=fault.kind == "disk-corruption"))
-            if damage is not None:
-                rec.evidence["damage"] = damage.to_json()
-                rec.evidence["damage_summary"] = damage.describe()
-                self.damaged[nid] = _Damaged(nid, rec.index, mark, self.clock_s())
-            if not restarted:
-                raise RuntimeError(f"node {nid} was not killed (pid {pid}, exit {code})")
-            new_pid = restarted[0]
-            outcome, ev = await self._watch_start(nid, new_pid)
-            rec.evidence["start"] = ev
-            if outcome == "refused":
-                rec.evidence["refusal"] = ev.get("line")
-                wiped = await trio.to_thread.run_sync(disk.wipe, self.procs.data_dir(nid))
-                rec.evidence["operator_wipe"] = wiped.to_json()
-                new_pid = await self.procs.start(nid)
-                restarted.append(new_pid)
-                again, ev2 = await self._watch_start(nid, new_pid)
-                rec.evidence["start_after_wipe"] = {"outcome": again, **ev2}
-                rec.evidence["outcome_after_wipe"] = again
-            rec.evidence["outcome"] = outcome
-            rec.evidence["restarted_pids"] = restarted
-            rec.evidence["node_warnings"] = self._warnings(nid, restarted[0])
-            rec.verified = killed and damage is not None and bool(restarted)
-            logger.info("disk fault %d on node %d: %s; %s", rec.index, nid,
-                        rec.evidence.get("damage_summary"), outcome)
-
-        async def heal() -> None:
-            rec.evidence["running_before_heal"] = self.procs.running(nid)
-            if not self.procs.running(nid):
-                rec.evidence["restarted_at_heal"] = await self.procs.start(nid)
-            rec.evidence["running_at_heal"] = self.procs.running(nid)
-
-        return heal
+    @repair_wait_s.setter
+    def repair_wait_s(self, value: float) -> None:
+        self.disk.repair_wait_s = value
 
     async def heal_all(self) -> dict[str, Any]:
         """Heal everything: every link, every paused node, every node that is down.
@@ -750,12 +491,3 @@ class Nemesis:
         if self.damaged:
             out["damaged_not_repaired"] = damaged or sorted(self.damaged)
         return out
-
-
-def _repaired(status: dict[str, Any], mark: int) -> bool:
-    """A node's status shows it holds what it could have acknowledged before its damage."""
-    standing = status.get("standing")
-    if standing is not None and str(standing).lower() not in ("voter", "0"):
-        return False
-    return (int(status.get("applied_index") or 0) >= mark
-            and int(status.get("commit_index") or 0) >= mark)
