@@ -398,6 +398,7 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
                           ("last index", "right")]:
         table.add_column(name, justify=justify)  # type: ignore[arg-type]
     repairing: list[str] = []
+    diverged: list[str] = []
     for r in rows:
         if not r["reachable"]:
             table.add_row("?", r["addr"], "", "[red]unreachable[/]", "", "", "", "", "", "")
@@ -408,6 +409,11 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
         if standing != "voter":
             repairing.append(f"node {r.get('node_id', '?')} is {standing}: "
                              f"{r.get('repair_reason') or 'lost durable state'}")
+        for pid, peer in sorted((r.get("peers") or {}).items()):
+            if isinstance(peer, dict) and peer.get("diverged"):
+                diverged.append(f"node {pid} claims entries past leader "
+                                f"{r.get('node_id', '?')}'s log: committed entries were lost "
+                                "(see docs/operations.md, Recovery)")
         table.add_row(
             str(r.get("node_id", "?")), r["addr"], str(r.get("pid", "")), health,
             f"[bold green]{role}[/]" if role == "leader" else role,
@@ -417,6 +423,8 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
     _out().print(table)
     for line in repairing:
         _out().print(f"[yellow]{line}; it does not vote until a leader has repaired it[/]")
+    for line in diverged:
+        _out().print(f"[red]{line}[/]")
     if not any(r.get("role") == "leader" for r in rows):
         _err().print("[yellow]no leader among the reachable nodes[/]")
 

@@ -196,6 +196,7 @@ class RaftLoop:
         self._durable_last: tuple[Index, Term] = (last, core.log.storage.term(last))
         self._mark_refreshed_at: float | None = None  # trio time of the last refresh
         self._standing = core.standing
+        self._divergences = 0
         self.role_changed = trio.Event()
         self.stats: dict[str, int] = {
             "readies": 0, "synced_writes": 0, "entries_applied": 0, "proposals": 0,
@@ -294,6 +295,14 @@ class RaftLoop:
                 await self._handle_ready(rd)
                 core.advance(rd)
                 self._feed()
+            if core.divergences != self._divergences:
+                self._divergences = core.divergences
+                diverged = [pid for pid, p in core.status().peers.items() if p.diverged]
+                logger.error(
+                    "followers %s claim entries past this leader's log: committed entries were "
+                    "lost somewhere (a disk fault the nodes could not see); they no longer count",
+                    diverged,
+                )
             await self._maybe_snapshot()
 
     def _feed(self) -> None:
@@ -538,6 +547,7 @@ class RaftLoop:
                     "recent_active": p.recent_active,
                     "repairing": p.repairing,
                     "repair_target": p.repair_target,
+                    "diverged": p.diverged,
                 }
                 for pid, p in sorted(s.peers.items())
             },

@@ -53,6 +53,7 @@ class NodeState:
     msgs: list[Message]
     early_msgs: list[Message]
     boot_id: int
+    divergences: int
     _append_pending: bool
     _incoming_meta: SnapshotMeta | None
     _incoming_data: bytearray

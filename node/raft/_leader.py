@@ -159,6 +159,9 @@ class LeaderReplication(RepairRules):
                     pr.become_probe()
                 self._maybe_send_append(pid, allow_empty=True)
             return
+        if msg.match_index > self.log.last_index():
+            self._diverged(pr)
+            return
         updated = pr.maybe_update(msg.match_index)
         pr.match_boot = msg.boot
         if not updated and not (pr.state is ProgressState.PROBE and msg.match_index == pr.match):
@@ -171,6 +174,18 @@ class LeaderReplication(RepairRules):
             pass
         if self.transfer_target == pid and pr.match == self.log.last_index():
             self._send(TimeoutNow(self.term, self.id, pid))
+
+    def _diverged(self, pr: Progress) -> None:
+        """The follower says it holds entries past this leader's last index.
+
+        Impossible while Raft's assumptions hold (a leader holds every committed entry): some
+        node lost committed entries without noticing (docs/architecture.md, "What is not
+        covered"). The follower's answer is not counted, and the peer is shown as diverged in
+        `status()` so that the operator learns of it.
+        """
+        if not pr.diverged:
+            pr.diverged = True
+            self.divergences += 1
 
     def _handle_heartbeat_response(self, msg: HeartbeatResponse) -> None:
         pr = self.progress.get(msg.from_id)
@@ -197,6 +212,9 @@ class LeaderReplication(RepairRules):
             return
         pr.recent_active = True
         if msg.done:
+            if msg.snapshot_index > self.log.last_index():
+                self._diverged(pr)
+                return
             pr.maybe_update(msg.snapshot_index)
             pr.match_boot = msg.boot
             pr.become_probe()

@@ -64,6 +64,7 @@ class PeerStatus:
     recent_active: bool
     repairing: bool = False
     repair_target: Index | None = None
+    diverged: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +162,8 @@ class RaftNode(LeaderReplication, FollowerReplication):
         # Derived from the generator's state rather than drawn from it, so that adding it did
         # not shift the election jitter of every seeded run.
         self.boot_id = hash(self.rng.getstate()) % ((1 << 62) - 1) + 1
+        # Leader: followers seen claiming entries past this node's log (see _diverged).
+        self.divergences = 0
 
     # =========================================================================================
     # Public surface
@@ -360,6 +363,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
                     pr.recent_active,
                     pr.repairing or pr.regressed,
                     pr.repair_target,
+                    pr.diverged,
                 )
         return Status(
             id=self.id,

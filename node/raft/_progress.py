@@ -46,6 +46,10 @@ class Progress:
         acked_round: the latest heartbeat round the follower answered.
         regressed: the follower refused an index at or below the match it had acknowledged
             (it lost data without knowing); it is told to become REPAIRING.
+        match_boot: the process incarnation (`boot`) of the follower's last success.
+        repair_boot: while repairing, the incarnation that said so; answers of others are old.
+        diverged: the follower claimed entries past the leader's log (committed entries were
+            lost somewhere); it no longer counts.
     """
 
     __slots__ = (
@@ -66,6 +70,7 @@ class Progress:
         "regressed",
         "match_boot",
         "repair_boot",
+        "diverged",
     )
 
     def __init__(self, next_index: Index, max_inflight: int) -> None:
@@ -86,11 +91,12 @@ class Progress:
         self.regressed = False
         self.match_boot = 0
         self.repair_boot = 0
+        self.diverged = False
 
     @property
     def counts(self) -> bool:
         """True when this follower's match counts towards commit and check-quorum."""
-        return not (self.repairing or self.regressed)
+        return not (self.repairing or self.regressed or self.diverged)
 
     def _reset(self, state: ProgressState) -> None:
         self.state = state

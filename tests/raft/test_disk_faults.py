@@ -384,3 +384,20 @@ def test_every_simulated_disk_fault_leaves_a_repaired_voter() -> None:
                 node2: SimNode = sim.nodes[NodeId(2)]
                 assert node2.core is not None and node2.core.standing is Standing.VOTER
         assert hit >= 5, (kind, hit)
+
+
+def test_a_follower_claiming_entries_past_the_leader_is_shown_diverged_and_not_counted() -> None:
+    # Only possible after a disk fault nobody could see (docs/architecture.md): a follower
+    # that committed entries the new leader never had.
+    n1, st = elected_leader()
+    term = n1.term
+    last = n1.log.last_index()
+    n1.step(AppendEntriesResponse(term, NodeId(2), NodeId(1), True, Index(last + 5), boot=3))
+    pr = n1.progress[NodeId(2)]
+    assert pr.match < last + 5 and pr.diverged and not pr.counts
+    assert n1.status().peers[NodeId(2)].diverged and n1.divergences == 1
+    # Node 3 alone with the leader still commits; node 2's claims never count.
+    n1.propose(b"x")
+    drain(n1, st)
+    n1.step(AppendEntriesResponse(term, NodeId(3), NodeId(1), True, n1.log.last_index(), boot=4))
+    assert n1.log.committed == n1.log.last_index()
