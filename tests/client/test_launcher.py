@@ -38,11 +38,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_base_port(nodes: int = 3) -> int:
-    """A base port whose client (base+1..) and raft (base+101..) ports are all free now."""
+def free_base_port(nodes: int = 3, lo: int = 20000, hi: int = 50000) -> int:
+    """A base port in [lo, hi) whose client (base+1..) and raft (base+101..) ports are all free
+    now (tests that run side by side draw from disjoint ranges)."""
     rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(20000, 50000)
+    for _ in range(300):
+        base = rng.randrange(lo, hi) // 10 * 10
         ports = [base + i for i in range(1, nodes + 1)] + [
             base + 100 + i for i in range(1, nodes + 1)]
         try:
@@ -52,7 +53,7 @@ def free_base_port(nodes: int = 3) -> int:
         except OSError:
             continue
         return base
-    raise RuntimeError("no free ports")
+    raise RuntimeError(f"no free ports in {lo}-{hi}")
 
 
 def alive(pid: int) -> bool:

@@ -21,7 +21,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +33,7 @@ from cluster.errors import RaftqError
 from cluster.launcher import Launcher
 from jepsen_like import disk
 from node import config as config_mod
+from tests.client import test_launcher as launcher_tests
 
 PORT_RANGE = (10000, 19800)
 """Base ports of these tests: client ports base+1.., peer ports base+101.."""
@@ -41,19 +41,7 @@ PORT_RANGE = (10000, 19800)
 
 def free_base_port(nodes: int = 3) -> int:
     """A base port in PORT_RANGE whose client and peer ports are all free now."""
-    rng = random.Random()
-    for _ in range(300):
-        base = rng.randrange(*PORT_RANGE) // 10 * 10
-        ports = [base + i for i in range(1, nodes + 1)] + [
-            base + 100 + i for i in range(1, nodes + 1)]
-        try:
-            for port in ports:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free ports in 10000-19999")
+    return launcher_tests.free_base_port(nodes, *PORT_RANGE)
 
 
 @contextlib.contextmanager

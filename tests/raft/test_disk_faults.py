@@ -31,7 +31,9 @@ from node.raft import (
     raise_mark_after,
 )
 from node.raft._progress import Progress, ProgressState
-from node.raft.simulation import SimNode, Simulator, simulate
+from node.raft.simulation import SimNode, Simulator
+
+from .test_simulation import first_violation
 
 VOTERS = (NodeId(1), NodeId(2), NodeId(3))
 
@@ -321,15 +323,6 @@ class NeverProbesBelowMatch(RaftNode):
         super()._note_follower_standing(pr, repairing, boot)
         pr.match = match  # keeps trusting the old match
         pr.next = Index(max(pr.next, match + 1))
-
-
-def first_violation(factory: type[RaftNode], budget: int) -> tuple[int, str] | None:
-    for seed in range(budget):
-        for n in (3, 5):
-            r = simulate(seed, n, node_factory=factory)
-            if r.violation is not None:
-                return seed, r.violation.invariant
-    return None
 
 
 def test_the_simulator_catches_a_node_that_votes_after_losing_state() -> None:
