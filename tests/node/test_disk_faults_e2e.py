@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 
 from cluster.client import Client
+from cluster.launcher import Launcher
 from tests.node.disk_fault_support import (
     Producer,
     StartOutcome,
@@ -62,6 +63,33 @@ def _params(kinds: list[str], seeds: range, extended_seeds: range) -> list[Any]:
 #    that lacks what the leader and the damaged follower confirmed.
 # ---------------------------------------------------------------------------------------------
 
+def confirm_400_with_b_paused(
+    c: Client, launcher: Launcher, seed: int, rng: random.Random
+) -> tuple[int, int, int, dict[bytes, int], dict[str, Any]]:
+    """Start the cluster, pause follower B, send 400 messages (confirmed by L and A only).
+
+    Returns (leader L, follower A, follower B, body -> send number, A's status after).
+    """
+    launcher.start()
+    leader = wait_leader(c, launcher)
+    a, b = (n for n in launcher.node_ids if n != leader)
+    c.create_queue("q", visibility_timeout_ms=60_000)
+    wait_converged(c, launcher)
+    launcher.pause(b)
+    assert launcher.is_paused(b)
+    sent: dict[bytes, int] = {}
+    for i in range(400):
+        body = f"s{seed}-m{i}:".encode() + rng.randbytes(rng.randrange(16, 160))
+        c.send("q", body, dedup_id=f"s{seed}-m{i}")
+        sent[body] = i
+    sa = status(c, launcher, a)
+    sl = status(c, launcher, leader)
+    assert sa is not None and sl is not None
+    assert sa["last_index"] >= sl["commit_index"], (brief(sa), brief(sl))
+    assert launcher.is_paused(b)  # B confirmed none of them
+    return leader, a, b, sent, sa
+
+
 @pytest.mark.parametrize(("fault", "seed"), _params(["flip", "truncate"], range(1, 3),
                                                     range(3, 11)))
 def test_five_steps_nothing_confirmed_is_lost(tmp_path: Path, fault: str, seed: int) -> None:
@@ -69,25 +97,8 @@ def test_five_steps_nothing_confirmed_is_lost(tmp_path: Path, fault: str, seed: 
     with local_test_cluster(tmp_path) as launcher, Client(
         launcher.servers, timeout_s=20, connect_timeout_s=0.5
     ) as c:
-        launcher.start()
-        leader = wait_leader(c, launcher)
-        a, b = (n for n in launcher.node_ids if n != leader)
-        c.create_queue("q", visibility_timeout_ms=60_000)
-        wait_converged(c, launcher)
-
         # (1) B paused; 400 sends confirmed by L and A only.
-        launcher.pause(b)
-        assert launcher.is_paused(b)
-        sent: dict[bytes, int] = {}
-        for i in range(400):
-            body = f"s{seed}-m{i}:".encode() + rng.randbytes(rng.randrange(16, 160))
-            c.send("q", body, dedup_id=f"s{seed}-m{i}")
-            sent[body] = i
-        sa = status(c, launcher, a)
-        sl = status(c, launcher, leader)
-        assert sa is not None and sl is not None
-        assert sa["last_index"] >= sl["commit_index"], (brief(sa), brief(sl))
-        assert launcher.is_paused(b)  # B confirmed none of them
+        leader, a, b, sent, sa = confirm_400_with_b_paused(c, launcher, seed, rng)
 
         # (2) A killed, its newest WAL damaged at ~30 %.
         kill(launcher, a)
@@ -345,19 +356,7 @@ def test_five_steps_wal_tail_cut_inside_the_mark_window(tmp_path: Path, seed: in
     with local_test_cluster(tmp_path) as launcher, Client(
         launcher.servers, timeout_s=20, connect_timeout_s=0.5
     ) as c:
-        launcher.start()
-        leader = wait_leader(c, launcher)
-        a, b = (n for n in launcher.node_ids if n != leader)
-        c.create_queue("q", visibility_timeout_ms=60_000)
-        wait_converged(c, launcher)
-        launcher.pause(b)
-        sent: dict[bytes, int] = {}
-        for i in range(400):
-            body = f"s{seed}-m{i}:".encode() + rng.randbytes(rng.randrange(16, 160))
-            c.send("q", body, dedup_id=f"s{seed}-m{i}")
-            sent[body] = i
-        sa = status(c, launcher, a)
-        assert sa is not None
+        leader, a, b, sent, sa = confirm_400_with_b_paused(c, launcher, seed, rng)
         kill(launcher, a)
         a_dir = launcher.config.node(a).data_dir
         mark = _read_mark(a_dir)
