@@ -195,6 +195,8 @@ class RaftLoop:
         last = core.log.storage.last_index()
         self._durable_last: tuple[Index, Term] = (last, core.log.storage.term(last))
         self._mark_refreshed_at: float | None = None  # trio time of the last refresh
+        self._mark_lock = trio.Lock()  # one mark write at a time; see _persist_marked
+        self._refresh_due = trio.Event()
         self._standing = core.standing
         self._divergences = 0
         self.role_changed = trio.Event()
@@ -265,6 +267,8 @@ class RaftLoop:
             self._nursery = nursery
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._reader, inbound)
+            if self._marker is not None:
+                nursery.start_soon(self._refresh_marks)
             task_status.started()
             await self._ready_loop()
 
@@ -351,41 +355,11 @@ class RaftLoop:
         # 0. A leader's appends go out while its own disk write runs (thesis 10.2.1).
         for m in rd.early_messages:
             send(m)
-        # 1. Persist: durable before any message that depends on it leaves. The durability mark
-        # goes down before a write that removes entries it vouches for ...
-        if self._marker is not None:
-            lowered = lower_mark_before(self._mark, rd, self.core.log.storage)
-            if lowered is not None:
-                await self._store_mark(lowered)
-        if rd.must_sync:
-            self.stats["synced_writes"] += 1
-            started = time.perf_counter()
-            if self._sync_inline(rd):
-                # A small synced write on a fast disk costs less than the hop to a thread.
-                self.storage.persist(rd)
-                self.stats["inline_synced_writes"] += 1
-            else:
-                await trio.to_thread.run_sync(self.storage.persist, rd)
-            took_s = time.perf_counter() - started
-            self._sync_s = 0.9 * self._sync_s + 0.1 * took_s
-        elif rd.entries or rd.hard_state is not None or rd.snapshot is not None:
-            self.storage.persist(rd)  # a commit-index-only write: no fsync, fast enough inline
-        refresh = False
-        if self._marker is not None:
-            # ... and follows term, vote and standing before any message that depends on them.
-            if rd.hard_state is not None:
-                self._hard = rd.hard_state
-            if rd.entries:
-                self._durable_last = (rd.entries[-1].index, rd.entries[-1].term)
-            elif rd.snapshot is not None:
-                self._durable_last = (rd.snapshot.meta.index, rd.snapshot.meta.term)
-            raised = raise_mark_after(self._mark, self._hard, self._durable_last, refresh=False)
-            if raised is not None:
-                await self._store_mark(raised)
-            now = trio.current_time()
-            if self._mark_refreshed_at is None:
-                self._mark_refreshed_at = now
-            refresh = now - self._mark_refreshed_at >= MARK_REFRESH_S
+        # 1. Persist: durable before any message that depends on it leaves.
+        if self._marker is None:
+            await self._persist(rd)
+        else:
+            await self._persist_marked(rd)
         # 2. Send the rest (votes, append responses).
         for m in rd.messages:
             send(m)
@@ -403,15 +377,77 @@ class RaftLoop:
                 ))
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
-        if refresh:
-            # The mark's log position follows the log now and then (no fsync per write), once
-            # this Ready's messages are out and its clients answered.
-            moved = raise_mark_after(self._mark, self._hard, self._durable_last, refresh=True)
-            self._mark_refreshed_at = trio.current_time()
-            if moved is not None:
-                await self._store_mark(moved)
+
+    async def _persist(self, rd: Ready) -> None:
+        """Step 1 of the Ready contract: one atomic write, synced when `rd.must_sync`."""
+        if rd.must_sync:
+            self.stats["synced_writes"] += 1
+            started = time.perf_counter()
+            if self._sync_inline(rd):
+                # A small synced write on a fast disk costs less than the hop to a thread.
+                self.storage.persist(rd)
+                self.stats["inline_synced_writes"] += 1
+            else:
+                await trio.to_thread.run_sync(self.storage.persist, rd)
+            took_s = time.perf_counter() - started
+            self._sync_s = 0.9 * self._sync_s + 0.1 * took_s
+        elif rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+            self.storage.persist(rd)  # a commit-index-only write: no fsync, fast enough inline
+
+    async def _persist_marked(self, rd: Ready) -> None:
+        """Persist `rd` and keep the durability mark true (node/raft/_durability.py).
+
+        A write that removes durable entries (a conflicting suffix, a snapshot over the log)
+        holds the mark lock, after lowering the mark if it vouches for what goes: no refresh
+        may raise the mark meanwhile. A new term, vote or standing is marked (synced) before
+        any message that depends on it is sent. The log position is refreshed every
+        `MARK_REFRESH_S` by `_refresh_marks`, in the background: no fsync on the hot path.
+        """
+        removes = rd.snapshot is not None or (
+            bool(rd.entries) and rd.entries[0].index <= self._durable_last[0]
+        )
+        if removes:
+            async with self._mark_lock:
+                lowered = lower_mark_before(self._mark, rd, self.core.log.storage)
+                if lowered is not None:
+                    await self._store_mark(lowered)
+                await self._persist(rd)
+                self._note_durable(rd)
+        else:
+            await self._persist(rd)
+            self._note_durable(rd)
+        if raise_mark_after(self._mark, self._hard, self._durable_last, refresh=False):
+            async with self._mark_lock:
+                raised = raise_mark_after(self._mark, self._hard, self._durable_last, False)
+                if raised is not None:  # (a refresh may have written it meanwhile)
+                    await self._store_mark(raised)
+        now = trio.current_time()
+        if self._mark_refreshed_at is None:
+            self._mark_refreshed_at = now
+        elif now - self._mark_refreshed_at >= MARK_REFRESH_S:
+            self._mark_refreshed_at = now
+            self._refresh_due.set()
+
+    def _note_durable(self, rd: Ready) -> None:
+        if rd.hard_state is not None:
+            self._hard = rd.hard_state
+        if rd.entries:
+            self._durable_last = (rd.entries[-1].index, rd.entries[-1].term)
+        elif rd.snapshot is not None:
+            self._durable_last = (rd.snapshot.meta.index, rd.snapshot.meta.term)
+
+    async def _refresh_marks(self) -> None:
+        """Move the mark's log position to the durable log, when the Ready loop asks."""
+        while True:
+            await self._refresh_due.wait()
+            self._refresh_due = trio.Event()
+            async with self._mark_lock:
+                moved = raise_mark_after(self._mark, self._hard, self._durable_last, True)
+                if moved is not None:
+                    await self._store_mark(moved)
 
     async def _store_mark(self, mark: DurabilityMark) -> None:
+        """Write `mark` (in a worker thread); callers hold the mark lock."""
         assert self._marker is not None
         await trio.to_thread.run_sync(self._marker.store, mark)
         self._mark = mark
