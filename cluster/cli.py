@@ -409,6 +409,9 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
         if standing != "voter":
             repairing.append(f"node {r.get('node_id', '?')} is {standing}: "
                              f"{r.get('repair_reason') or 'lost durable state'}")
+        if r.get("conflict"):
+            diverged.append(f"node {r.get('node_id', '?')}: {r['conflict']} "
+                            "(see docs/operations.md, Recovery)")
         for pid, peer in sorted((r.get("peers") or {}).items()):
             if isinstance(peer, dict) and peer.get("diverged"):
                 diverged.append(f"node {pid} claims entries past leader "

@@ -199,6 +199,7 @@ class RaftLoop:
         self._refresh_due = trio.Event()
         self._standing = core.standing
         self._divergences = 0
+        self._conflict: str | None = None
         self.role_changed = trio.Event()
         self.stats: dict[str, int] = {
             "readies": 0, "synced_writes": 0, "entries_applied": 0, "proposals": 0,
@@ -299,6 +300,10 @@ class RaftLoop:
                 await self._handle_ready(rd)
                 core.advance(rd)
                 self._feed()
+            if core.conflict != self._conflict:
+                self._conflict = core.conflict
+                logger.error("%s; this node keeps its log (see docs/operations.md, Recovery)",
+                             core.conflict)
             if core.divergences != self._divergences:
                 self._divergences = core.divergences
                 diverged = [pid for pid, p in core.status().peers.items() if p.diverged]
@@ -575,6 +580,7 @@ class RaftLoop:
             "snapshot_index": s.first_index - 1,
             "standing": s.standing.name.lower(),
             "repair_reason": s.repair_reason,
+            "conflict": s.conflict,
             "peers": {
                 str(pid): {
                     "match_index": p.match_index,

@@ -54,6 +54,7 @@ class NodeState:
     early_msgs: list[Message]
     boot_id: int
     divergences: int
+    conflict: str | None
     _append_pending: bool
     _incoming_meta: SnapshotMeta | None
     _incoming_data: bytearray

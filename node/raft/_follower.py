@@ -6,6 +6,7 @@ chunks); a compacted prefix is never a conflict (openraft#511).
 
 from __future__ import annotations
 
+from ._errors import CompactedError, UnavailableError
 from ._repair import RepairRules
 from ._types import (
     REPAIR_DONE,
@@ -28,6 +29,14 @@ class FollowerReplication(RepairRules):
     def _handle_append_entries(self, msg: AppendEntries) -> None:
         log = self.log
         repairing = self._not_voter
+        if msg.prev_log_index <= log.committed and self._conflicts_with_committed(msg):
+            self._send(
+                AppendEntriesResponse(
+                    self.term, self.id, msg.from_id, False, Index(0), msg.prev_log_index,
+                    repairing=repairing, boot=self.boot_id, diverged=True,
+                )
+            )
+            return
         if msg.prev_log_index < log.committed:
             # Everything up to our commit index matches any leader's log (openraft#511: a
             # compacted prefix is not a conflict).
@@ -65,6 +74,26 @@ class FollowerReplication(RepairRules):
                 self.boot_id,
             )
         )
+
+    def _conflicts_with_committed(self, msg: AppendEntries) -> bool:
+        """The leader's term at `prev_log_index` (<= our commit index) is not our entry's.
+
+        A leader holds every committed entry (paper 5.4), so this means committed entries were
+        lost somewhere; this node keeps its log (committed entries are never removed) and
+        says so (`conflict` in `status()`; the leader stops counting it).
+        """
+        try:
+            held = self.log.term(msg.prev_log_index)
+        except (CompactedError, UnavailableError):
+            return False  # compacted: covered by our snapshot, which is committed
+        if held == msg.prev_log_term:
+            return False
+        self.conflict = (
+            f"leader {msg.from_id}'s log has term {msg.prev_log_term} at index "
+            f"{msg.prev_log_index}, this node's committed entry there has term {held}: "
+            "committed entries were lost somewhere"
+        )
+        return True
 
     def _handle_heartbeat(self, msg: Heartbeat) -> None:
         log = self.log

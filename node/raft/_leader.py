@@ -150,6 +150,9 @@ class LeaderReplication(RepairRules):
             return  # an answer of an incarnation from before the loss
         pr.recent_active = True
         pid = msg.from_id
+        if msg.diverged:
+            self._diverged(pr)
+            return
         if not msg.success:
             hint_next = msg.hint_index
             if msg.hint_term > 0:

@@ -84,6 +84,7 @@ class Status:
     peers: dict[NodeId, PeerStatus] = field(default_factory=dict)
     standing: Standing = Standing.VOTER
     repair_reason: str | None = None
+    conflict: str | None = None
 
 
 class RaftNode(LeaderReplication, FollowerReplication):
@@ -164,6 +165,8 @@ class RaftNode(LeaderReplication, FollowerReplication):
         self.boot_id = hash(self.rng.getstate()) % ((1 << 62) - 1) + 1
         # Leader: followers seen claiming entries past this node's log (see _diverged).
         self.divergences = 0
+        # Follower: a leader's log conflicts with our committed entries (see _follower.py).
+        self.conflict: str | None = None
 
     # =========================================================================================
     # Public surface
@@ -379,6 +382,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
             peers=peers,
             standing=self.standing,
             repair_reason=self.repair_reason if self.standing is not Standing.VOTER else None,
+            conflict=self.conflict,
         )
 
     # =========================================================================================

@@ -185,7 +185,9 @@ class AppendEntriesResponse:
     `repairing` is set while the follower is not a VOTER: its match does not count. `boot`
     identifies the follower's process incarnation: a rejection at or below the match index
     from another incarnation than the one that acknowledged it means the follower lost data;
-    from the same one it is a stale (reordered) answer.
+    from the same one it is a stale (reordered) answer. `diverged`: the leader's term at
+    `prev_log_index` differs from the follower's *committed* entry there (impossible unless
+    committed entries were lost somewhere: see docs/architecture.md, "What is not covered").
     """
 
     term: Term
@@ -198,6 +200,7 @@ class AppendEntriesResponse:
     hint_term: Term = Term(0)
     repairing: bool = False
     boot: int = 0
+    diverged: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -394,3 +394,25 @@ def test_a_follower_claiming_entries_past_the_leader_is_shown_diverged_and_not_c
     drain(n1, st)
     n1.step(AppendEntriesResponse(term, NodeId(3), NodeId(1), True, n1.log.last_index(), boot=4))
     assert n1.log.committed == n1.log.last_index()
+
+
+def test_a_follower_whose_committed_entry_conflicts_with_the_leader_says_so() -> None:
+    st = MemoryStorage(VOTERS)
+    st.append([Entry(Term(1), Index(i)) for i in (1, 2, 3)])
+    st.set_hard_state(HardState(Term(1), None, Index(3)))
+    n2 = core(2, st)
+    # A leader of term 3 whose log has term 2 at index 3, where our committed entry has 1.
+    n2.step(AppendEntries(Term(3), NodeId(1), NodeId(2), Index(3), Term(2), (), Index(3)))
+    out = [m for m in drain(n2, st) if isinstance(m, AppendEntriesResponse)]
+    assert out and not out[-1].success and out[-1].diverged
+    assert n2.status().conflict is not None and "index 3" in n2.status().conflict
+    assert st.last_index() == 3 and st.term(Index(3)) == 1  # committed entries are kept
+    # Below the commit index, a matching prefix is still a plain success (openraft#511).
+    n2.step(AppendEntries(Term(3), NodeId(1), NodeId(2), Index(2), Term(1), (), Index(3)))
+    ok = [m for m in drain(n2, st) if isinstance(m, AppendEntriesResponse)]
+    assert ok[-1].success and not ok[-1].diverged
+    # The leader that hears `diverged` stops counting that follower.
+    n1, st1 = elected_leader()
+    n1.step(AppendEntriesResponse(n1.term, NodeId(2), NodeId(1), False, Index(0), Index(1),
+                                  boot=5, diverged=True))
+    assert n1.progress[NodeId(2)].diverged and not n1.progress[NodeId(2)].counts
