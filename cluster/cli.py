@@ -181,6 +181,26 @@ def _busy_client_ports(cfg: ClusterConfig, node_ids: list[int]) -> list[str]:
     return busy
 
 
+def _wait_serving(launcher: Launcher, node_ids: list[int], timeout_s: float) -> None:
+    """Wait until each node answers `node_status` or has exited (a node that refuses its
+    damaged database exits within a second, after the others may already have a leader)."""
+    deadline = time.monotonic() + timeout_s
+    pending = list(node_ids)
+    with Client(launcher.servers, timeout_s=1.0, connect_timeout_s=0.3) as c:
+        while pending and time.monotonic() < deadline:
+            for nid in list(pending):
+                if launcher.exit_code(nid) is not None:
+                    pending.remove(nid)
+                    continue
+                try:
+                    c.node_status(launcher.addresses[nid], timeout_s=0.5)
+                except RaftqError:
+                    continue
+                pending.remove(nid)
+            if pending:
+                time.sleep(0.1)
+
+
 def _check_started(launcher: Launcher, node_ids: list[int]) -> None:
     """Fail (stopping what was started) if a just-started node exited by itself."""
     dead = [nid for nid in node_ids if launcher.exit_code(nid) is not None]
@@ -301,7 +321,7 @@ def _restart_missing(
     write_pids(data_dir / PIDS_NAME, launcher.config_path, pids)
     with _err().status("waiting for a leader..."):
         launcher.wait_for_leader(timeout_s=wait_s)
-    time.sleep(0.5)
+    _wait_serving(launcher, missing, timeout_s=10.0)
     _check_started(launcher, missing)
     _err().print(f"restarted node(s) {', '.join(map(str, missing))} (detached); the others "
                  f"were running. Stop all with: raftq cluster down --data-dir {data_dir}")
