@@ -462,13 +462,15 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
               type=click.Path(dir_okay=False, path_type=Path), help="Cluster configuration file.")
 @click.option("--id", "node_id", required=True, type=int, help="This node's id in the config.")
 @click.option("--log-level", default="INFO", show_default=True, help="DEBUG, INFO, WARNING.")
-def node_cmd(config_path: Path, node_id: int, log_level: str) -> None:
+@click.option("--force-voter", is_flag=True,
+              help="Vote at once even if this node lost durable state (only to bring back a "
+                   "cluster whose majority lost its disks; see docs/operations.md).")
+def node_cmd(config_path: Path, node_id: int, log_level: str, force_voter: bool) -> None:
     """Run one node in the foreground (what `python -m node` runs)."""
     from node.main import main as node_main
 
-    raise click.exceptions.Exit(
-        node_main(["--config", str(config_path), "--id", str(node_id), "--log-level", log_level])
-    )
+    argv = ["--config", str(config_path), "--id", str(node_id), "--log-level", log_level]
+    raise click.exceptions.Exit(node_main(argv + (["--force-voter"] if force_voter else [])))
 
 
 # ---------------------------------------------------------------------------------------------

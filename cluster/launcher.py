@@ -356,8 +356,12 @@ class Launcher:
                 self.start_node(nid)
         return self.wait_for_leader(timeout_s=timeout_s) if wait else None
 
-    def start_node(self, node_id: int) -> int:
+    def start_node(self, node_id: int, extra_args: Sequence[str] = ()) -> int:
         """Start one node (its data directory is reused: a restart).
+
+        Args:
+            node_id: the node.
+            extra_args: more arguments for `python -m node` (e.g. `--force-voter`).
 
         Returns:
             Its pid.
@@ -377,7 +381,7 @@ class Launcher:
         log = open(self.log_path(node_id), "ab")  # noqa: SIM115 - kept open while it runs
         try:
             proc = subprocess.Popen(
-                self.command(node_id),
+                [*self.command(node_id), *extra_args],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -26,10 +26,12 @@ from node.marker import MARK_FILE_NAME, MarkerFile
 from node.raft import Config as RaftConfig
 from node.raft import (
     DurabilityMark,
+    HardState,
     Message,
     NodeId,
     RaftNode,
     Ready,
+    Standing,
     assess_durability,
     mark_of,
 )
@@ -44,9 +46,10 @@ logger = logging.getLogger("raftq.node")
 class Node:
     """One node's parts, wired together. `run()` serves until cancelled or signalled."""
 
-    def __init__(self, cfg: ClusterConfig, node_id: int) -> None:
+    def __init__(self, cfg: ClusterConfig, node_id: int, *, force_voter: bool = False) -> None:
         self.cfg = cfg
         self.node_id = node_id
+        self.force_voter = force_voter
         nc = cfg.node(node_id)
         nc.data_dir.mkdir(parents=True, exist_ok=True)
         self.storage = RocksStorage.open(
@@ -119,6 +122,15 @@ class Node:
         hard, _ = storage.initial_state()
         mark = self.marker.load()
         fixed, reason = assess_durability(hard, storage, mark)
+        if self.force_voter and fixed.standing is not Standing.VOTER:
+            logger.warning(
+                "node %d: --force-voter: votes at once although it %s; what only the lost "
+                "disks held is lost (docs/operations.md, \"Recovery\")",
+                self.node_id,
+                reason or "has a new, empty database",
+            )
+            fixed = HardState(fixed.term, fixed.vote, fixed.commit, Standing.VOTER)
+            reason = None
         if fixed != hard:
             storage.persist(Ready(fixed, (), None, (), (), (), None, (), must_sync=True))
         if reason is not None:
@@ -185,6 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", required=True, help="cluster configuration file (TOML)")
     p.add_argument("--id", type=int, required=True, help="this node's id in the configuration")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
+    p.add_argument(
+        "--force-voter",
+        action="store_true",
+        help="vote at once even if this node lost durable state: only to bring back a cluster "
+        "whose majority lost its disks, accepting the loss of what only those disks held",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -193,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         cfg = config_mod.load(args.config)
-        node = Node(cfg, args.id)
+        node = Node(cfg, args.id, force_voter=args.force_voter)
     except (ConfigError, StorageError) as exc:
         print(f"raftq node {args.id}: cannot start: {exc}", file=sys.stderr)
         return 2

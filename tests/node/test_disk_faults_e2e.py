@@ -417,3 +417,55 @@ def test_five_steps_wal_tail_cut_inside_the_mark_window(tmp_path: Path, seed: in
             ), f"the old leader holds lost entries but is not reported diverged: {reports}"
         else:
             wait_converged(c, launcher, timeout_s=10)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. A majority lost its disks: nobody is elected; `--force-voter` is the documented way out.
+# ---------------------------------------------------------------------------------------------
+
+def test_majority_lost_elects_nobody_until_an_operator_forces_a_voter(tmp_path: Path) -> None:
+    with local_test_cluster(tmp_path) as launcher, Client(
+        launcher.servers, timeout_s=20, connect_timeout_s=0.5
+    ) as c:
+        launcher.start()
+        leader = wait_leader(c, launcher)
+        c.create_queue("q", visibility_timeout_ms=60_000)
+        bodies = {f"m{i}".encode() for i in range(200)}
+        for body in sorted(bodies):
+            c.send("q", body)
+        wait_converged(c, launcher)
+        lost = [n for n in launcher.node_ids if n != leader]
+        for nid in lost:  # both followers lose their disks; the leader keeps everything
+            kill(launcher, nid)
+            moved = move_data_dir_away(launcher.config.node(nid).data_dir)
+            assert moved["moved_to"]
+        for nid in lost:
+            launcher.start_node(nid)
+        # No majority of voters: the leader steps down, nobody is elected.
+        t0 = time.monotonic()
+        seen_leaders: set[int] = set()
+        standings: dict[int, str] = {}
+        while time.monotonic() - t0 < 3.0:
+            for nid in launcher.node_ids:
+                st = status(c, launcher, nid, timeout_s=0.5)
+                if st is None:
+                    continue
+                if st["role"] == "leader" and time.monotonic() - t0 > 1.5:
+                    seen_leaders.add(nid)
+                if nid in lost:
+                    standings[nid] = st["standing"]
+            time.sleep(0.1)
+        assert not seen_leaders, f"a leader with a majority of lost disks: {seen_leaders}"
+        assert all(s in ("joining", "repairing") for s in standings.values()), standings
+        # The operator accepts the loss of what only the lost disks held: one forced voter.
+        forced = lost[0]
+        kill(launcher, forced)
+        launcher.start_node(forced, ["--force-voter"])
+        new_leader = wait_leader(c, launcher, timeout_s=15.0)
+        assert new_leader == leader  # the survivor holds the longest log
+        log = launcher.log_path(forced).read_text(errors="replace")
+        assert "--force-voter" in log
+        wait_converged(c, launcher, timeout_s=20.0)  # the other one was repaired meanwhile
+        got = drain(c, "q")
+        assert set(got) == bodies
+        observe("majority_lost", leader=leader, lost=lost, standings=standings)
