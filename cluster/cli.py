@@ -427,8 +427,11 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
         standing = str(r.get("standing", "voter"))
         health = "[green]ok[/]" if standing == "voter" else f"[yellow]{standing}[/]"
         if standing != "voter":
+            until = ("it knows whether the cluster is new" if standing == "joining"
+                     else "a leader has repaired it")
             repairing.append(f"node {r.get('node_id', '?')} is {standing}: "
-                             f"{r.get('repair_reason') or 'lost durable state'}")
+                             f"{r.get('repair_reason') or 'lost durable state'}; it does not "
+                             f"vote until {until}")
         if r.get("conflict"):
             diverged.append(f"node {r.get('node_id', '?')}: {r['conflict']} "
                             "(see docs/operations.md, Recovery)")
@@ -440,12 +443,17 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
         table.add_row(
             str(r.get("node_id", "?")), r["addr"], str(r.get("pid", "")), health,
             f"[bold green]{role}[/]" if role == "leader" else role,
-            *(str(r.get(k, "")) for k in ("term", "leader_id", "commit_index",
-                                          "applied_index", "last_index")),
+            *("" if r.get(k) is None else str(r[k])
+              for k in ("term", "leader_id", "commit_index", "applied_index", "last_index")),
         )
     _out().print(table)
     for line in repairing:
-        _out().print(f"[yellow]{line}; it does not vote until a leader has repaired it[/]")
+        _out().print(f"[yellow]{line}[/]")
+    voters = sum(1 for r in rows if r["reachable"] and r.get("standing", "voter") == "voter")
+    if len(rows) - voters >= len(rows) // 2 + 1:
+        _err().print(f"[red]{len(rows) - voters} of {len(rows)} nodes are not voters (or not "
+                     "reachable): no majority can elect a leader. If a majority lost its "
+                     "disks, see docs/operations.md, \"Recovery\"[/]")
     for line in diverged:
         _out().print(f"[red]{line}[/]")
     if not any(r.get("role") == "leader" for r in rows):

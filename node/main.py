@@ -140,6 +140,13 @@ class Node:
                 self.node_id,
                 reason,
             )
+        if mark is None and not storage.created:
+            logger.warning(
+                "node %d: no durability mark beside its database (%s): a new one is written; "
+                "a loss of state before now cannot be seen",
+                self.node_id,
+                self.marker.path,
+            )
         last = storage.last_index()
         current = mark_of(fixed, last, storage.term(last))
         if mark is None or reason is not None or (mark.term, mark.vote, mark.standing) != (

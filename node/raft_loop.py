@@ -46,6 +46,7 @@ from node.raft import (
     Role,
     Snapshot,
     SoftState,
+    Standing,
     Term,
     lower_mark_before,
     raise_mark_after,
@@ -515,8 +516,11 @@ class RaftLoop:
         if soft.standing != self._standing:
             self._standing = soft.standing
             reason = self.core.repair_reason
-            logger.warning(
-                "standing %s%s", soft.standing.name.lower(), f" ({reason})" if reason else ""
+            logger.log(
+                logging.INFO if soft.standing is Standing.VOTER else logging.WARNING,
+                "standing %s%s",
+                soft.standing.name.lower(),
+                f" ({reason})" if reason else "",
             )
         self.app.on_soft_state(soft)
         self.role_changed.set()

@@ -46,8 +46,9 @@ class RepairRules(NodeState):
         if self.standing is not Standing.JOINING or msg.nonce != self._join_nonce:
             return  # an answer to an earlier question (or we are past joining)
         if not msg.empty:
-            self._start_repair(f"empty database, but node {msg.from_id} holds Raft state: "
-                               "this node lost its disk")
+            self._start_repair(f"empty database, but node {msg.from_id} says the cluster "
+                               "exists (it holds Raft state or is repairing): this node "
+                               "lost its disk")
             return
         self._join_answers[msg.from_id] = msg
         if all(pid in self._join_answers for pid in self.voters if pid != self.id):

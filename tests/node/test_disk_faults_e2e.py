@@ -294,7 +294,7 @@ def test_repairing_standing_shows_in_node_status_and_cli(tmp_path: Path) -> None
             time.sleep(0.02)
         assert seen[-1][1] == "repairing" and seen[-1][2], seen
         assert all(s in ("joining", "repairing") and r for _, s, r in seen), seen
-        assert f"node {other} holds Raft state" in seen[-1][2], seen
+        assert f"node {other} says the cluster exists" in seen[-1][2], seen
 
         as_json = _raftq("cluster", "status", "--data-dir", str(tmp_path), "--json")
         assert as_json.returncode == 0, as_json.stderr
