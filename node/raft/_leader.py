@@ -24,6 +24,9 @@ from ._types import (
     TimeoutNow,
 )
 
+CHUNK_RESEND_HEARTBEATS = 4
+"""Heartbeat answers after which an unanswered snapshot chunk is sent again."""
+
 
 class LeaderReplication(RepairRules):
     """What a leader does to replicate its log and to learn what is committed."""
@@ -130,6 +133,7 @@ class LeaderReplication(RepairRules):
         done = off + len(chunk) >= len(snap.data)
         self._send(InstallSnapshot(self.term, self.id, pid, snap.meta, off, chunk, done))
         pr.chunk_sent = True
+        pr.chunk_waits = 0
 
     def _maybe_commit(self) -> bool:
         # Followers under repair do not count (their acknowledgements before the loss did).
@@ -201,7 +205,12 @@ class LeaderReplication(RepairRules):
             pr.acked_round = msg.round
         pr.probe_sent = False
         if pr.state is ProgressState.SNAPSHOT:
-            pr.chunk_sent = False  # resend the chunk in case it was lost
+            # Resend the chunk in case it was lost, but only once it has gone unanswered for
+            # a few heartbeats: a large chunk takes longer than one heartbeat to arrive, and
+            # resending it on every answer multiplied the bytes of a snapshot several times.
+            pr.chunk_waits += 1
+            if pr.chunk_waits >= CHUNK_RESEND_HEARTBEATS:
+                pr.chunk_sent = False
         elif pr.state is ProgressState.REPLICATE and len(pr.inflight) >= pr.max_inflight:
             pr.inflight.popleft()  # a lost append would otherwise stall the stream
         if msg.lagging or pr.match < self.log.last_index() or pr.state is ProgressState.SNAPSHOT:

@@ -37,6 +37,7 @@ class Progress:
         recent_active: heard from since the last check-quorum round.
         snapshot: in SNAPSHOT, the snapshot being sent; `snapshot_offset_bytes` is the next chunk.
         chunk_sent: in SNAPSHOT, a chunk is outstanding.
+        chunk_waits: in SNAPSHOT, heartbeat answers since that chunk was sent.
         repairing: the follower says it is not a VOTER (it lost durable state or is joining);
             its match does not count towards commit or check-quorum.
         repair_target: while repairing, the leader's last index when it learned so: the
@@ -63,6 +64,7 @@ class Progress:
         "snapshot",
         "snapshot_offset_bytes",
         "chunk_sent",
+        "chunk_waits",
         "repairing",
         "repair_target",
         "repair_round",
@@ -84,6 +86,7 @@ class Progress:
         self.snapshot: Snapshot | None = None
         self.snapshot_offset_bytes = 0
         self.chunk_sent = False
+        self.chunk_waits = 0
         self.repairing = False
         self.repair_target: Index | None = None
         self.repair_round = 0

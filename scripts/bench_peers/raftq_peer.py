@@ -9,10 +9,15 @@ its reply came, which means committed on a majority, fsynced and applied.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import math
+import os
+import re
 import shutil
+import subprocess
 import tempfile
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +38,12 @@ from node.config import local_cluster
 
 RECEIVE_BATCH = 100
 """Messages per `receive` and receipts per `ack` when draining (the protocol's maximum)."""
+
+REPAIR_LOG_EVENTS = (
+    "serving clients", "lost durable state", "standing ", "installed snapshot",
+    "state restored", "snapshot at index", "cannot start",
+)
+"""Lines of the repaired node's log shown in its repair timeline (substrings)."""
 
 
 class RaftqSystem:
@@ -358,6 +369,304 @@ class RaftqSystem:
             "n": len(lat),
             **latency_figures(lat),
         }
+
+    # -- repair of a wiped follower -------------------------------------------------------
+
+    def fill(self, n: int, mode: str = "batch") -> dict[str, Any]:
+        """Enqueue `n` messages into a new queue and leave them there, as the backlog for
+        `repair`.
+
+        Args:
+            n: messages.
+            mode: "batch": `send_batch` of 100 from 8 tasks (workload 3's fill, the fastest;
+                one log entry per 100 messages, so the log stays short of `snapshot_entries`
+                and the leader keeps no snapshot); "single": one `send` per message, not
+                coalesced, 1,000 outstanding over 16 clients (one log entry per message: the
+                leader compacts its log into snapshots, and a repair installs one).
+
+        Returns:
+            queue (its name), n, mode, fill_rate_per_s.
+        """
+        if mode not in ("batch", "single"):
+            raise ValueError(f"unknown fill mode {mode!r}")
+        return trio.run(self._fill_new, n, mode)
+
+    async def _fill_new(self, n: int, mode: str) -> dict[str, Any]:
+        async with self._client() as c:
+            q = await self._new_queue(c, "repair")
+            if n <= 0:
+                rate = None
+            elif mode == "batch":
+                rate = await self._fill(c, q, n)
+            else:
+                rate = await self._fill_single(q, n)
+        return {"queue": q, "n": n, "mode": mode, "fill_rate_per_s": rate}
+
+    async def _fill_single(
+        self, q: str, n: int, in_flight: int = 1000, producers: int = 16
+    ) -> float:
+        """Enqueue `n` messages one `send` each (no coalescing); returns messages/s."""
+        assert self.launcher is not None
+        left = n
+        start = time.monotonic()
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [
+                await stack.enter_async_context(
+                    AsyncClient(self.launcher.servers, timeout_s=60.0, coalesce_sends=False))
+                for _ in range(producers)
+            ]
+
+            async def worker(c: AsyncClient) -> None:
+                nonlocal left
+                while left > 0:
+                    left -= 1
+                    try:
+                        await c.send(q, body(n - left))
+                    except RaftqError:  # not enqueued, or unknown: send another
+                        left += 1
+
+            async with trio.open_nursery() as nursery:
+                for i in range(in_flight):
+                    nursery.start_soon(worker, clients[i % producers])
+        return n / (time.monotonic() - start)
+
+    def repair(
+        self,
+        queue: str | None = None,
+        exclude: Collection[int] = (),
+        load_in_flight: int = 0,
+        producers: int = 16,
+        timeout_s: float = 600.0,
+    ) -> dict[str, Any]:
+        """Repair of a wiped follower: SIGKILL a follower, move its data directory away
+        (`<data_dir>` -> `<data_dir>.lost`), start it again with the same id, and time it until
+        its `node_status` shows `standing` "voter" and its `applied_index` reaches the
+        leader's (read just before it, so that with producers running it is the leader's
+        index of that moment).
+
+        Args:
+            queue: the backlog's queue (from `fill`), for the number of messages it holds.
+            exclude: node ids not to pick (e.g. the follower repaired before).
+            load_in_flight: sends kept outstanding by `producers` clients from 1 s before the
+                kill until the node is repaired (0: no load).
+            producers: clients sharing `load_in_flight`.
+            timeout_s: give up after this long from the restart (`timed_out` is then True).
+
+        Returns:
+            node (id), leader (id at the end), timed_out, repair_s (restart to voter and
+            caught up), serving_s (first status answer), voter_s (first status with standing
+            voter), caught_up_s (first with the leader's applied index), standings (standing
+            -> first seen, s), entries (the leader's applied index then), messages (the
+            queue's `messages`), lost_bytes (size of the moved directory), new_bytes (size of
+            the new one when repaired), received_bytes (what its peers sent it since the
+            restart: TCP `bytes_received` of the connections to its Raft port, from `ss`,
+            when repaired; None without `ss`), entries_per_s, messages_per_s, bytes_per_s
+            (received_bytes over repair_s), leader_snapshot_index and leader_snapshot_bytes
+            (the leader's last snapshot, from its log), snapshot_installed (the node logged
+            "installed snapshot"), final_status, events (its log lines after the restart that
+            say what it did, as [seconds after the restart, text]);
+            with load also sends and sends_per_s during the repair and the load's errors.
+        """
+        return trio.run(self._repair, queue, exclude, load_in_flight, producers, timeout_s)
+
+    async def _wait_in_sync(self, c: AsyncClient, timeout_s: float) -> None:
+        """Wait until every node has applied the leader's commit index."""
+        assert self.launcher is not None
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            leader = await self.leader_id()
+            target = (await c.node_status(self.launcher.addresses[leader]))["commit_index"]
+            applied = []
+            for addr in self.launcher.servers:
+                with contextlib.suppress(RaftqError):
+                    applied.append((await c.node_status(addr, timeout_s=5.0))["applied_index"])
+            if len(applied) == len(self.launcher.servers) and min(applied) >= target:
+                return
+            await trio.sleep(0.2)
+        raise RuntimeError(f"nodes not in sync after {timeout_s:g} s")
+
+    async def _repair(
+        self,
+        queue: str | None,
+        exclude: Collection[int],
+        load_in_flight: int,
+        producers: int,
+        timeout_s: float,
+    ) -> dict[str, Any]:
+        launcher = self.launcher
+        assert launcher is not None
+        payload = body(0)
+        sends: list[float] = []
+        errors: list[str] = []
+        stop_load = trio.Event()
+        async with contextlib.AsyncExitStack() as stack:
+            c = await stack.enter_async_context(self._client())
+            probe = await stack.enter_async_context(AsyncClient(
+                launcher.servers, timeout_s=5.0, request_timeout_s=1.0, backoff_max_s=0.1))
+            await self._wait_in_sync(c, 120.0)
+            leader = await self.leader_id()
+            candidates = [n for n in launcher.node_ids if n != leader and n not in exclude]
+            follower = candidates[0] if candidates else None
+            if follower is None:
+                raise RuntimeError(f"no follower to repair (leader {leader}, excluded {exclude})")
+            addr = launcher.addresses[follower]
+            before = await c.node_status(launcher.addresses[leader])
+            data_dir = launcher.config.node(follower).data_dir
+            lost = data_dir.with_name(data_dir.name + ".lost")
+            if lost.exists():
+                raise RuntimeError(f"{lost} exists already")
+            clients = [self._client() for _ in range(producers if load_in_flight else 0)]
+            for pc in clients:
+                await stack.enter_async_context(pc)
+            load_q = await self._new_queue(c, "repair-load") if load_in_flight else None
+            nursery = await stack.enter_async_context(trio.open_nursery())
+
+            async def worker(pc: AsyncClient) -> None:
+                assert load_q is not None
+                while not stop_load.is_set():
+                    try:
+                        await pc.send(load_q, payload)
+                    except RaftqError as exc:  # counted; the load goes on
+                        errors.append(type(exc).__name__)
+                        continue
+                    sends.append(time.monotonic())
+
+            for i in range(load_in_flight):
+                nursery.start_soon(worker, clients[i % producers])
+            if load_in_flight:
+                await trio.sleep(1.0)
+            launcher.kill(follower)
+            await trio.to_thread.run_sync(shutil.move, str(data_dir), str(lost))  # mv
+            log_offset = launcher.log_path(follower).stat().st_size
+            wall0 = time.time()
+            t0 = time.monotonic()
+            launcher.start_node(follower)
+            raft_port = launcher.config.node(follower).raft_addr[1]
+            received: int | None = None
+            standings: dict[str, float] = {}
+            serving_s = caught_up_s = voter_s = None
+            leader_addr = launcher.addresses[leader]
+            lead: dict[str, Any] = before
+            st: dict[str, Any] = {}
+            while time.monotonic() - t0 < timeout_s:
+                try:
+                    lead = await probe.node_status(leader_addr, timeout_s=2.0)
+                    if lead.get("role") != "leader":  # an election: ask who leads now
+                        leader = await self.leader_id()
+                        leader_addr = launcher.addresses[leader]
+                        continue
+                    st = await probe.node_status(addr, timeout_s=1.0)
+                except RaftqError:
+                    await trio.sleep(0.05)
+                    continue
+                now = time.monotonic() - t0
+                serving_s = now if serving_s is None else serving_s
+                standings.setdefault(str(st.get("standing")), now)
+                if st.get("standing") == "voter" and voter_s is None:
+                    voter_s = now
+                if st["applied_index"] >= lead["applied_index"] and caught_up_s is None:
+                    caught_up_s = now
+                if st.get("standing") == "voter" and st["applied_index"] >= lead["applied_index"]:
+                    received = await trio.to_thread.run_sync(tcp_bytes_received, raft_port)
+                    break
+                await trio.sleep(0.05)
+            repair_s = time.monotonic() - t0
+            timed_out = repair_s >= timeout_s
+            stop_load.set()
+            nursery.cancel_scope.cancel()
+        messages = None
+        if queue is not None:
+            with contextlib.suppress(RaftqError):
+                async with self._client() as c:
+                    messages = (await c.queue_stats(queue)).get("messages")
+        lost_bytes = await trio.to_thread.run_sync(dir_bytes, lost)
+        new_bytes = await trio.to_thread.run_sync(dir_bytes, data_dir)
+        events = log_events(launcher.log_path(follower), log_offset, wall0, REPAIR_LOG_EVENTS)
+        taken = log_events(launcher.log_path(leader), 0, wall0, ("snapshot at index",), limit=10**6)
+        snapshot_bytes = None
+        if taken:  # "snapshot at index 80012 (91234567 bytes)": the leader's last one
+            words = taken[-1][1].replace("(", " ").split()
+            with contextlib.suppress(ValueError, IndexError):
+                snapshot_bytes = int(words[words.index("bytes)") - 1])
+        during = [s for s in sends if t0 <= s < t0 + repair_s]
+        installed = any("installed snapshot" in text for _, text in events)
+        out: dict[str, Any] = {
+            "node": follower,
+            "leader": leader,
+            "timed_out": timed_out,
+            "repair_s": repair_s,
+            "serving_s": serving_s,
+            "voter_s": voter_s,
+            "caught_up_s": caught_up_s,
+            "standings": standings,
+            "entries": lead.get("applied_index"),
+            "messages": messages,
+            "lost_bytes": lost_bytes,
+            "new_bytes": new_bytes,
+            "entries_per_s": (lead.get("applied_index") or 0) / repair_s,
+            "messages_per_s": messages / repair_s if messages is not None else None,
+            "received_bytes": received,
+            "bytes_per_s": received / repair_s if received is not None else None,
+            "leader_snapshot_index": lead.get("snapshot_index"),
+            "leader_snapshot_bytes": snapshot_bytes,
+            "snapshot_installed": installed,
+            "final_status": {k: st.get(k) for k in ("standing", "applied_index", "repair_reason")},
+            "events": events,
+        }
+        if load_in_flight:
+            out.update({"load_in_flight": load_in_flight, "sends": len(during),
+                        "sends_per_s": len(during) / repair_s, "errors": len(errors)})
+        return out
+
+
+def tcp_bytes_received(port: int) -> int | None:
+    """Bytes received so far on the established TCP connections whose local port is `port`
+    (the kernel's `bytes_received` per connection, from `ss -tin`); None without `ss`."""
+    try:
+        proc = subprocess.run(
+            ["ss", "-tinH", "state", "established", f"( sport = :{port} )"],
+            capture_output=True, text=True, check=True, timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return sum(int(m) for m in re.findall(r"\bbytes_received:(\d+)", proc.stdout))
+
+
+def dir_bytes(path: Path) -> int:
+    """Bytes in the files under `path` (apparent sizes, like `du -sb`); 0 when it is missing."""
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(root, name)).st_size
+    return total
+
+
+def log_events(
+    path: Path, offset: int, wall0_s: float, patterns: Collection[str], limit: int = 30
+) -> list[tuple[float, str]]:
+    """Lines of a node log written after byte `offset` that contain one of `patterns`, as
+    (seconds after `wall0_s`, the message after the level name). Log lines start with
+    `%(asctime)s` (local time, "2026-12-01 09:52:47,123")."""
+    out: list[tuple[float, str]] = []
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        if not any(p in line for p in patterns):
+            continue
+        try:
+            at = dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        text = line[24:].split(" ", 3)[-1] if line.count(" ") >= 4 else line[24:]
+        out.append((round(at - wall0_s, 3), text[:160]))
+        if len(out) >= limit:
+            break
+    return out
 
 
 def failover_figures(
