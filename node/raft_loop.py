@@ -305,6 +305,10 @@ class RaftLoop:
                 self._conflict = core.conflict
                 logger.error("%s; this node keeps its log (see docs/operations.md, Recovery)",
                              core.conflict)
+            if core.repair_events:
+                events, core.repair_events = core.repair_events, []
+                for event in events:
+                    logger.warning("%s", event)
             if core.divergences != self._divergences:
                 self._divergences = core.divergences
                 diverged = [pid for pid, p in core.status().peers.items() if p.diverged]

@@ -55,6 +55,7 @@ class NodeState:
     boot_id: int
     divergences: int
     conflict: str | None
+    repair_events: list[str]
     _append_pending: bool
     _incoming_meta: SnapshotMeta | None
     _incoming_data: bytearray

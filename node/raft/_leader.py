@@ -161,7 +161,13 @@ class LeaderReplication(RepairRules):
             hint_next = msg.hint_index
             if msg.hint_term > 0:
                 hint_next, _ = self.log.find_conflict_by_term(msg.hint_index, msg.hint_term)
+            regressed = pr.regressed
             if pr.maybe_decrease_to(msg.reject_index, Index(hint_next + 1), msg.boot):
+                if pr.regressed and not regressed:
+                    self.repair_events.append(
+                        f"follower {pid} refused index {msg.reject_index}, which it had "
+                        "acknowledged: it lost data; told to repair"
+                    )
                 if pr.state is ProgressState.REPLICATE:
                     pr.become_probe()
                 self._maybe_send_append(pid, allow_empty=True)

@@ -167,6 +167,8 @@ class RaftNode(LeaderReplication, FollowerReplication):
         self.divergences = 0
         # Follower: a leader's log conflicts with our committed entries (see _follower.py).
         self.conflict: str | None = None
+        # Leader: followers' changes of standing, drained and logged by the driver.
+        self.repair_events: list[str] = []
 
     # =========================================================================================
     # Public surface

@@ -113,9 +113,17 @@ class RepairRules(NodeState):
                 pr.match = Index(0)
                 pr.become_probe()
                 pr.next = Index(self.log.last_index() + 1)
+                self._repair_event(pr, f"is repairing; repaired once it holds index "
+                                       f"{pr.repair_target}")
         elif pr.repairing:
             pr.repairing = False
             pr.repair_target = None
+            self._repair_event(pr, "is a voter again")
+
+    def _repair_event(self, pr: Progress, what: str) -> None:
+        """Leader: note a follower's change of standing for the driver's log."""
+        pid = next((p for p, other in self.progress.items() if other is pr), None)
+        self.repair_events.append(f"follower {pid} {what}")
 
     def _repair_signal(self, pr: Progress) -> int:
         """What the next heartbeat tells this follower about its standing."""

@@ -146,6 +146,7 @@ def test_a_follower_reporting_repair_is_probed_down_and_released_after_a_fresh_r
     n1.step(HeartbeatResponse(term, NodeId(2), NodeId(1), 0, repairing=True, boot=9))
     pr = n1.progress[NodeId(2)]
     assert pr.repairing and pr.match == 0 and pr.repair_target == last
+    assert n1.repair_events == [f"follower 2 is repairing; repaired once it holds index {last}"]
     assert n1.status().peers[NodeId(2)].repairing
     # Its old incarnation's success does not count any more.
     n1.step(AppendEntriesResponse(term, NodeId(2), NodeId(1), True, last, boot=7))
@@ -181,6 +182,7 @@ def test_a_regressed_follower_of_another_incarnation_is_told_to_repair() -> None
     n1.step(AppendEntriesResponse(term, NodeId(2), NodeId(1), False, Index(0), Index(last), Index(1),
                                   Term(1), boot=11))
     assert pr.regressed and pr.match == 0 and pr.next <= 2
+    assert any("follower 2 refused index" in e for e in n1.repair_events), n1.repair_events
     n1.tick()
     n1.tick()
     hbs = [m for m in drain(n1, st) if isinstance(m, Heartbeat) and m.to_id == 2]
