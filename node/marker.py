@@ -48,8 +48,6 @@ class MarkerFile:
         self.path = path
         self.cluster_id = cluster_id
         self.node_id = node_id
-        self.writes = 0
-        """Marks written since this object was made (for status and tests)."""
 
     def load(self) -> DurabilityMark | None:
         """Return the mark, or None when there is no mark file.
@@ -131,7 +129,6 @@ class MarkerFile:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        self.writes += 1
 
     def _bad(self, problem: str) -> CorruptStorageError:
         return CorruptStorageError(

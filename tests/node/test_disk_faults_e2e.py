@@ -25,6 +25,8 @@ import pytest
 
 from cluster.client import Client
 from cluster.launcher import Launcher
+from node.marker import MARK_FILE_NAME, MarkerFile
+from node.raft import DurabilityMark
 from tests.node.disk_fault_support import (
     Producer,
     StartOutcome,
@@ -332,11 +334,12 @@ def test_repairing_standing_shows_in_node_status_and_cli(tmp_path: Path) -> None
 #    keeps its divergent tail (the new leader records its match beyond its own last index).
 # ---------------------------------------------------------------------------------------------
 
-def _read_mark(data_dir: Path) -> dict[str, Any]:
-    import cbor2
-
-    raw = (data_dir / "durable.mark").read_bytes()
-    return dict(cbor2.loads(raw[4:]))
+def _read_mark(launcher: Launcher, nid: int) -> DurabilityMark:
+    """The node's durability mark, read (and checked) as the node reads it."""
+    cfg = launcher.config
+    mark = MarkerFile(cfg.node(nid).data_dir / MARK_FILE_NAME, cfg.cluster_id, nid).load()
+    assert mark is not None
+    return mark
 
 
 @pytest.mark.extended
@@ -359,8 +362,8 @@ def test_five_steps_wal_tail_cut_inside_the_mark_window(tmp_path: Path, seed: in
         leader, a, b, sent, sa = confirm_400_with_b_paused(c, launcher, seed, rng)
         kill(launcher, a)
         a_dir = launcher.config.node(a).data_dir
-        mark = _read_mark(a_dir)
-        behind = sa["last_index"] - mark["index"]
+        mark = _read_mark(launcher, a)
+        behind = sa["last_index"] - mark.index
         if behind < 2:
             pytest.skip(f"the mark was refreshed {behind} entries before the tail: no window")
         # Each entry is at least one WAL record: dropping behind // 2 records keeps the marked
@@ -397,7 +400,7 @@ def test_five_steps_wal_tail_cut_inside_the_mark_window(tmp_path: Path, seed: in
         final = {n: brief(status(c, launcher, n)) for n in launcher.node_ids}
         exits = {n: launcher.exit_code(n) for n in launcher.node_ids}
         observe("tail_cut", seed=seed, a=a, l=leader, b=b, a_last_index_before_kill=sa[
-            "last_index"], mark_index=mark["index"], records_dropped=drop, damage=damage,
+            "last_index"], mark_index=mark.index, records_dropped=drop, damage=damage,
             a_outcome=first.outcome, a_first_status=brief(first.status),
             seen_while_l_down=sorted(seen), after_l_restart=after_restart, lost=lost,
             after_more_sends=final, more_sends_confirmed=more_ok, exit_codes=exits)
