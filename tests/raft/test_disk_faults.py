@@ -31,7 +31,7 @@ from node.raft import (
     raise_mark_after,
 )
 from node.raft._progress import Progress, ProgressState
-from node.raft.simulation import SimNode, Simulator
+from tests.sim.raft_sim import SimNode, Simulator
 
 from .test_simulation import first_violation
 
@@ -367,7 +367,7 @@ def test_every_simulated_disk_fault_leaves_a_repaired_voter() -> None:
     for kind in ("wipe", "truncate", "corrupt"):
         hit = 0
         for seed in range(10):
-            from node.raft.simulation import Fault
+            from tests.sim.raft_sim import Fault
 
             sched = [Fault(120, kind, (2, 10))]
             sim = Simulator(seed, 3, fault_ticks=200, schedule=sched)

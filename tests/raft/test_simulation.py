@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from node.raft import Config, Index, NodeId, RaftNode, RequestVoteResponse
-from node.raft.simulation import FAULT_KINDS, Fault, SimResult, Simulator, simulate
+from tests.sim.raft_sim import FAULT_KINDS, Fault, SimResult, Simulator, simulate
 
 SEEDS = int(os.environ.get("RAFTQ_SIM_SEEDS", "500"))
 CHUNK = 50

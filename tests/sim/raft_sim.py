@@ -27,18 +27,30 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from ._durability import (
+from node.raft import (
+    CompactedError,
+    Config,
     DurabilityMark,
+    Entry,
+    EntryKind,
+    HardState,
+    Index,
+    MemoryStorage,
+    Message,
+    NodeId,
+    NotLeader,
+    ProposalDropped,
+    RaftNode,
+    Ready,
+    Role,
+    Standing,
+    Term,
+    UnavailableError,
     assess_durability,
     lower_mark_before,
     mark_of,
     raise_mark_after,
 )
-from ._errors import CompactedError, NotLeader, ProposalDropped, UnavailableError
-from ._node import Config, RaftNode
-from ._ready import Ready
-from ._storage import MemoryStorage
-from ._types import Entry, EntryKind, HardState, Index, Message, NodeId, Role, Standing, Term
 
 # ---------------------------------------------------------------------------------------------
 # Faults as data

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .simulation import simulate
+from tests.sim.raft_sim import simulate
 
 
 def main(argv: list[str] | None = None) -> int:
