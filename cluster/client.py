@@ -349,7 +349,7 @@ class _Call:
 class _Connection:
     """One TCP connection to one node, with a reader and a writer task."""
 
-    def __init__(self, addr: str, stream: trio.SocketStream, max_frame_bytes: int) -> None:
+    def __init__(self, addr: str, stream: trio.abc.Stream, max_frame_bytes: int) -> None:
         self.addr = addr
         self.closed = False
         self.close_reason = ""
@@ -683,6 +683,7 @@ class AsyncClient:
         backoff_max_s: float = 1.0,
         rng: random.Random | None = None,
         coalesce_sends: bool = True,
+        open_stream: Callable[[str, int], Awaitable[trio.abc.Stream]] = trio.open_tcp_stream,
     ) -> None:
         """Create a client (no connection is opened until the first call).
 
@@ -701,6 +702,9 @@ class AsyncClient:
             rng: random source for the jitter (tests pass a seeded one).
             coalesce_sends: let concurrent `send`s to one queue share `enqueue_batch`
                 requests (see `send`); False sends each message on its own.
+            open_stream: opens a byte stream to (host, port): TCP by default; the whole-node
+                simulator (tests/sim/node_sim.py) connects to its nodes in memory. OSError
+                means "cannot connect".
 
         Raises:
             ValueError: no server, or one is not host:port.
@@ -716,6 +720,7 @@ class AsyncClient:
         self._backoff_initial_s = backoff_initial_s
         self._backoff_max_s = backoff_max_s
         self._rng = rng or random.Random()
+        self._open_stream = open_stream
         self._ids = itertools.count(1)
         self._leader: str | None = None
         self._rr = 0
@@ -794,7 +799,7 @@ class AsyncClient:
             try:
                 host, port = parse_addr(addr)
                 with trio.fail_after(self.connect_timeout_s):
-                    stream = await trio.open_tcp_stream(host, port)
+                    stream = await self._open_stream(host, port)
             except (OSError, trio.TooSlowError, ConfigError) as exc:
                 reason = f"cannot connect to {addr} ({exc or 'timed out'})"
                 self._connect_failed[addr] = (trio.current_time(), reason)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -164,17 +164,28 @@ class History:
     """An append-only list of operations, timed against one monotonic origin.
 
     Args:
-        origin_ns: `time.monotonic_ns()` at the start of the run (now by default).
+        origin_ns: `clock_ns()` at the start of the run (now by default).
+        clock_ns: the monotonic clock, nanoseconds (`time.monotonic_ns`; the whole-node
+            simulator passes its virtual clock).
+        wall_clock_ms: the wall clock, Unix milliseconds (the clock the leaders stamp with).
     """
 
-    def __init__(self, origin_ns: int | None = None) -> None:
-        self.origin_ns = time.monotonic_ns() if origin_ns is None else origin_ns
+    def __init__(
+        self,
+        origin_ns: int | None = None,
+        *,
+        clock_ns: Callable[[], int] = time.monotonic_ns,
+        wall_clock_ms: Callable[[], float] = lambda: time.time_ns() / 1e6,
+    ) -> None:
+        self._clock_ns = clock_ns
+        self._wall_clock_ms = wall_clock_ms
+        self.origin_ns = clock_ns() if origin_ns is None else origin_ns
         self.ops: list[Op] = []
         self._open: dict[int, Op] = {}
 
     def now_ns(self) -> int:
         """Monotonic nanoseconds since the origin."""
-        return time.monotonic_ns() - self.origin_ns
+        return self._clock_ns() - self.origin_ns
 
     def append(self, op: Op) -> Op:
         """Stamp `op` (time, wall clock, index) and add it.
@@ -186,7 +197,7 @@ class History:
         if op.time_ns == 0:
             op.time_ns = self.now_ns()
         if op.wall_ms == 0.0:
-            op.wall_ms = time.time_ns() / 1e6
+            op.wall_ms = self._wall_clock_ms()
         op.index = len(self.ops)
         if op.type == "invoke":
             if op.process in self._open:

@@ -266,13 +266,18 @@ class _RateLimiter:
 
 
 class Run:
-    """The state of one run (see the module docstring). Use `run()`."""
+    """The state of one run (see the module docstring). Use `run()`.
 
-    def __init__(self, opts: RunOptions) -> None:
+    Args:
+        opts: the run's options.
+        history: where operations are recorded (default: a new one on the real clocks).
+    """
+
+    def __init__(self, opts: RunOptions, history: History | None = None) -> None:
         self.opts = opts
         self.seed = opts.seed if opts.seed is not None else random.randrange(1 << 31)
         opts.seed = self.seed
-        self.history = History()
+        self.history = history if history is not None else History()
         self.gen = Generator(opts.workload, self.seed)
         self.outcome = RunOutcome(opts, self.history, generator=self.gen)
         self.stop = trio.Event()

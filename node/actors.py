@@ -83,7 +83,6 @@ class ActorSystem(EffectSink):
         self.max_batch = max_batch
         self.commit_timeout_s = commit_timeout_s
         self.idle_s = idle_s
-        self.leading = False
         self._actors: dict[str, _Actor] = {}
         self._nursery: trio.Nursery | None = None
         self._wakes: dict[str, trio.Event] = {}
@@ -116,8 +115,8 @@ class ActorSystem(EffectSink):
                 (may or may not have taken effect).
             Busy: the mailbox is full (not executed).
         """
-        if not self.leading or self._nursery is None:
-            raise ProposalFailed("NOT_LEADER", "not the leader", self.loop.core.leader_id)
+        if not self.loop.is_leader or self._nursery is None:
+            raise ProposalFailed("NOT_LEADER", "not the leader", self.loop.view.leader_id)
         actor = self._actors.get(key)
         if actor is None:
             actor = self._start_actor(key)
@@ -128,7 +127,7 @@ class ActorSystem(EffectSink):
             self.stats["busy"] += 1
             raise Busy(f"mailbox of {key!r} is full") from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
-            raise ProposalFailed("NOT_LEADER", "not the leader", self.loop.core.leader_id) from None
+            raise ProposalFailed("NOT_LEADER", "not the leader", self.loop.view.leader_id) from None
         # One deadline sweep for everyone instead of a cancel scope per request.
         self._deadlines.append((trio.current_time() + self.commit_timeout_s, prop))
         await prop.done.wait()
@@ -185,7 +184,7 @@ class ActorSystem(EffectSink):
                     await prop.done.wait()
 
     def _stop_actors(self) -> None:
-        err = ProposalFailed("NOT_LEADER", "leadership moved", self.loop.core.leader_id)
+        err = ProposalFailed("NOT_LEADER", "leadership moved", self.loop.view.leader_id)
         actors, self._actors = self._actors, {}
         for actor in actors.values():
             actor.scope.cancel()
@@ -198,7 +197,7 @@ class ActorSystem(EffectSink):
                 if not prop.done.is_set():
                     prop.fail(err)  # never proposed: certainly not executed
 
-    # -- effects (EffectSink) ------------------------------------------------------------------
+    # -- effects (EffectSink): realised only while this node leads -----------------------------
     def wake(self, queue: str) -> None:
         ev = self._wakes.pop(queue, None)
         if ev is not None:
@@ -215,14 +214,15 @@ class ActorSystem(EffectSink):
         return False
 
     def arm_timer(self, at_ms: int) -> None:
-        self._timer_at = at_ms
-        self._timer_changed.set()
+        if self.loop.is_leader:
+            self._timer_at = at_ms
+            self._timer_changed.set()
 
     def release(self, index: int) -> None:
-        self.loop.request_snapshot(min_entries=1000)
+        if self.loop.is_leader:
+            self.loop.request_snapshot(min_entries=1000)
 
     def became_leader(self, effects: list[machine.Effect]) -> None:
-        self.leading = True
         self._leader_epoch += 1
         logger.info("leading: starting actors on demand")
         for eff in effects:
@@ -232,7 +232,6 @@ class ActorSystem(EffectSink):
                 self.arm_timer(eff.at_ms)
 
     def lost_leadership(self) -> None:
-        self.leading = False
         self._timer_at = None
         self._timer_changed.set()
         self._stop_actors()
@@ -245,7 +244,7 @@ class ActorSystem(EffectSink):
         while True:
             changed = self._timer_changed
             at = self._timer_at
-            if not self.leading or at is None:
+            if not self.loop.is_leader or at is None:
                 await changed.wait()
                 self._timer_changed = trio.Event()
                 continue
@@ -261,6 +260,6 @@ class ActorSystem(EffectSink):
                 self.stats["ticks"] += 1
             except (ProposalFailed, Busy) as exc:
                 logger.debug("tick not applied: %s", exc)
-                if self._timer_at is None and self.leading:
+                if self._timer_at is None and self.loop.is_leader:
                     self._timer_at = at
                 await trio.sleep(0.05)

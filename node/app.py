@@ -1,9 +1,11 @@
 """The queue application the Raft loop drives: the machine state and what its effects ask for.
 
 Every replica applies every committed entry here, in log order, with the `now_ms` the leader
-stamped on it. Effects (wake long-poll waiters, arm the tick timer, release the log) are
-realised only on the leader, by the `ActorSystem`; followers drop them. A new leader re-issues
-them through `state_enter` (node.machine), so nothing depends on a follower having seen them.
+stamped on it. Effects (wake long-poll waiters, arm the tick timer, release the log) go to the
+sink, the `ActorSystem`, which realises them only while this node leads (it asks the Raft loop,
+the one record of leadership). A new leader re-issues them through `state_enter`
+(node.machine), so nothing depends on a follower having seen them. The app keeps no copy of
+leadership and no applied index: the loop has both (`RaftLoop.view`, `RaftLoop.applied_index`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,14 @@ from typing import Any
 
 from node import machine
 from node.entry import decode_entry
-from node.raft import Entry, Role, SoftState
+from node.raft import Entry
 
 logger = logging.getLogger("raftq.app")
 
 
 class EffectSink:
-    """Where the leader's effects go (the ActorSystem); the default ignores them."""
+    """Where the machine's effects go (the ActorSystem, which realises them while this node
+    leads); the default ignores them."""
 
     def wake(self, queue: str) -> None:
         """Messages became deliverable in `queue`."""
@@ -48,15 +51,12 @@ class QueueApp:
     def __init__(self, state: machine.MachineState, sink: EffectSink | None = None) -> None:
         self.state = state
         self.sink = sink or EffectSink()
-        self.is_leader = False
-        self.last_index = 0
 
     def apply(self, entry: Entry) -> Any:
         now_ms, cmd = decode_entry(entry.data)
         meta = machine.Meta(entry.index, entry.term, now_ms)
         self.state, reply, effects = machine.apply(meta, cmd, self.state)
-        self.last_index = entry.index
-        if effects and self.is_leader:
+        if effects:
             self._realise(effects)
         return reply
 
@@ -81,11 +81,9 @@ class QueueApp:
     def digest(self) -> str:
         return machine.digest(self.state)
 
-    def on_soft_state(self, soft: SoftState) -> None:
-        leader = soft.role is Role.LEADER
-        if leader and not self.is_leader:
-            self.is_leader = True
+    def on_leadership(self, leading: bool) -> None:
+        """This node began (True) or stopped (False) leading: tell the sink."""
+        if leading:
             self.sink.became_leader(machine.state_enter("leader", self.state))
-        elif not leader and self.is_leader:
-            self.is_leader = False
+        else:
             self.sink.lost_leadership()

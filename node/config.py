@@ -12,6 +12,12 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from node.raft import Config as RaftConfig
+from node.raft import NodeId
+
+_RAFT = RaftConfig(NodeId(1))
+"""The core's tuning defaults (node/raft/_config.py): the one place they are written."""
+
 
 class ConfigError(Exception):
     """The configuration file is missing, unreadable or invalid; the message says what and where."""
@@ -61,7 +67,8 @@ class ClusterConfig:
         secret: shared secret of the peer handshake (bytes of the configured text).
         nodes: node entries by id.
         tick_ms: length of one Raft tick in milliseconds.
-        election_ticks, heartbeat_ticks: Raft timing in ticks.
+        election_ticks, heartbeat_ticks: Raft timing in ticks (defaults: the core's, see
+            `node.raft.Config`); `raft_config()` builds a node's core tuning from them.
         snapshot_entries: take a snapshot after this many applied entries.
         max_frame_bytes: largest client frame accepted.
         path: the file this was read from (None when built in code).
@@ -71,11 +78,20 @@ class ClusterConfig:
     secret: bytes
     nodes: dict[int, NodeConfig]
     tick_ms: int = 40
-    election_ticks: int = 10
-    heartbeat_ticks: int = 2
+    election_ticks: int = _RAFT.election_ticks
+    heartbeat_ticks: int = _RAFT.heartbeat_ticks
     snapshot_entries: int = 20000
     max_frame_bytes: int = 8 << 20
     path: Path | None = None
+
+    def raft_config(self, node_id: int) -> RaftConfig:
+        """The core's tuning for `node_id`: the core's defaults with this cluster's timing."""
+        return replace(
+            _RAFT,
+            id=NodeId(node_id),
+            election_ticks=self.election_ticks,
+            heartbeat_ticks=self.heartbeat_ticks,
+        )
 
     def node(self, node_id: int) -> NodeConfig:
         """The entry of `node_id`.
@@ -179,11 +195,14 @@ def from_dict(raw: dict[str, Any], base_dir: Path, path: Path | None = None) -> 
         cluster_id=cluster_id,
         secret=secret_text.encode(),
         nodes=nodes,
-        tick_ms=_int(raw, "tick_ms", 40, 1, 10_000, where),
-        election_ticks=_int(raw, "election_ticks", 10, 2, 1000, where),
-        heartbeat_ticks=_int(raw, "heartbeat_ticks", 2, 1, 999, where),
-        snapshot_entries=_int(raw, "snapshot_entries", 20000, 10, 10**9, where),
-        max_frame_bytes=_int(raw, "max_frame_bytes", 8 << 20, 1024, 1 << 30, where),
+        tick_ms=_int(raw, "tick_ms", ClusterConfig.tick_ms, 1, 10_000, where),
+        election_ticks=_int(raw, "election_ticks", ClusterConfig.election_ticks, 2, 1000, where),
+        heartbeat_ticks=_int(raw, "heartbeat_ticks", ClusterConfig.heartbeat_ticks, 1, 999,
+                             where),
+        snapshot_entries=_int(raw, "snapshot_entries", ClusterConfig.snapshot_entries, 10,
+                              10**9, where),
+        max_frame_bytes=_int(raw, "max_frame_bytes", ClusterConfig.max_frame_bytes, 1024,
+                             1 << 30, where),
         path=path,
     )
     if cfg.heartbeat_ticks >= cfg.election_ticks:

@@ -1,9 +1,15 @@
 """The single driver of a node's Raft core: ticks, inbound messages, proposals and the Ready loop.
 
-One task owns the core (`RaftNode`); nothing else calls it. Other tasks hand it work through
-`propose()` and the inbound channel and wake it. Each turn of the loop:
+One task owns the core (`RaftNode`); nothing else touches it (after etcd-io/raft's `node.go`
+run loop, the only goroutine that calls RawNode). Other tasks hand it inputs and wake it:
+proposals (`propose`, `submit`), inbound messages (the channel `run` reads), lost peers,
+snapshot requests, and calls that must see the core (`transfer_leadership`, `status`), which
+run between two Readys, when no write is in progress. What others may read, the loop publishes:
+`view` (role, term, leader, standing: the node's one record of leadership outside the core,
+replaced whenever the core reports a new soft state) and `applied_index` (the last entry the
+application has applied: the one record of it outside the core and the machine). Each turn:
 
-1. feeds the pending ticks, inbound messages and proposals into the core;
+1. feeds the pending ticks, lost peers, inbound messages, calls and proposals into the core;
 2. takes a `Ready` and follows its contract (node/raft/_ready.py): **persist** (one RocksDB
    write batch, synced when it holds entries or term/vote, in a worker thread so the network
    keeps flowing), then **send** the messages, then **apply** committed entries through the
@@ -25,9 +31,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -82,9 +88,57 @@ class Application(Protocol):
         """Serialise the whole state (at the last applied index)."""
         ...
 
-    def on_soft_state(self, soft: SoftState) -> None:
-        """Role, leader or term changed."""
+    def on_leadership(self, leading: bool) -> None:
+        """This node began (True) or stopped (False) leading; `RaftLoop.view` already says so."""
         ...
+
+
+T = TypeVar("T")
+
+BlockingRunner = Callable[..., Awaitable[Any]]
+"""How blocking storage work runs: `await runner(fn, *args)` returns `fn(*args)`. In production
+`trio.to_thread.run_sync` (a worker thread, so the network keeps flowing); the whole-node
+simulator (tests/sim/node_sim.py) runs it inline, so that no thread makes a run nondeterministic."""
+
+
+async def run_inline(fn: Callable[..., T], *args: Any) -> T:
+    """A `BlockingRunner` without threads: run `fn` at once, then let other tasks run."""
+    result = fn(*args)
+    await trio.lowlevel.checkpoint()
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class LoopView:
+    """What the loop publishes about leadership, replaced on every soft-state change.
+
+    Attributes:
+        node_id: this node.
+        role: its role in `term`.
+        term: its current term.
+        leader_id: the leader it knows of in `term`, or None.
+        standing: VOTER, or JOINING / REPAIRING while it may not vote (node/raft/_repair.py).
+    """
+
+    node_id: int
+    role: Role
+    term: int
+    leader_id: int | None
+    standing: Standing
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+
+@dataclass(eq=False)
+class _Call:
+    """A function of the core run by the loop between Readys; `done` is set with its outcome."""
+
+    fn: Callable[[RaftNode], Any]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: Exception | None = None
 
 
 class ProposalFailed(Exception):
@@ -154,6 +208,9 @@ class RaftLoop:
         snapshot_entries: take a snapshot after this many entries were applied since the last.
         marker: where the durability mark is kept, with `mark` its current contents; None to
             keep no mark (tests).
+        blocking: how storage writes that may block run (see `BlockingRunner`).
+        perf_clock: seconds, for timing synced writes (`time.perf_counter`; the simulator
+            passes its virtual clock).
     """
 
     def __init__(
@@ -167,8 +224,10 @@ class RaftLoop:
         snapshot_entries: int = 20000,
         marker: MarkStore | None = None,
         mark: DurabilityMark | None = None,
+        blocking: BlockingRunner = trio.to_thread.run_sync,
+        perf_clock: Callable[[], float] = time.perf_counter,
     ) -> None:
-        self.core = core
+        self._core = core
         self.storage = storage
         self.transport = transport
         self.app = app
@@ -179,6 +238,9 @@ class RaftLoop:
         self._inbox: list[Message] = []
         self._lost_peers: list[int] = []
         self._proposals: list[list[Proposal]] = []
+        self._calls: list[_Call] = []
+        self._blocking = blocking
+        self._perf_clock = perf_clock
         self._waiting: dict[int, Proposal] = {}
         self._applied_index = core.log.applied
         self._applied_since_snapshot = 0
@@ -201,6 +263,7 @@ class RaftLoop:
         self._standing = core.standing
         self._divergences = 0
         self._conflict: str | None = None
+        self.view = LoopView(core.id, core.role, core.term, core.leader_id, core.standing)
         self.role_changed = trio.Event()
         self.stats: dict[str, int] = {
             "readies": 0, "synced_writes": 0, "entries_applied": 0, "proposals": 0,
@@ -236,26 +299,52 @@ class RaftLoop:
             self._snapshot_requested = True
             self._wake.set()
 
-    def transfer_leadership(self, target: int | None = None) -> int | None:
+    @property
+    def applied_index(self) -> int:
+        """The last log index the application has applied (or restored a snapshot at)."""
+        return self._applied_index
+
+    @property
+    def is_leader(self) -> bool:
+        return self.view.role is Role.LEADER
+
+    async def call(self, fn: Callable[[RaftNode], T]) -> T:
+        """Run `fn(core)` in the loop, between two Readys (no write in progress), and return
+        its result, or raise what it raised. Needs `run` to be running."""
+        c = _Call(fn)
+        self._calls.append(c)
+        self._wake.set()
+        await c.done.wait()
+        if c.error is not None:
+            raise c.error
+        return c.result  # type: ignore[no-any-return]
+
+    async def transfer_leadership(self, target: int | None = None) -> int | None:
         """Ask the core to hand leadership to `target` (or the most caught-up peer).
 
         Returns the chosen target, or None when this node does not lead or has no peer.
+
+        Raises:
+            ValueError: `target` is not a voter of the cluster (from the core).
         """
-        core = self.core
-        if not core.is_leader:
-            return None
-        if target is None:
-            peers = [
-                (pr.match, pid)
-                for pid, pr in core.progress.items()
-                if pid != core.id and pr.counts
-            ]
-            if not peers:
+
+        def transfer(core: RaftNode) -> int | None:
+            if not core.is_leader:
                 return None
-            target = max(peers)[1]
-        core.transfer_leadership(NodeId(target))
-        self._wake.set()
-        return target
+            chosen = target
+            if chosen is None:
+                peers = [
+                    (pr.match, pid)
+                    for pid, pr in core.progress.items()
+                    if pid != core.id and pr.counts
+                ]
+                if not peers:
+                    return None
+                chosen = max(peers)[1]
+            core.transfer_leadership(NodeId(chosen))
+            return chosen
+
+        return await self.call(transfer)
 
     # -- tasks ----------------------------------------------------------------------------
     async def run(
@@ -291,7 +380,7 @@ class RaftLoop:
             self._wake.set()
 
     async def _ready_loop(self) -> None:
-        core = self.core
+        core = self._core
         while True:
             await self._wake.wait()
             self._wake = trio.Event()
@@ -320,7 +409,7 @@ class RaftLoop:
             await self._maybe_snapshot()
 
     def _feed(self) -> None:
-        core = self.core
+        core = self._core
         if self._pending_ticks:
             ticks = min(self._pending_ticks, core.config.election_ticks)
             self._pending_ticks = 0
@@ -334,13 +423,21 @@ class RaftLoop:
             msgs, self._inbox = self._inbox, []
             for m in msgs:
                 core.step(m)
+        if self._calls:
+            calls, self._calls = self._calls, []
+            for c in calls:
+                try:
+                    c.result = c.fn(core)
+                except Exception as exc:  # handed to the caller
+                    c.error = exc
+                c.done.set()
         if self._proposals:
             batches, self._proposals = self._proposals, []
             for props in batches:
                 self._propose_now(props)
 
     def _propose_now(self, props: list[Proposal]) -> None:
-        core = self.core
+        core = self._core
         try:
             first = core.propose_many([p.data for p in props])
         except NotLeader as exc:
@@ -392,14 +489,14 @@ class RaftLoop:
         """Step 1 of the Ready contract: one atomic write, synced when `rd.must_sync`."""
         if rd.must_sync:
             self.stats["synced_writes"] += 1
-            started = time.perf_counter()
+            started = self._perf_clock()
             if self._sync_inline(rd):
                 # A small synced write on a fast disk costs less than the hop to a thread.
                 self.storage.persist(rd)
                 self.stats["inline_synced_writes"] += 1
             else:
-                await trio.to_thread.run_sync(self.storage.persist, rd)
-            took_s = time.perf_counter() - started
+                await self._blocking(self.storage.persist, rd)
+            took_s = self._perf_clock() - started
             self._sync_s = 0.9 * self._sync_s + 0.1 * took_s
         elif rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             self.storage.persist(rd)  # a commit-index-only write: no fsync, fast enough inline
@@ -418,7 +515,7 @@ class RaftLoop:
         )
         if removes:
             async with self._mark_lock:
-                lowered = lower_mark_before(self._mark, rd, self.core.log.storage)
+                lowered = lower_mark_before(self._mark, rd, self._core.log.storage)
                 if lowered is not None:
                     await self._store_mark(lowered)
                 await self._persist(rd)
@@ -459,7 +556,7 @@ class RaftLoop:
     async def _store_mark(self, mark: DurabilityMark) -> None:
         """Write `mark` (in a worker thread); callers hold the mark lock."""
         assert self._marker is not None
-        await trio.to_thread.run_sync(self._marker.store, mark)
+        await self._blocking(self._marker.store, mark)
         self._mark = mark
         self.stats["marks_written"] += 1
 
@@ -516,17 +613,20 @@ class RaftLoop:
             waiting, self._waiting = self._waiting, {}
             for p in waiting.values():
                 p.fail(err)
+        was_leader = self.view.is_leader
+        self.view = LoopView(self._core.id, soft.role, soft.term, soft.leader_id, soft.standing)
         logger.info("role %s term %d leader %s", soft.role.value, soft.term, soft.leader_id)
         if soft.standing != self._standing:
             self._standing = soft.standing
-            reason = self.core.repair_reason
+            reason = self._core.repair_reason
             logger.log(
                 logging.INFO if soft.standing is Standing.VOTER else logging.WARNING,
                 "standing %s%s",
                 soft.standing.name.lower(),
                 f" ({reason})" if reason else "",
             )
-        self.app.on_soft_state(soft)
+        if self.view.is_leader != was_leader:
+            self.app.on_leadership(self.view.is_leader)
         self.role_changed.set()
         self.role_changed = trio.Event()
 
@@ -535,8 +635,8 @@ class RaftLoop:
             index, data = self._serialized
             self._serialized = None
             # Between Readys: no persist is running, so the storage is ours.
-            await trio.to_thread.run_sync(self.storage.save_snapshot, Index(index), data,
-                                          self.core.voters)
+            await self._blocking(self.storage.save_snapshot, Index(index), data,
+                                 self._core.voters)
             self.stats["snapshots_taken"] += 1
             logger.info("snapshot at index %d (%d bytes)", index, len(data))
             return
@@ -548,7 +648,7 @@ class RaftLoop:
         )
         if not (self._snapshot_requested or due):
             return
-        if self._applied_index <= self.core.log.first_index() - 1:
+        if self._applied_index <= self._core.log.first_index() - 1:
             return  # nothing new since the last snapshot
         self._snapshot_requested = False
         self._snapshotting = True
@@ -558,7 +658,7 @@ class RaftLoop:
         """Serialise the state at `index` in a worker thread; applies wait meanwhile."""
         data: bytes | None = None
         try:
-            data = await trio.to_thread.run_sync(self.app.snapshot)
+            data = await self._blocking(self.app.snapshot)
         except Exception:
             logger.exception("serialising a snapshot at index %d failed", index)
         finally:
@@ -574,15 +674,33 @@ class RaftLoop:
             self._wake.set()
 
     # -- status ---------------------------------------------------------------------------
-    def status(self) -> dict[str, Any]:
-        s = self.core.status()
+    async def status(
+        self, app_status: Callable[[], dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """The core's status and the loop's counters, as plain data (node_status).
+
+        Args:
+            app_status: called in the same step, so that what it reports of the application
+                (e.g. a digest of the state) is at `applied_index`; its keys are merged in.
+        """
+
+        def status(core: RaftNode) -> dict[str, Any]:
+            st = self._status(core)
+            if app_status is not None:
+                st.update(app_status())
+            return st
+
+        return await self.call(status)
+
+    def _status(self, core: RaftNode) -> dict[str, Any]:
+        s = core.status()
         return {
             "node_id": s.id,
             "role": s.role.value,
             "term": s.term,
             "leader_id": s.leader_id,
             "commit_index": s.commit_index,
-            "applied_index": s.applied_index,
+            "applied_index": self._applied_index,
             "last_index": s.last_index,
             "first_index": s.first_index,
             "snapshot_index": s.first_index - 1,

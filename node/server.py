@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from node import machine
-from node.actors import ActorSystem, Busy, wall_clock_ms
+from node.actors import ActorSystem, Busy
 from node.app import QueueApp
 from node.codec import FrameDecoder, WireError, encode_frame
 from node.config import ClusterConfig, format_addr
@@ -31,6 +31,9 @@ PARTIAL_FRAME_TIMEOUT_S = 30.0
 
 MAX_WAIT_MS = 20_000
 """Longest long poll of `receive` (SQS allows 20 s too)."""
+
+STATUS_TIMEOUT_S = 5.0
+"""Longest wait for the Raft loop to answer a status request."""
 
 RETRYABLE = {"NOT_LEADER", "UNAVAILABLE", "OUTCOME_UNKNOWN", "BUSY", "TIMEOUT"}
 
@@ -59,7 +62,7 @@ class ClientServer:
     Args:
         node_id: this node.
         cfg: the cluster configuration (client addresses of the peers, frame limit).
-        loop: the Raft loop (status, leadership transfer).
+        loop: the Raft loop (leadership, status, leadership transfer).
         app: the applied state (reads).
         actors: the leader's actors (writes).
         transport_stats: returns the transport's counters for `node_status`.
@@ -219,7 +222,7 @@ class ClientServer:
 
     # -- requests -------------------------------------------------------------------------------
     def _leader_addr(self) -> str | None:
-        lid = self.loop.core.leader_id
+        lid = self.loop.view.leader_id
         if lid is None or lid not in self.cfg.nodes:
             return None
         return format_addr(self.cfg.nodes[lid].client_addr)
@@ -233,11 +236,11 @@ class ClientServer:
         if op == "ping":
             return {"node_id": self.node_id}
         if op == "node_status":
-            return self.node_status(digest=args.get("digest") is True)
+            return await self.node_status(digest=args.get("digest") is True)
         if op == "cluster_status":
             return await self.cluster_status()
         if op == "transfer_leadership":
-            return self._transfer(args)
+            return await self._transfer(args)
         wait_ms = 0
         if op == "receive" and "wait_ms" in args:
             args = dict(args)
@@ -247,7 +250,7 @@ class ClientServer:
         cmd = machine.command_from_wire(op, args)
         if isinstance(cmd, machine.ErrorReply):
             raise RequestError(cmd.code, cmd.message)
-        if not self.app.is_leader:
+        if not self.loop.is_leader:
             raise self._not_leader()
         if machine.is_read_only(cmd):
             return self._read(cmd)
@@ -277,7 +280,7 @@ class ClientServer:
         if isinstance(cmd, machine.ListTopics):
             return machine.query_list_topics(state)
         if isinstance(cmd, machine.QueueStats):
-            reply = machine.query_queue_stats(state, cmd.name, wall_clock_ms())
+            reply = machine.query_queue_stats(state, cmd.name, self.actors.clock_ms())
             if isinstance(reply, machine.ErrorReply):
                 raise RequestError(reply.code, reply.message)
             return reply
@@ -291,7 +294,7 @@ class ClientServer:
         """
         deadline = trio.current_time() + wait_ms / 1000
         while True:
-            if not self.app.is_leader:
+            if not self.loop.is_leader:
                 raise self._not_leader()
             ready = machine.query_ready(self.app.state, cmd.queue)
             if ready is None:
@@ -305,14 +308,14 @@ class ClientServer:
                 return {"messages": []}
             await self.actors.wait_wake(cmd.queue, remaining)
 
-    def _transfer(self, args: dict[Any, Any]) -> Any:
+    async def _transfer(self, args: dict[Any, Any]) -> Any:
         to = args.get("to")
         if to is not None and (type(to) is not int or to not in self.cfg.nodes):
             raise RequestError("BAD_REQUEST", "to must be a node id of this cluster")
-        if not self.loop.core.is_leader:
+        if not self.loop.is_leader:
             raise self._not_leader()
         try:
-            target = self.loop.transfer_leadership(to)
+            target = await self.loop.transfer_leadership(to)
         except ValueError as exc:
             raise RequestError("BAD_REQUEST", str(exc)) from None
         if target is None:
@@ -320,16 +323,31 @@ class ClientServer:
         return {"from": self.node_id, "to": target}
 
     # -- status ---------------------------------------------------------------------------------
-    def node_status(self, digest: bool = False) -> dict[str, Any]:
+    async def node_status(self, digest: bool = False) -> dict[str, Any]:
         """This node's status; `digest` (a hash of the whole state) only when asked: it costs
-        time in proportion to the state."""
-        st = self.loop.status()
+        time in proportion to the state.
+
+        Raises:
+            RequestError: UNAVAILABLE when the Raft loop did not answer within
+                `STATUS_TIMEOUT_S` (it is stuck in a write).
+        """
+
+        def app_status() -> dict[str, Any]:  # run by the loop: matches its applied_index
+            out: dict[str, Any] = {"machine_index": self.app.state.last_index}
+            if digest:
+                out["digest"] = self.app.digest()
+            return out
+
+        st: dict[str, Any] | None = None
+        with trio.move_on_after(STATUS_TIMEOUT_S):
+            st = await self.loop.status(app_status)
+        if st is None:
+            raise RequestError(
+                "UNAVAILABLE", f"the Raft loop did not answer within {STATUS_TIMEOUT_S:g} s"
+            )
         st["leader_client_addr"] = self._leader_addr()
         st["client_addr"] = format_addr(self.cfg.node(self.node_id).client_addr)
         st["pid"] = os.getpid()
-        if digest:
-            st["digest"] = self.app.digest()
-        st["machine_index"] = self.app.last_index
         st["transport"] = self.transport_stats()
         st["server"] = dict(self.stats)
         st["actors"] = dict(self.actors.stats)
@@ -339,7 +357,10 @@ class ClientServer:
         nodes: list[dict[str, Any]] = []
         for nid, nc in sorted(self.cfg.nodes.items()):
             if nid == self.node_id:
-                nodes.append(self.node_status())
+                try:
+                    nodes.append(await self.node_status())
+                except RequestError as exc:
+                    nodes.append({"node_id": nid, "error": f"{exc.code}: {exc.message}"})
                 continue
             try:
                 with trio.fail_after(1.0):

@@ -11,6 +11,10 @@ from ._types import NodeId
 class Config:
     """Tuning of one node. Times are in ticks; the driver decides how long a tick is.
 
+    The defaults are the tuning raftq runs with: the one place it is written. The cluster
+    configuration (node/config.py) takes its `election_ticks` and `heartbeat_ticks` defaults
+    from here and may override them per cluster; a tick's length (`tick_ms`) is the driver's.
+
     Attributes:
         id: this node's id.
         election_ticks: base election timeout; the randomized timeout lies in
@@ -28,9 +32,9 @@ class Config:
 
     id: NodeId
     election_ticks: int = 10
-    heartbeat_ticks: int = 1
-    max_append_entries: int = 1024
-    max_append_bytes: int = 1 << 20
+    heartbeat_ticks: int = 2
+    max_append_entries: int = 4096
+    max_append_bytes: int = 4 << 20
     max_inflight_appends: int = 64
     max_snapshot_chunk_bytes: int = 1 << 20
     max_committed_bytes_per_ready: int = 8 << 20

@@ -55,12 +55,20 @@ async def running_cluster(cfg: ClusterConfig) -> AsyncIterator[dict[int, Node]]:
 
 
 async def wait_leader(nodes: dict[int, Node], timeout_s: float = 10) -> Node:
+    """The first node whose Raft loop says it leads; waits on the loops' role-change events."""
     with trio.fail_after(timeout_s):
         while True:
-            leaders = [n for n in nodes.values() if n.app.is_leader]
+            leaders = [n for n in nodes.values() if n.loop.is_leader]
             if leaders:
                 return leaders[0]
-            await trio.sleep(0.02)
+            async with trio.open_nursery() as nursery:  # until any node's role changes
+                for n in nodes.values():
+                    nursery.start_soon(_then_cancel, n.loop.role_changed, nursery.cancel_scope)
+
+
+async def _then_cancel(event: trio.Event, scope: trio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
 
 
 class Conn:

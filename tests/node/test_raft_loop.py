@@ -1,4 +1,5 @@
-"""The Raft driver loop with an in-memory disk: snapshots serialised off the loop."""
+"""The Raft driver loop with an in-memory disk: snapshots serialised off the loop, the
+durability mark, and the loop as the only code that touches the core (calls between Readys)."""
 
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ from node.raft import (
     NodeId,
     RaftNode,
     Ready,
-    SoftState,
+    Role,
 )
-from node.raft_loop import MARK_REFRESH_S, RaftLoop
+from node.raft_loop import MARK_REFRESH_S, RaftLoop, run_inline
 
 
 class MemoryDisk:
@@ -66,7 +67,7 @@ class SlowSnapshotApp:
         assert self.applied == self.snapshot_of, "the state changed while it was serialised"
         return b"|".join(self.snapshot_of)
 
-    def on_soft_state(self, soft: SoftState) -> None:
+    def on_leadership(self, leading: bool) -> None:
         pass
 
 
@@ -75,7 +76,15 @@ class NoNetwork:
         raise AssertionError("single node: no peers")
 
 
+async def wait_leading(loop: RaftLoop) -> None:
+    """Wait (on the loop's published view and its event) until the loop's core leads."""
+    while not loop.is_leader:
+        await loop.role_changed.wait()
+
+
 async def test_snapshot_serialises_in_a_thread_while_applies_wait() -> None:
+    # Real worker threads (the point of the test), so the real clock; every wait is on an
+    # event or on the loop's answer, bounded.
     disk = MemoryDisk()
     core = RaftNode(Config(NodeId(1)), disk.store, random.Random(1))
     app = SlowSnapshotApp()
@@ -84,23 +93,21 @@ async def test_snapshot_serialises_in_a_thread_while_applies_wait() -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(loop.run, receive)
         with trio.fail_after(5):
-            while not core.is_leader:
-                await trio.sleep(0.01)
+            await wait_leading(loop)
         first = loop.propose([b"a", b"b", b"c"])
         for p in first:
             await p.done.wait()
         assert [p.result for p in first] == [1, 2, 3]
         loop.request_snapshot()
-        with trio.fail_after(5):
-            while not app.serialising.is_set():
-                await trio.sleep(0.01)
+        assert await trio.to_thread.run_sync(app.serialising.wait, 5)
         persists_before = disk.persists
         second = loop.propose([b"d", b"e"])
-        with trio.move_on_after(0.3):
-            await second[-1].done.wait()
+        with trio.fail_after(5):
+            # Each status is answered between two Readys, so this waits on the loop's turns.
+            while (await loop.status())["commit_index"] < second[-1].index:
+                pass
         # Replication went on (the entries were persisted and committed) ...
         assert disk.persists > persists_before
-        assert core.log.committed >= second[-1].index
         # ... but nothing was applied to the state being serialised.
         assert not second[-1].done.is_set() and app.applied == [b"a", b"b", b"c"]
         app.release.set()
@@ -110,8 +117,8 @@ async def test_snapshot_serialises_in_a_thread_while_applies_wait() -> None:
         assert [p.result for p in second] == [4, 5]
         assert app.applied == [b"a", b"b", b"c", b"d", b"e"]
         with trio.fail_after(5):
-            while disk.store.snapshot().meta.index == 0:
-                await trio.sleep(0.01)
+            while (await loop.status())["snapshot_index"] == 0:
+                pass
         snap = disk.store.snapshot()
         assert snap.data == b"a|b|c"
         assert snap.meta.index == first[-1].index  # the state it holds, not a later index
@@ -137,25 +144,24 @@ class CountingApp(SlowSnapshotApp):
 async def test_the_durability_mark_follows_term_vote_and_now_and_then_the_log(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    # Virtual time (trio.testing.MockClock, autojump): ticks and the refresh interval pass
-    # without real sleeps.
+    # Virtual time (trio.testing.MockClock, autojump) and no threads (blocking work inline):
+    # ticks and the refresh interval pass without real sleeps.
     disk = MemoryDisk()
     core = RaftNode(Config(NodeId(1)), disk.store, random.Random(1))
     marks = RecordingMarks(disk)
     loop = RaftLoop(core, disk, NoNetwork(), CountingApp(), tick_s=0.01,
-                    snapshot_entries=10**9, marker=marks, mark=DurabilityMark())
+                    snapshot_entries=10**9, marker=marks, mark=DurabilityMark(),
+                    blocking=run_inline, perf_clock=trio.current_time)
     send, receive = trio.open_memory_channel[Message](10)
     async with trio.open_nursery() as nursery:
         await nursery.start(loop.run, receive)
         with trio.fail_after(5):
-            while not core.is_leader:
-                await trio.sleep(0.01)
-        # The election (its term, its vote for itself) is marked, after the disk held it.
-        with trio.fail_after(5):
-            while not any(m.term == core.term for m, _ in marks.written):
-                await trio.sleep(0.01)
-        voted = [(m, t) for m, t in marks.written if m.term == core.term]
-        assert voted and voted[0][0].vote == 1 and voted[0][1] == core.term
+            await wait_leading(loop)
+        term = loop.view.term
+        # The election (its term, its vote for itself) was marked, after the disk held it:
+        # the loop publishes leadership only after the Ready that made it was persisted.
+        voted = [(m, t) for m, t in marks.written if m.term == term]
+        assert voted and voted[0][0].vote == 1 and voted[0][1] == term
         written = len(marks.written)
         for _ in range(20):  # many synced writes within one refresh interval: no mark each
             props = loop.propose([b"x"])
@@ -168,8 +174,44 @@ async def test_the_durability_mark_follows_term_vote_and_now_and_then_the_log(
         loop.propose([b"z"])
         with trio.fail_after(5):
             while marks.written[-1][0].index < props[0].index:
-                await trio.sleep(0.01)
+                await trio.sleep(MARK_REFRESH_S)  # virtual time: the next refresh
         last = marks.written[-1][0]
         assert last.index <= disk.store.last_index()
         assert last.index_term == disk.store.term(last.index)
+        nursery.cancel_scope.cancel()
+
+
+async def test_calls_run_between_readys_and_transfer_refuses_without_leadership(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    disk = MemoryDisk()
+    core = RaftNode(Config(NodeId(1)), disk.store, random.Random(1))
+    loop = RaftLoop(core, disk, NoNetwork(), CountingApp(), tick_s=0.01,
+                    snapshot_entries=10**9, blocking=run_inline, perf_clock=trio.current_time)
+    send, receive = trio.open_memory_channel[Message](10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(loop.run, receive)
+        assert loop.view.role is Role.FOLLOWER and not loop.is_leader
+        assert await loop.transfer_leadership() is None  # not leading: nothing to hand over
+        with trio.fail_after(5):
+            await wait_leading(loop)
+        assert loop.view.leader_id == 1 and loop.view.term >= 1
+        assert await loop.transfer_leadership() is None  # leading, but no peer to take it
+        props = loop.propose([b"a", b"b"])
+        for p in props:
+            await p.done.wait()
+        assert loop.applied_index == props[-1].index
+        st = await loop.status(lambda: {"app": "x"})
+        assert st["applied_index"] == loop.applied_index and st["app"] == "x"
+        assert st["role"] == "leader" and st["node_id"] == 1
+
+        def boom(core: RaftNode) -> None:
+            raise ValueError("refused")
+
+        try:
+            await loop.call(boom)
+        except ValueError as exc:
+            assert str(exc) == "refused"
+        else:
+            raise AssertionError("the call's error did not reach the caller")
         nursery.cancel_scope.cancel()

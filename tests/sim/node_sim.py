@@ -1,0 +1,745 @@
+"""Whole-node deterministic simulation: real raftq nodes in one process, on a virtual clock.
+
+After FoundationDB's simulation and TigerBeetle's VOPR: N `Replica`s (node/replica.py: the
+production `RaftLoop`, `QueueApp`, `ActorSystem` and `ClientServer` request handling, wired as
+a node process wires them) run in one trio run on `trio.testing.MockClock(autojump_threshold=0)`
+over
+
+* `SimNetwork`: Raft messages through the real codec, with per-seed delays, drops,
+  duplicates and partitions;
+* `SimDisk`: an in-memory database with the core's reads and the loop's writes. A synced write
+  (`Ready.must_sync`, `save_snapshot`) is durable; an unsynced one (a commit index) survives a
+  process crash but not a power loss;
+* in-memory client connections: the real `cluster.client.AsyncClient` (redirects, retries with
+  the same deduplication ids, backoff) talks to each node's real connection handler over
+  `trio.testing.memory_stream_pair`.
+
+jepsen_like's workload (`jepsen_like.runner.Run`: producers with deduplication ids, consumers
+that ack, nack, crash holding messages, or let leases run out; the drain) runs against it
+while a seeded nemesis crashes nodes (process kill, or power loss that drops unsynced writes),
+crashes the whole cluster at once, partitions, delays, drops and duplicates messages, and
+moves leadership. Afterwards everything heals, the drain empties every queue, and
+jepsen_like's checker judges the history, with every node's final status.
+
+Determinism (one seed, one history, byte for byte): no threads (storage work runs inline,
+`node.raft_loop.run_inline`); no real clock (the nodes' wall clock, the history's clocks and
+the timing of synced writes all read the mock clock); every random choice comes from the seed;
+and trio's scheduler is made deterministic the way trio does it for hypothesis: its
+`_ALLOW_DETERMINISTIC_SCHEDULING` switch (each batch of runnable tasks sorted by creation, then
+shuffled by trio's own `random.Random`, which `simulate_node` seeds). String hashing is fixed
+by `scripts/simulate` (PYTHONHASHSEED=0) for replay in another process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cbor2
+import trio
+import trio.testing
+
+from cluster.client import AsyncClient
+from jepsen_like.generator import QueueConf, Workload
+from jepsen_like.history import History
+from jepsen_like.runner import Run, RunOptions, check_outcome
+from node import config as config_mod
+from node.codec import decode_raft_message, encode_raft_message
+from node.config import ClusterConfig
+from node.raft import (
+    DurabilityMark,
+    Entry,
+    HardState,
+    Index,
+    MemoryStorage,
+    Message,
+    NodeId,
+    Ready,
+    Snapshot,
+    Standing,
+    Term,
+)
+from node.raft_loop import run_inline
+from node.replica import Replica
+
+__all__ = ["BUGS", "NodeSimResult", "SimDisk", "SimNetwork", "simulate_node"]
+
+SIM_EPOCH_MS = 1_800_000_000_000
+"""The nodes' wall clock at virtual time 0 (Unix milliseconds)."""
+
+BUGS = ("confirm-before-fsync",)
+"""Bugs the simulator can plant, to show that it catches them:
+
+* `confirm-before-fsync`: the disk treats synced writes as unsynced, so a node answers votes,
+  appends and clients for entries a power loss takes away (NATS JetStream's default; DESIGN.md
+  section 9).
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Disk
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Durable:
+    hard: HardState
+    snap: Snapshot
+    log: list[Entry]
+
+
+class SimDisk:
+    """One node's database in memory (the `ReplicaStorage` of node/replica.py).
+
+    What the node reads is `mem`, everything written. `_durable` is what a power loss keeps:
+    the state as of the last synced write.
+
+    Args:
+        node_id: its node (for `path`).
+        voters: the cluster's voters.
+        skip_fsync: the planted bug `confirm-before-fsync`.
+    """
+
+    def __init__(self, node_id: int, voters: tuple[NodeId, ...], skip_fsync: bool = False) -> None:
+        self.path = Path(f"sim/n{node_id}/raft")
+        self.mem = MemoryStorage(voters, Standing.JOINING)  # a new database starts JOINING
+        self.created = True
+        self.skip_fsync = skip_fsync
+        self._durable = self._capture()
+        self.synced_writes = 0
+
+    def _capture(self) -> _Durable:
+        return _Durable(self.mem.hard_state, self.mem.snap, list(self.mem.log))
+
+    # -- the core's reads --------------------------------------------------------------------
+    def initial_state(self) -> tuple[HardState, tuple[NodeId, ...]]:
+        return self.mem.initial_state()
+
+    def first_index(self) -> Index:
+        return self.mem.first_index()
+
+    def last_index(self) -> Index:
+        return self.mem.last_index()
+
+    def term(self, index: Index) -> Term:
+        return self.mem.term(index)
+
+    def entries(self, lo: Index, hi: Index, max_bytes: int | None = None) -> list[Entry]:
+        return self.mem.entries(lo, hi, max_bytes)
+
+    def snapshot(self) -> Snapshot:
+        return self.mem.snapshot()
+
+    # -- the loop's writes -------------------------------------------------------------------
+    def persist(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self.mem.apply_snapshot(rd.snapshot)
+        self.mem.append(rd.entries)
+        if rd.hard_state is not None:
+            self.mem.set_hard_state(rd.hard_state)
+        if rd.must_sync:
+            self._sync()
+
+    def save_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None:
+        self.mem.create_snapshot(index, data, voters)
+        self._sync()
+
+    def _sync(self) -> None:
+        self.synced_writes += 1
+        if not self.skip_fsync:
+            self._durable = self._capture()
+
+    # -- faults ------------------------------------------------------------------------------
+    def reopen(self, *, power_loss: bool) -> int:
+        """The node comes back: after a power loss only what was synced is there.
+
+        Returns how many log entries the power loss took away (0 after a process crash).
+        """
+        self.created = False
+        if not power_loss:
+            return 0
+        d = self._durable
+        lost = max(0, self.mem.last_index() - (d.log[0].index + len(d.log) - 1))
+        mem = MemoryStorage(self.mem.snap.meta.voters)
+        mem.hard_state, mem.snap, mem.log = d.hard, d.snap, list(d.log)
+        self.mem = mem
+        return lost
+
+
+class SimMarks:
+    """The durability mark beside the database (node/marker.py), written synchronously."""
+
+    def __init__(self, node_id: int) -> None:
+        self.path = Path(f"sim/n{node_id}/durable.mark")
+        self.mark: DurabilityMark | None = None
+
+    def load(self) -> DurabilityMark | None:
+        return self.mark
+
+    def store(self, mark: DurabilityMark) -> None:
+        self.mark = mark
+
+
+# ---------------------------------------------------------------------------------------------
+# Network
+# ---------------------------------------------------------------------------------------------
+
+
+class SimNetwork:
+    """Raft messages between the nodes, through the real codec, with seeded faults.
+
+    Args:
+        rng: the network's randomness.
+    """
+
+    def __init__(self, rng: random.Random) -> None:
+        self.rng = rng
+        self.inboxes: dict[int, trio.MemorySendChannel[Message] | None] = {}
+        self.blocked: Counter[tuple[int, int]] = Counter()  # link -> partitions cutting it
+        self.drop_pct = 0
+        self.dup_pct = 0
+        self.max_delay_ms = 1
+        self._heap: list[tuple[float, int, int, bytes]] = []
+        self._seq = 0
+        self._changed = trio.Event()
+        self.counters = {"sent": 0, "delivered": 0, "dropped": 0, "blocked": 0, "duplicated": 0}
+
+    def endpoint(self, node_id: int) -> _Endpoint:
+        return _Endpoint(self, node_id)
+
+    def send(self, msg: Message) -> None:
+        import heapq
+
+        c = self.counters
+        c["sent"] += 1
+        if self.blocked[(msg.from_id, msg.to_id)]:
+            c["blocked"] += 1
+            return
+        if self.drop_pct and self.rng.randrange(100) < self.drop_pct:
+            c["dropped"] += 1
+            return
+        copies = 1
+        if self.dup_pct and self.rng.randrange(100) < self.dup_pct:
+            copies = 2
+            c["duplicated"] += 1
+        frame = cbor2.dumps(encode_raft_message(msg))
+        now = trio.current_time()
+        for _ in range(copies):
+            delay_s = self.rng.randrange(self.max_delay_ms + 1) / 1000
+            self._seq += 1
+            heapq.heappush(self._heap, (now + delay_s, self._seq, msg.to_id, frame))
+        self._changed.set()
+
+    async def run(self) -> None:
+        """Deliver messages when they are due, until cancelled."""
+        import heapq
+
+        heap = self._heap
+        while True:
+            now = trio.current_time()
+            while heap and heap[0][0] <= now:
+                _, _, to, frame = heapq.heappop(heap)
+                inbox = self.inboxes.get(to)
+                msg = decode_raft_message(cbor2.loads(frame))
+                if inbox is None or self.blocked[(msg.from_id, msg.to_id)]:
+                    self.counters["blocked"] += 1
+                    continue
+                try:
+                    inbox.send_nowait(msg)
+                    self.counters["delivered"] += 1
+                except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
+                    self.counters["dropped"] += 1
+            self._changed = trio.Event()
+            if heap:
+                with trio.move_on_at(heap[0][0]):
+                    await self._changed.wait()
+            else:
+                await self._changed.wait()
+
+
+@dataclass
+class _Endpoint:
+    net: SimNetwork
+    node_id: int
+
+    def send(self, msg: Message) -> None:
+        self.net.send(msg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Nodes
+# ---------------------------------------------------------------------------------------------
+
+
+class SimNode:
+    """One node: its disk and mark survive crashes; its `Replica` is rebuilt on each start."""
+
+    def __init__(self, sim: NodeSimulator, node_id: int) -> None:
+        self.sim = sim
+        self.id = node_id
+        self.disk = SimDisk(node_id, sim.voters, skip_fsync=sim.bug == "confirm-before-fsync")
+        self.marks = SimMarks(node_id)
+        self.replica: Replica | None = None
+        self._scope: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
+        self._stopped = trio.Event()
+        self._stopped.set()
+        self.starts = 0
+
+    @property
+    def up(self) -> bool:
+        return self.replica is not None
+
+    async def start(self) -> None:
+        """Build the node from its disk and run it in the simulator's nursery."""
+        await self._stopped.wait()
+        assert self.sim.nursery is not None
+        await self.sim.nursery.start(self._life)
+
+    async def _life(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        sim = self.sim
+        self._stopped = trio.Event()
+        send, receive = trio.open_memory_channel[Message](16384)
+        try:
+            replica = Replica(
+                sim.cfg,
+                self.id,
+                self.disk,
+                self.marks,
+                sim.net.endpoint(self.id),
+                receive,
+                rng=random.Random(f"{sim.seed}/core/{self.id}/{self.starts}"),
+                clock_ms=sim.clock_ms,
+                blocking=run_inline,
+                perf_clock=trio.current_time,
+            )
+            self.starts += 1
+            with trio.CancelScope() as scope:
+                self._scope = scope
+                async with trio.open_nursery() as nursery:
+                    self._nursery = nursery
+                    await nursery.start(replica.run)
+                    self.replica = replica
+                    sim.net.inboxes[self.id] = send
+                    task_status.started()
+        finally:
+            sim.net.inboxes[self.id] = None
+            self.replica = None
+            self._nursery = None
+            self._stopped.set()
+
+    async def crash(self, *, power_loss: bool) -> int:
+        """Stop the node at once (a kill -9; with `power_loss`, unsynced writes are lost too).
+
+        Returns the log entries the power loss took away.
+        """
+        if self._scope is None or not self.up:
+            return 0
+        self._scope.cancel()
+        await self._stopped.wait()
+        self._scope = None
+        for other in self.sim.nodes.values():  # the transport's "peer lost"
+            if other.replica is not None:
+                other.replica.loop.peer_lost(self.id)
+        return self.disk.reopen(power_loss=power_loss)
+
+    async def connect(self) -> trio.abc.Stream:
+        """A client connection to this node's real connection handler, in memory.
+
+        Raises:
+            OSError: the node is down (connection refused).
+        """
+        if self.replica is None or self._nursery is None:
+            raise ConnectionRefusedError(f"node {self.id} is down")
+        client_side, server_side = trio.testing.memory_stream_pair()
+        self._nursery.start_soon(self.replica.server._handle_connection, server_side)
+        return client_side
+
+
+# ---------------------------------------------------------------------------------------------
+# Nemesis
+# ---------------------------------------------------------------------------------------------
+
+NEMESES = ("kill", "power-loss", "kill-leader", "crash-all", "isolate", "halves", "lossy",
+           "transfer")
+
+
+@dataclass(frozen=True)
+class SimFault:
+    """One nemesis event: at `at_s` (virtual seconds), `kind` with `args`, for `length_s`."""
+
+    at_s: float
+    kind: str
+    node: int = 0
+    length_s: float = 0.0
+    args: tuple[int, ...] = ()
+
+
+def random_faults(rng: random.Random, nodes: int, duration_s: float) -> list[SimFault]:
+    """A seeded schedule over `duration_s`: swarm testing, each seed with its own mix."""
+    weights = [rng.choice((0, 1, 3)) for _ in NEMESES]
+    if not any(weights):
+        weights[rng.randrange(len(weights))] = 1
+    faults: list[SimFault] = []
+    t = rng.uniform(0.5, 2.0)
+    while t < duration_s:
+        kind = rng.choices(NEMESES, weights)[0]
+        length = rng.choice((0.2, 0.5, 1.0, 2.0, 3.0))
+        args: tuple[int, ...] = ()
+        if kind == "lossy":
+            args = (rng.choice((0, 5, 20, 40)), rng.choice((0, 5, 20)), rng.choice((1, 5, 30)))
+        faults.append(SimFault(round(t, 3), kind, rng.randint(1, nodes), length, args))
+        t += rng.uniform(0.3, 3.0)
+    return faults
+
+
+# ---------------------------------------------------------------------------------------------
+# The simulator
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class NodeSimResult:
+    """One seed's run.
+
+    Attributes:
+        seed: the seed.
+        valid: the checker's verdict (and the run's own checks: drain complete, nodes agree).
+        failed_checks: the checker sections that failed.
+        trace: what happened, one line per event, virtual times in ms.
+        history_sha256: hash of the whole history (replay compares it).
+        ops: operations in the history.
+        acknowledged: enqueues acknowledged to their producer.
+        lost: acknowledged values never received.
+        virtual_s: simulated seconds.
+        check: the checker's whole result.
+    """
+
+    seed: int
+    valid: bool
+    failed_checks: list[str]
+    trace: list[str]
+    history_sha256: str
+    ops: int
+    acknowledged: int
+    lost: int
+    virtual_s: float
+    check: dict[str, Any] = field(default_factory=dict)
+
+
+class _SimRun(Run):
+    """jepsen_like's run (workers, drain, checks) against the simulated nodes."""
+
+    def __init__(self, opts: RunOptions, history: History, sim: NodeSimulator) -> None:
+        super().__init__(opts, history)
+        self.sim = sim
+        self.addrs = [f"n{i}:{i}" for i in sorted(sim.nodes)]
+
+    def _client(self, process: int) -> AsyncClient:
+        k = process % len(self.addrs)
+        servers = self.addrs[k:] + self.addrs[:k]
+        return AsyncClient(
+            servers,
+            timeout_s=self.opts.op_timeout_s,
+            connect_timeout_s=0.5,
+            request_timeout_s=1.0,
+            backoff_initial_s=0.02,
+            backoff_max_s=0.5,
+            consumer_id=f"c{process}",
+            rng=random.Random(f"{self.seed}/client/{process}"),
+            open_stream=self.sim.open_stream,
+        )
+
+
+class NodeSimulator:
+    """One seeded whole-node run; see the module docstring. Use `simulate_node`.
+
+    Args:
+        seed: drives the faults, the network, the workload and trio's scheduler.
+        nodes: cluster size.
+        duration_s: virtual seconds of workload with faults.
+        bug: a planted bug from `BUGS`, or None.
+    """
+
+    def __init__(self, seed: int, nodes: int = 3, duration_s: float = 8.0,
+                 bug: str | None = None) -> None:
+        if bug is not None and bug not in BUGS:
+            raise ValueError(f"unknown bug {bug!r}; known: {', '.join(BUGS)}")
+        self.seed = seed
+        self.bug = bug
+        self.duration_s = duration_s
+        self.rng = random.Random(f"{seed}/nemesis")
+        self.voters = tuple(NodeId(i) for i in range(1, nodes + 1))
+        self.cfg = ClusterConfig(
+            cluster_id="sim",
+            secret=b"s" * 32,
+            nodes={
+                i: config_mod.NodeConfig(
+                    id=i, raft_addr=(f"n{i}", 1), client_addr=(f"n{i}", i),
+                    data_dir=Path(f"sim/n{i}"),
+                )
+                for i in self.voters
+            },
+            tick_ms=40,
+            snapshot_entries=200,
+        )
+        self.net = SimNetwork(random.Random(f"{seed}/network"))
+        self.nodes = {i: SimNode(self, i) for i in self.voters}
+        self.nursery: trio.Nursery | None = None
+        self.trace: list[str] = []
+        self.faults: list[dict[str, Any]] = []
+        self._lossy = 0
+
+    def clock_ms(self) -> int:
+        return SIM_EPOCH_MS + int(trio.current_time() * 1000)
+
+    def log(self, text: str) -> None:
+        self.trace.append(f"{int(trio.current_time() * 1000):>7} {text}")
+
+    async def open_stream(self, host: str, port: int) -> trio.abc.Stream:
+        node = self.nodes.get(port)
+        if node is None or host != f"n{port}":
+            raise OSError(f"no simulated node at {host}:{port}")
+        return await node.connect()
+
+    def leader(self) -> int | None:
+        leaders = [n.id for n in self.nodes.values() if n.replica and n.replica.loop.is_leader]
+        if not leaders:
+            return None
+        return max(leaders, key=lambda i: self.nodes[i].replica.loop.view.term)  # type: ignore[union-attr]
+
+    # -- nemesis ---------------------------------------------------------------------------
+    async def _crash(self, node: SimNode, power_loss: bool, down_s: float, kind: str) -> None:
+        if not node.up:
+            return
+        lost = await node.crash(power_loss=power_loss)
+        self.log(f"{kind} n{node.id}" + (f" (lost {lost} unsynced entries)" if power_loss else ""))
+        self.faults.append({"kind": kind, "node": node.id, "verified": not node.up})
+        await trio.sleep(down_s)
+        await node.start()
+        self.log(f"restart n{node.id}")
+
+    async def _fault(self, f: SimFault) -> None:
+        net = self.net
+        node = self.nodes[f.node]
+        if f.kind in ("kill", "power-loss"):
+            await self._crash(node, f.kind == "power-loss", f.length_s, f.kind)
+        elif f.kind == "kill-leader":
+            lead = self.leader()
+            if lead is not None:
+                await self._crash(self.nodes[lead], self.rng.random() < 0.5, f.length_s, f.kind)
+        elif f.kind == "crash-all":
+            power = self.rng.random() < 0.7
+            down = [n for n in self.nodes.values() if n.up]
+            for n in down:
+                await n.crash(power_loss=power)
+            self.log(f"crash-all power_loss={power}")
+            self._record(f.kind, bool(down) and not any(n.up for n in down), "no node was up")
+            await trio.sleep(f.length_s)
+            for n in down:
+                await n.start()
+            self.log("restart all")
+        elif f.kind in ("isolate", "halves"):
+            ids = sorted(self.nodes)
+            if f.kind == "isolate":
+                side = {f.node}
+            else:
+                side = set(self.rng.sample(ids, len(ids) // 2))
+            cut = Counter((a, b) for a in ids for b in ids if (a in side) != (b in side))
+            before = net.counters["blocked"]
+            net.blocked += cut
+            self.log(f"{f.kind} {sorted(side)} | {sorted(set(ids) - side)}")
+            await trio.sleep(f.length_s)
+            net.blocked -= cut
+            self._record(f.kind, net.counters["blocked"] > before, "no message crossed the cut")
+        elif f.kind == "lossy":
+            drop, dup, delay = f.args
+            c = net.counters
+            before = (c["dropped"] + c["duplicated"], c["sent"])
+            net.drop_pct, net.dup_pct, net.max_delay_ms = drop, dup, delay
+            self._lossy += 1
+            mine = self._lossy
+            self.log(f"lossy drop={drop}% dup={dup}% delay<={delay}ms")
+            await trio.sleep(f.length_s)
+            if self._lossy == mine:  # no later lossy window took over
+                net.drop_pct, net.dup_pct, net.max_delay_ms = 0, 0, 1
+                self.log("lossy off")
+            hit = c["dropped"] + c["duplicated"] > before[0] or (
+                delay > 1 and c["sent"] > before[1])
+            self._record(f.kind, hit, "no message was dropped, duplicated or delayed")
+        elif f.kind == "transfer":
+            lead = self.leader()
+            rep = self.nodes[lead].replica if lead is not None else None
+            if rep is not None:
+                target = await rep.loop.transfer_leadership()
+                self.log(f"transfer n{lead} -> {target}")
+                self._record(f.kind, target is not None, "no peer could take over")
+
+    def _record(self, kind: str, took_effect: bool, otherwise: str) -> None:
+        """Count a fault as injected only when its effect was seen (else trace why not)."""
+        if took_effect:
+            self.faults.append({"kind": kind, "verified": True})
+        else:
+            self.log(f"{kind}: no effect ({otherwise}); not counted")
+
+    async def _nemesis(self, schedule: list[SimFault], t0: float) -> None:
+        async with trio.open_nursery() as nursery:
+            for f in schedule:
+                await trio.sleep_until(t0 + f.at_s)
+                nursery.start_soon(self._fault, f)
+
+    # -- the run ---------------------------------------------------------------------------
+    async def _wait_leader(self, timeout_s: float) -> int | None:
+        with trio.move_on_after(timeout_s):
+            while True:
+                lead = self.leader()
+                if lead is not None:
+                    return lead
+                await trio.sleep(0.05)
+        return None
+
+    async def _final_statuses(self, timeout_s: float) -> list[dict[str, Any]]:
+        sts: list[dict[str, Any]] = []
+        with trio.move_on_after(timeout_s):
+            while True:
+                sts = []
+                for n in self.nodes.values():
+                    if n.replica is None:
+                        sts.append({"node_id": n.id, "error": "down"})
+                    else:
+                        sts.append(await n.replica.server.node_status(digest=True))
+                if all("error" not in s for s in sts) and all(
+                    len({str(s.get(k)) for s in sts}) == 1
+                    for k in ("commit_index", "applied_index", "digest")
+                ):
+                    break
+                await trio.sleep(0.2)
+        return sts
+
+    async def main(self) -> tuple[dict[str, Any], History]:
+        """Run the whole scenario; returns the checker's result and the history."""
+        workload = Workload(
+            queues=(QueueConf("jq", visibility_timeout_ms=1000),
+                    QueueConf("jqf", fifo=True, weight=0.5, visibility_timeout_ms=1000,
+                              groups=3)),
+            p_nack=0.05, p_crash=0.03, p_stale=0.03, wait_s=0.2,
+        )
+        opts = RunOptions(
+            out_dir=Path("sim"), duration_s=self.duration_s, rate=60.0, concurrency=4,
+            seed=self.seed, nodes=len(self.nodes), workload=workload, op_timeout_s=3.0,
+            drain_timeout_s=40.0, progress=False, require_faults=False, plots=False,
+        )
+        history = History(
+            clock_ns=lambda: int(trio.current_time() * 1e9),
+            wall_clock_ms=lambda: SIM_EPOCH_MS + trio.current_time() * 1000,
+        )
+        run = _SimRun(opts, history, self)
+        schedule = random_faults(self.rng, len(self.nodes), self.duration_s)
+        self.log(f"start seed={self.seed} nodes={len(self.nodes)} faults={len(schedule)}"
+                 + (f" bug={self.bug}" if self.bug else ""))
+        async with trio.open_nursery() as nursery:
+            self.nursery = nursery
+            nursery.start_soon(self.net.run)
+            for n in self.nodes.values():
+                await n.start()
+            lead = await self._wait_leader(10.0)
+            self.log(f"leader n{lead}")
+            async with run._client(0) as admin:
+                run.admin = admin
+                await run._create_queues()
+            await self._workload(run, schedule)
+            # Heal: links, network quality, nodes.
+            self.net.blocked.clear()
+            self.net.drop_pct = self.net.dup_pct = 0
+            self.net.max_delay_ms = 1
+            for n in self.nodes.values():
+                if not n.up:
+                    await n.start()
+            self.log("healed")
+            lead = await self._wait_leader(20.0)
+            self.log(f"leader n{lead}")
+            await trio.sleep(workload.max_visibility_timeout_ms / 1000 + 0.5)
+            run.phase = "drain"
+            run.outcome.drain = await run._drain()
+            self.log(f"drained {run.outcome.drain.get('received')}")
+            run.outcome.final_statuses = await self._final_statuses(20.0)
+            nursery.cancel_scope.cancel()
+        run.outcome.faults = self.faults
+        return check_outcome(run.outcome), history
+
+    async def _workload(self, run: _SimRun, schedule: list[SimFault]) -> None:
+        from jepsen_like.runner import _RateLimiter
+
+        o = run.opts
+        n_prod = max(1, round(o.concurrency * o.workload.producer_share))
+        n_cons = max(1, o.concurrency - n_prod)
+        prod = _RateLimiter(o.rate * n_prod / (n_prod + n_cons))
+        cons = _RateLimiter(o.rate * n_cons / (n_prod + n_cons))
+        run.phase = "workload"
+        t0 = trio.current_time()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._nemesis, schedule, t0)
+            async with trio.open_nursery() as workers:
+                for p in range(n_prod):
+                    workers.start_soon(run.producer, p, prod)
+                for p in range(n_prod, n_prod + n_cons):
+                    workers.start_soon(run.consumer, p, cons)
+                await trio.sleep(self.duration_s)
+                run.stop.set()
+        self.log("workload done")
+
+
+def _history_digest(history: History) -> str:
+    h = hashlib.sha256()
+    for op in history.ops:
+        h.update(json.dumps(op.to_json(), sort_keys=True, separators=(",", ":")).encode())
+    return h.hexdigest()
+
+
+def simulate_node(seed: int, *, nodes: int = 3, duration_s: float = 8.0,
+                  bug: str | None = None) -> NodeSimResult:
+    """Run one seed of the whole-node simulation (see the module docstring)."""
+    from trio._core import _run as trio_run  # the scheduler switch trio sets for hypothesis
+
+    trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
+    trio_run._r.seed(f"{seed}/scheduler")
+    sim = NodeSimulator(seed, nodes=nodes, duration_s=duration_s, bug=bug)
+    quiet = logging.getLogger("raftq")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    try:
+        result, history = trio.run(sim.main, clock=clock)
+        virtual_s = clock.current_time()
+    finally:
+        quiet.setLevel(level)
+    tq = result.get("total_queue", {})
+    for name in result.get("failed_checks", []):
+        section = result.get(name, {})
+        sim.trace.append(f"FAILED {name}: {json.dumps(_brief(section))[:400]}")
+    return NodeSimResult(
+        seed=seed,
+        valid=bool(result.get("valid")),
+        failed_checks=list(result.get("failed_checks", [])),
+        trace=sim.trace,
+        history_sha256=_history_digest(history),
+        ops=len(history.ops),
+        acknowledged=int(tq.get("acknowledged_count", 0)),
+        lost=int(tq.get("lost_count", 0)),
+        virtual_s=round(virtual_s, 3),
+        check=result,
+    )
+
+
+def _brief(section: Any) -> Any:
+    if isinstance(section, dict):
+        return {k: v for k, v in section.items() if k in ("why", "lost", "valid", "errors",
+                                                          "violations", "complete", "nodes")}
+    return section
+
