@@ -112,7 +112,7 @@ class SimDisk:
         self.created = True
         self.skip_fsync = skip_fsync
         self._durable = self._capture()
-        self.synced_writes = 0
+        self.unsynced_writes = 0  # writes since the last synced one: what a power loss takes
 
     def _capture(self) -> _Durable:
         return _Durable(self.mem.hard_state, self.mem.snap, list(self.mem.log))
@@ -145,27 +145,31 @@ class SimDisk:
             self.mem.set_hard_state(rd.hard_state)
         if rd.must_sync:
             self._sync()
+        elif rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+            self.unsynced_writes += 1
 
     def save_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None:
         self.mem.create_snapshot(index, data, voters)
         self._sync()
 
     def _sync(self) -> None:
-        self.synced_writes += 1
-        if not self.skip_fsync:
+        if self.skip_fsync:
+            self.unsynced_writes += 1
+        else:
             self._durable = self._capture()
+            self.unsynced_writes = 0
 
     # -- faults ------------------------------------------------------------------------------
     def reopen(self, *, power_loss: bool) -> int:
         """The node comes back: after a power loss only what was synced is there.
 
-        Returns how many log entries the power loss took away (0 after a process crash).
+        Returns how many writes the power loss took away (0 after a process crash).
         """
         self.created = False
         if not power_loss:
             return 0
         d = self._durable
-        lost = max(0, self.mem.last_index() - (d.log[0].index + len(d.log) - 1))
+        lost, self.unsynced_writes = self.unsynced_writes, 0
         mem = MemoryStorage(self.mem.snap.meta.voters)
         mem.hard_state, mem.snap, mem.log = d.hard, d.snap, list(d.log)
         self.mem = mem
@@ -329,6 +333,8 @@ class SimNode:
                     sim.net.inboxes[self.id] = send
                     task_status.started()
         finally:
+            if self.replica is not None:
+                sim.counters.update(self.replica.loop.stats)
             sim.net.inboxes[self.id] = None
             self.replica = None
             self._nursery = None
@@ -337,7 +343,7 @@ class SimNode:
     async def crash(self, *, power_loss: bool) -> int:
         """Stop the node at once (a kill -9; with `power_loss`, unsynced writes are lost too).
 
-        Returns the log entries the power loss took away.
+        Returns how many writes the power loss took away.
         """
         if self._scope is None or not self.up:
             return 0
@@ -419,6 +425,8 @@ class NodeSimResult:
         lost: acknowledged values never received.
         virtual_s: simulated seconds.
         check: the checker's whole result.
+        counters: the nodes' Raft loop stats summed over every life of every node, the
+            network's counters (`net_*`) and `writes_lost_to_power_loss`.
     """
 
     seed: int
@@ -431,6 +439,7 @@ class NodeSimResult:
     lost: int
     virtual_s: float
     check: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
 
 
 class _SimRun(Run):
@@ -487,13 +496,14 @@ class NodeSimulator:
                 for i in self.voters
             },
             tick_ms=40,
-            snapshot_entries=200,
+            snapshot_entries=50,  # small: snapshots and their installs happen in most seeds
         )
         self.net = SimNetwork(random.Random(f"{seed}/network"))
         self.nodes = {i: SimNode(self, i) for i in self.voters}
         self.nursery: trio.Nursery | None = None
         self.trace: list[str] = []
         self.faults: list[dict[str, Any]] = []
+        self.counters: Counter[str] = Counter()  # the nodes' loop stats, and the sim's own
         self._lossy = 0
 
     def clock_ms(self) -> int:
@@ -519,7 +529,8 @@ class NodeSimulator:
         if not node.up:
             return
         lost = await node.crash(power_loss=power_loss)
-        self.log(f"{kind} n{node.id}" + (f" (lost {lost} unsynced entries)" if power_loss else ""))
+        self.counters["writes_lost_to_power_loss"] += lost
+        self.log(f"{kind} n{node.id}" + (f" (lost {lost} unsynced writes)" if power_loss else ""))
         self.faults.append({"kind": kind, "node": node.id, "verified": not node.up})
         await trio.sleep(down_s)
         await node.start()
@@ -538,7 +549,7 @@ class NodeSimulator:
             power = self.rng.random() < 0.7
             down = [n for n in self.nodes.values() if n.up]
             for n in down:
-                await n.crash(power_loss=power)
+                self.counters["writes_lost_to_power_loss"] += await n.crash(power_loss=power)
             self.log(f"crash-all power_loss={power}")
             self._record(f.kind, bool(down) and not any(n.up for n in down), "no node was up")
             await trio.sleep(f.length_s)
@@ -671,6 +682,7 @@ class NodeSimulator:
             run.outcome.final_statuses = await self._final_statuses(20.0)
             nursery.cancel_scope.cancel()
         run.outcome.faults = self.faults
+        self.counters.update({f"net_{k}": v for k, v in self.net.counters.items()})
         return check_outcome(run.outcome), history
 
     async def _workload(self, run: _SimRun, schedule: list[SimFault]) -> None:
@@ -734,6 +746,7 @@ def simulate_node(seed: int, *, nodes: int = 3, duration_s: float = 8.0,
         lost=int(tq.get("lost_count", 0)),
         virtual_s=round(virtual_s, 3),
         check=result,
+        counters=dict(sorted(sim.counters.items())),
     )
 
 

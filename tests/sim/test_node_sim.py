@@ -1,0 +1,79 @@
+"""The whole-node simulator: many seeds judged by jepsen_like's checker, byte-for-byte replay,
+and a planted bug that must be caught."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from tests.sim.node_sim import NEMESES, NodeSimResult, simulate_node
+
+SEEDS = int(os.environ.get("RAFTQ_NODE_SIM_SEEDS", "200"))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _explain(r: NodeSimResult) -> str:
+    tail = "\n".join(r.trace[-25:])
+    return (f"seed {r.seed}: failed {r.failed_checks}\n{tail}\n"
+            f"replay: scripts/simulate --node --seed {r.seed}")
+
+
+def test_whole_node_seeds() -> None:
+    """At least 200 seeds of 3 real replicas under faults; every history passes the checker."""
+    totals: Counter[str] = Counter()
+    kinds: Counter[str] = Counter()
+    acknowledged = ops = 0
+    for seed in range(SEEDS):
+        r = simulate_node(seed)
+        assert r.valid, _explain(r)
+        totals.update(r.counters)
+        kinds.update(r.check["faults"]["by_kind"])
+        acknowledged += r.acknowledged
+        ops += r.ops
+    # The faults really happened, each kind many times, and the cluster did real work.
+    for kind in NEMESES:
+        assert kinds[kind] >= SEEDS // 20, f"{kind} injected {kinds[kind]} times: {kinds}"
+    for key in ("net_blocked", "net_dropped", "net_duplicated", "snapshots_taken",
+                "snapshots_installed", "writes_lost_to_power_loss", "entries_applied"):
+        assert totals[key] > 0, f"no {key} in {SEEDS} seeds: {dict(totals)}"
+    assert acknowledged > 50 * SEEDS
+    assert ops > 300 * SEEDS
+
+
+def test_a_seed_replays_the_same_history() -> None:
+    a, b = simulate_node(7), simulate_node(7)
+    assert a.history_sha256 == b.history_sha256 and a.trace == b.trace
+    assert simulate_node(8).history_sha256 != a.history_sha256
+
+
+def test_scripts_simulate_replays_a_seed_byte_for_byte_in_another_process() -> None:
+    outs = []
+    for hash_seed in ("1", "2"):  # even with other string hashing than scripts/simulate's
+        env = dict(os.environ, PYTHONHASHSEED=hash_seed)
+        proc = subprocess.run(
+            [sys.executable, "-m", "tests.sim.cli", "--node", "--seed", "11"],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        outs.append(proc.stdout)
+    assert outs[0] == outs[1]
+    assert "history sha256" in outs[0] and "restart" in outs[0]
+
+
+def test_a_confirm_before_fsync_bug_is_caught_within_the_budget() -> None:
+    """The disk treats synced writes as unsynced: a power loss takes acknowledged entries.
+    Some seed of the CI budget must fail the checker (messages lost, or a cluster that
+    cannot come back), and say how to replay it."""
+    caught: NodeSimResult | None = None
+    for seed in range(min(SEEDS, 40)):
+        r = simulate_node(seed, bug="confirm-before-fsync")
+        if not r.valid:
+            caught = r
+            break
+    assert caught is not None, "the planted bug went unnoticed"
+    assert {"total_queue", "drain", "consistency"} & set(caught.failed_checks)
+    # The same seed without the bug is fine: the simulator blames the bug, not the seed.
+    assert simulate_node(caught.seed).valid
