@@ -1,12 +1,25 @@
 """A fake raftq cluster for client tests: trio TCP servers speaking docs/protocol.md.
 
-`FakeCluster` runs N `FakeNode`s on 127.0.0.1 (ephemeral ports) over one shared in-memory queue
-state (`FakeState`, a small model of docs/semantics.md, enough for the client). One node is the
-leader; the others answer `NOT_LEADER` with the leader's address. Faults are scripted per op:
-`cluster.faults["enqueue"] = ["drop_after"]` makes the leader apply the next enqueue and then
-close the connection without answering. Everything received is recorded for assertions.
+`FakeCluster` runs N `FakeNode`s on 127.0.0.1 (ephemeral ports) over ONE copy of the real queue
+state machine (`node.machine`). Requests are served as a real node serves them
+(node/server.py `dispatch`): `machine.command_from_wire` builds the command (or the error), reads
+are answered with `machine.query_*`, and a write is applied with `machine.apply` as the next log
+entry, stamped with trio's clock (`now_ms`). So results, error codes and timing (leases,
+visibility, delays, deduplication windows) are the machine's own, and follow
+`trio.testing.MockClock` in tests that run on virtual time. As on a real leader, the machine's
+effects are realised: `WakeWaiters` wakes the long-poll receives of its queue, and `ArmTimer`
+makes a timer task apply `machine.make_tick(now_ms)` when it falls due, so expired leases come
+back without any request.
 
-Fault actions (consumed in order by the leader, one per request of that op):
+What is fake is everything around the machine: there is no Raft and no disk (a write "commits"
+the moment it is applied, in one shared state), the leader is whichever node `leader_id` names
+(the others answer NOT_LEADER with its address; None: no leader; the timer ticks either way;
+entries carry the cluster's `term`, which only a leadership transfer raises), and faults are
+scripted per op: `cluster.faults["enqueue"] = ["drop_after"]` makes the leader apply the next
+enqueue and then close the connection without answering. Everything received is recorded for
+assertions.
+
+Fault actions (consumed in order by the leader, one per well-formed request of that op):
     drop_before: close the connection without executing.
     drop_after: execute, then close the connection without answering.
     outcome_unknown: answer OUTCOME_UNKNOWN without executing.
@@ -16,256 +29,33 @@ Fault actions (consumed in order by the leader, one per request of that op):
     busy: answer BUSY.
     not_leader_null: answer NOT_LEADER with leader null.
     hang: never answer.
-    delay:<seconds>: wait, then execute and answer.
+    delay:<seconds>: wait (trio time), then execute and answer.
 """
 
 from __future__ import annotations
 
 import functools
-import itertools
+import os
 from collections import defaultdict
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Any
 
 import trio
 
+from node import machine
 from node.codec import FrameDecoder, WireError, encode_frame
+from node.server import MAX_WAIT_MS, RequestError
+
+EPOCH_MS = 1_700_000_000_000
+"""`now_ms` at trio time 0 (a MockClock starts there): a plausible wall clock."""
+
+_REFUSALS = {"outcome_unknown", "timeout", "unavailable", "busy"}
+_FAULTS = _REFUSALS | {"drop_before", "drop_after", "outcome_unknown_applied",
+                       "not_leader_null", "hang"}
 
 
 class _Drop(Exception):
-    pass
-
-
-@dataclass
-class FakeMessage:
-    message_id: int
-    body: bytes
-    headers: dict[str, str]
-    group: str | None
-    first_enqueued_ms: int
-    delivery_count: int = 0
-    attempt: int = 0
-    lease_end: float | None = None  # trio time in s while in flight
-
-
-@dataclass
-class FakeQueue:
-    name: str
-    options: dict[str, Any]
-    messages: dict[int, FakeMessage] = field(default_factory=dict)
-    dedup: dict[str, int] = field(default_factory=dict)
-    acked: int = 0
-    enqueued: int = 0
-
-
-class FakeError(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class FakeState:
-    """A small queue model: enough semantics for client tests (not the real machine)."""
-
-    def __init__(self) -> None:
-        self.queues: dict[str, FakeQueue] = {}
-        self.topics: dict[str, list[str]] = {}
-        self.ids = itertools.count(1)
-        self.changed = trio.Event()
-
-    def _queue(self, name: Any) -> FakeQueue:
-        if name not in self.queues:
-            raise FakeError("QUEUE_NOT_FOUND", f"queue {name!r} does not exist")
-        return self.queues[name]
-
-    def _now_ms(self) -> int:
-        return int(trio.current_time() * 1000)
-
-    def _expire_leases(self, q: FakeQueue) -> None:
-        now = trio.current_time()
-        for m in q.messages.values():
-            if m.lease_end is not None and m.lease_end <= now:
-                m.lease_end = None
-
-    def _poke(self) -> None:
-        self.changed.set()
-        self.changed = trio.Event()
-
-    def _enqueue(self, q: FakeQueue, a: dict[str, Any]) -> dict[str, Any]:
-        body = a.get("body")
-        if type(body) is not bytes:
-            raise FakeError("BAD_REQUEST", "body must be bytes")
-        dedup_id = a.get("dedup_id")
-        if dedup_id is not None and dedup_id in q.dedup:
-            return {"message_id": q.dedup[dedup_id], "duplicate": True}
-        max_bytes = q.options.get("max_message_bytes", 1 << 20)
-        if len(body) > max_bytes:
-            raise FakeError("MESSAGE_TOO_LARGE", f"message of {len(body)} bytes")
-        max_length = q.options.get("max_length")
-        if max_length is not None and len(q.messages) >= max_length:
-            raise FakeError("QUEUE_FULL", f"queue {q.name!r} is full")
-        mid = next(self.ids)
-        q.messages[mid] = FakeMessage(
-            mid, body, dict(a.get("headers") or {}), a.get("group"), self._now_ms()
-        )
-        q.enqueued += 1
-        if dedup_id is not None:
-            q.dedup[dedup_id] = mid
-        self._poke()
-        return {"message_id": mid, "duplicate": False}
-
-    def _lease(self, q: FakeQueue, receipt: Any) -> FakeMessage:
-        mid, _, attempt = str(receipt).partition(":")
-        m = q.messages.get(int(mid)) if mid.isdigit() else None
-        self._expire_leases(q)
-        if m is None or m.lease_end is None or str(m.attempt) != attempt:
-            raise FakeError("INVALID_RECEIPT", f"receipt {receipt!r} is not valid")
-        return m
-
-    def apply(self, op: str, a: dict[str, Any]) -> Any:
-        if op == "create_queue":
-            name, options = a["name"], dict(a.get("options") or {})
-            if name in self.queues:
-                if self.queues[name].options != options:
-                    raise FakeError("QUEUE_EXISTS", f"queue {name!r} exists with other options")
-                return {"queue": name, "created": False}
-            self.queues[name] = FakeQueue(name, options)
-            return {"queue": name, "created": True}
-        if op == "delete_queue":
-            q = self._queue(a["name"])
-            del self.queues[q.name]
-            return {"queue": q.name, "deleted": len(q.messages)}
-        if op == "purge_queue":
-            q = self._queue(a["name"])
-            n = len(q.messages)
-            q.messages.clear()
-            return {"queue": q.name, "purged": n}
-        if op == "list_queues":
-            return {"queues": sorted(self.queues)}
-        if op == "queue_stats":
-            q = self._queue(a["name"])
-            self._expire_leases(q)
-            in_flight = sum(1 for m in q.messages.values() if m.lease_end is not None)
-            return {
-                "queue": q.name, "ready": len(q.messages) - in_flight, "in_flight": in_flight,
-                "delayed": 0, "messages": len(q.messages), "oldest_age_ms": None,
-                "enqueued": q.enqueued, "acked": q.acked,
-            }
-        if op == "enqueue":
-            return self._enqueue(self._queue(a["queue"]), a)
-        if op == "enqueue_batch":
-            q = self._queue(a["queue"])
-            if len(a["messages"]) > 100:
-                raise FakeError("BATCH_TOO_LARGE", "at most 100 messages")
-            max_bytes = q.options.get("max_message_bytes", 1 << 20)
-            for m in a["messages"]:  # all or nothing, as the node
-                if type(m.get("body")) is bytes and len(m["body"]) > max_bytes:
-                    raise FakeError("MESSAGE_TOO_LARGE", f"message of {len(m['body'])} bytes")
-            return {"results": [self._enqueue(q, m) for m in a["messages"]]}
-        if op == "receive":
-            q = self._queue(a["queue"])
-            self._expire_leases(q)
-            vis_ms = a.get("visibility_timeout_ms")
-            if vis_ms is None:
-                vis_ms = q.options.get("visibility_timeout_ms", 30_000)
-            out: list[dict[str, Any]] = []
-            for m in sorted(q.messages.values(), key=lambda m: m.message_id):
-                if len(out) >= a.get("max_messages", 1):
-                    break
-                if m.lease_end is not None:
-                    continue
-                m.delivery_count += 1
-                m.attempt += 1
-                m.lease_end = trio.current_time() + vis_ms / 1000
-                out.append({
-                    "message_id": m.message_id, "body": m.body, "headers": m.headers,
-                    "delivery_count": m.delivery_count, "first_enqueued_ms": m.first_enqueued_ms,
-                    "enqueued_ms": m.first_enqueued_ms, "group": m.group,
-                    "receipt": f"{m.message_id}:{m.attempt}",
-                })
-            return {"messages": out}
-        if op == "ack":
-            q = self._queue(a["queue"])
-            acked, invalid = 0, []
-            for r in a["receipts"]:
-                try:
-                    m = self._lease(q, r)
-                except FakeError:
-                    invalid.append(r)
-                    continue
-                del q.messages[m.message_id]
-                q.acked += 1
-                acked += 1
-            if not acked:
-                raise FakeError("INVALID_RECEIPT", "no valid receipt")
-            return {"acked": acked, "invalid": invalid}
-        if op == "nack":
-            q = self._queue(a["queue"])
-            m = self._lease(q, a["receipt"])
-            m.lease_end = None
-            if a.get("reject"):
-                del q.messages[m.message_id]
-                return {"message_id": m.message_id, "state": "dead_lettered"}
-            self._poke()
-            return {"message_id": m.message_id, "state": "ready"}
-        if op == "change_visibility":
-            q = self._queue(a["queue"])
-            m = self._lease(q, a["receipt"])
-            m.lease_end = trio.current_time() + a["timeout_ms"] / 1000
-            return {"message_id": m.message_id, "visible_at_ms": int(m.lease_end * 1000)}
-        if op == "redrive":
-            src = self._queue(a["dlq"])
-            target = self._queue(a["target"]) if a.get("target") else None
-            moved = 0
-            for mid in sorted(src.messages):
-                m = src.messages[mid]
-                dest = target or self.queues.get(m.headers.get("x-death-queue", ""))
-                if dest is None or m.lease_end is not None:
-                    continue
-                del src.messages[mid]
-                self._enqueue(dest, {"body": m.body, "headers": m.headers})
-                moved += 1
-            return {"moved": moved, "remaining": len(src.messages)}
-        if op == "create_topic":
-            created = a["name"] not in self.topics
-            self.topics.setdefault(a["name"], [])
-            return {"topic": a["name"], "created": created}
-        if op == "delete_topic":
-            if a["name"] not in self.topics:
-                raise FakeError("TOPIC_NOT_FOUND", f"topic {a['name']!r} does not exist")
-            del self.topics[a["name"]]
-            return {"topic": a["name"], "deleted": True}
-        if op == "list_topics":
-            return {"topics": [{"name": t, "queues": qs} for t, qs in sorted(self.topics.items())]}
-        if op in ("subscribe", "unsubscribe"):
-            if a["topic"] not in self.topics:
-                raise FakeError("TOPIC_NOT_FOUND", f"topic {a['topic']!r} does not exist")
-            subs = self.topics[a["topic"]]
-            if op == "subscribe":
-                self._queue(a["queue"])
-                new = a["queue"] not in subs
-                if new:
-                    subs.append(a["queue"])
-                return {"topic": a["topic"], "queue": a["queue"], "subscribed": new}
-            old = a["queue"] in subs
-            if old:
-                subs.remove(a["queue"])
-            return {"topic": a["topic"], "queue": a["queue"], "unsubscribed": old}
-        if op == "publish":
-            if a["topic"] not in self.topics:
-                raise FakeError("TOPIC_NOT_FOUND", f"topic {a['topic']!r} does not exist")
-            results: list[dict[str, Any]] = []
-            for qn in self.topics[a["topic"]]:
-                try:
-                    r = self._enqueue(self.queues[qn], a)
-                    results.append({"queue": qn, **r, "error": None})
-                except FakeError as exc:
-                    results.append(
-                        {"queue": qn, "message_id": None, "duplicate": False, "error": exc.code}
-                    )
-            return {"topic": a["topic"], "results": results}
-        raise FakeError("UNKNOWN_OPERATION", f"unknown operation {op!r}")
+    """Close the connection without answering."""
 
 
 class FakeNode:
@@ -306,15 +96,14 @@ class FakeNode:
         self.running = False
 
     async def _handle(self, stream: trio.SocketStream) -> None:
+        # As the real node: requests run concurrently; at end of input (or on a framing error,
+        # answered with one error frame) the requests already read are answered, then it closes.
         self.connections_accepted += 1
         decoder = FrameDecoder(self.cluster.max_frame_bytes)
         lock = trio.Lock()
         try:
             async with trio.open_nursery() as conn_nursery:
-                while True:
-                    data = await stream.receive_some(1 << 16)
-                    if not data:
-                        break
+                while data := await stream.receive_some(1 << 16):
                     decoder.feed(data)
                     try:
                         while (frame := decoder.next_frame()) is not None:
@@ -322,13 +111,12 @@ class FakeNode:
                                 self._serve, stream, lock, frame, conn_nursery.cancel_scope
                             )
                     except WireError as exc:
-                        await stream.send_all(encode_frame({
-                            "id": None, "ok": False,
-                            "error": {"code": exc.code, "message": exc.message,
-                                      "retryable": False, "leader": None},
-                        }))
+                        error = RequestError(exc.code, exc.message).to_wire()
+                        async with lock:
+                            await stream.send_all(
+                                encode_frame({"id": None, "ok": False, "error": error})
+                            )
                         break
-                conn_nursery.cancel_scope.cancel()
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         finally:
@@ -337,125 +125,208 @@ class FakeNode:
     async def _serve(
         self, stream: trio.SocketStream, lock: trio.Lock, frame: Any, conn_scope: trio.CancelScope
     ) -> None:
-        req_id = frame.get("id") if isinstance(frame, dict) else None
         try:
             reply = await self._reply(frame)
         except _Drop:
             conn_scope.cancel()
             await trio.aclose_forcefully(stream)
             return
-        if reply is None:
-            return
-        reply["id"] = req_id
         try:
             async with lock:
                 await stream.send_all(encode_frame(reply))
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
 
-    def _error(self, code: str, message: str, leader: str | None = None) -> dict[str, Any]:
-        return {"ok": False, "error": {"code": code, "message": message,
-                                       "retryable": False, "leader": leader}}
+    async def _reply(self, frame: Any) -> dict[str, Any]:
+        """The reply frame, checked as node/server.py `_serve_frame` checks it."""
+        req_id: Any = None
+        try:
+            if not isinstance(frame, dict):
+                raise RequestError("BAD_REQUEST", "a request must be a map")
+            req_id = frame.get("id")
+            if type(req_id) is not int:
+                req_id = None
+                raise RequestError("BAD_REQUEST", "a request needs an integer id")
+            op = frame.get("op")
+            if type(op) is not str:
+                raise RequestError("BAD_REQUEST", "op must be a string")
+            args = frame.get("args", {})
+            if args is None:
+                args = {}
+            if type(args) is not dict:
+                raise RequestError("BAD_REQUEST", "args must be a map")
+            self.cluster._record(self.id, op, args)
+            return {"id": req_id, "ok": True, "result": await self._dispatch(op, args)}
+        except RequestError as exc:
+            return {"id": req_id, "ok": False, "error": exc.to_wire()}
 
-    def status(self) -> dict[str, Any]:
+    def _require_leader(self) -> None:
+        c = self.cluster
+        if self.id != c.leader_id:
+            leader = c.nodes.get(c.leader_id) if c.leader_id is not None else None
+            raise RequestError("NOT_LEADER", f"node {self.id} is not the leader",
+                               leader.addr if leader else None)
+
+    async def _dispatch(self, op: str, args: dict[Any, Any]) -> Any:
+        """Serve one request as node/server.py `dispatch` does, plus the scripted faults."""
+        c = self.cluster
+        if op == "ping":
+            return {"node_id": self.id}
+        if op == "node_status":
+            return self.status(digest=args.get("digest") is True)
+        if op == "cluster_status":
+            return c.cluster_status()
+        cmd: machine.Command | None = None
+        wait_ms = 0
+        if op == "transfer_leadership":
+            to = args.get("to")
+            if to is not None and (type(to) is not int or to not in c.nodes):
+                raise RequestError("BAD_REQUEST", "to must be a node id of this cluster")
+        else:
+            if op == "receive" and "wait_ms" in args:
+                args = dict(args)
+                wait_ms = args.pop("wait_ms")
+                if type(wait_ms) is not int or not 0 <= wait_ms <= MAX_WAIT_MS:
+                    raise RequestError("BAD_REQUEST",
+                                       f"wait_ms must be an integer 0..{MAX_WAIT_MS}")
+            built = machine.command_from_wire(op, args)
+            if isinstance(built, machine.ErrorReply):
+                raise RequestError(built.code, built.message)
+            cmd = built
+        self._require_leader()
+        action = await self._fault_before(op)
+        if cmd is None:
+            result: Any = self._transfer(args.get("to"))
+        elif machine.is_read_only(cmd):
+            result = c.read(cmd)
+        elif isinstance(cmd, machine.Receive) and wait_ms:
+            result = await self._long_poll(cmd, wait_ms, args)
+        else:
+            result = c.write(op, args, cmd)
+        if action == "drop_after":
+            raise _Drop
+        if action == "outcome_unknown_applied":
+            raise RequestError("OUTCOME_UNKNOWN", "fake: lost office after proposing")
+        return result
+
+    async def _fault_before(self, op: str) -> str | None:
+        """Take the next scripted fault of `op` and act out its part before execution."""
+        faults = self.cluster.faults.get(op)
+        action = faults.pop(0) if faults else None
+        if action is None:
+            return None
+        if action not in _FAULTS and not action.startswith("delay:"):
+            raise AssertionError(f"unknown fake fault {action!r}")
+        if action == "drop_before":
+            raise _Drop
+        if action in _REFUSALS:
+            raise RequestError(action.upper(), f"fake {action}")
+        if action == "not_leader_null":
+            raise RequestError("NOT_LEADER", "no leader", None)
+        if action == "hang":
+            await trio.sleep_forever()
+        if action.startswith("delay:"):
+            await trio.sleep(float(action.split(":", 1)[1]))
+        return action
+
+    async def _long_poll(self, cmd: machine.Receive, wait_ms: int, args: Any) -> Any:
+        """node/server.py `_long_poll`: receive only when the state shows ready messages."""
+        c = self.cluster
+        deadline = trio.current_time() + wait_ms / 1000
+        while True:
+            self._require_leader()
+            ready = machine.query_ready(c.state, cmd.queue)
+            if ready is None:
+                return c.write("receive", args, cmd)  # QUEUE_NOT_FOUND, through the log path
+            if ready > 0:
+                reply = c.write("receive", args, cmd)
+                if reply["messages"]:
+                    return reply
+            remaining = deadline - trio.current_time()
+            if remaining <= 0:
+                return {"messages": []}
+            await c._wait_wake(cmd.queue, remaining)
+
+    def _transfer(self, to: int | None) -> dict[str, int]:
+        c = self.cluster
+        if to is None:
+            to = next(i for i in c.nodes if i != self.id)
+        if to == self.id:
+            raise RequestError("BAD_REQUEST", f"cannot transfer leadership to {to}")
+        c.term += 1
+        c.leader_id = to
+        return {"from": self.id, "to": to}
+
+    def status(self, digest: bool = False) -> dict[str, Any]:
+        """This node's `node_status` (the Raft part made up: every node has applied all)."""
         c = self.cluster
         leader = c.nodes.get(c.leader_id) if c.leader_id is not None else None
-        return {
+        st: dict[str, Any] = {
             "node_id": self.id,
             "role": "leader" if self.id == c.leader_id else "follower",
             "term": c.term, "leader_id": c.leader_id,
             "leader_client_addr": leader.addr if leader else None,
+            "client_addr": self.addr, "pid": os.getpid(),
             "commit_index": c.index, "applied_index": c.index, "last_index": c.index,
-            "first_index": 1, "snapshot_index": 0, "peers": {}, "digest": "x", "transport": {},
+            "first_index": 1, "snapshot_index": 0, "standing": "voter", "peers": {},
+            "machine_index": c.index, "transport": {},
         }
-
-    async def _reply(self, frame: Any) -> dict[str, Any] | None:
-        c = self.cluster
-        if not isinstance(frame, dict) or type(frame.get("id")) is not int:
-            return self._error("BAD_REQUEST", "not a request")
-        op, args = str(frame.get("op")), frame.get("args") or {}
-        c.requests.append((self.id, op, args))
-        if op in ("enqueue", "publish"):
-            c.dedup_ids_seen.append(args.get("dedup_id"))
-        elif op == "enqueue_batch":
-            c.dedup_ids_seen.extend(m.get("dedup_id") for m in args.get("messages", []))
-        if op == "ping":
-            return {"ok": True, "result": {"node_id": self.id}}
-        if op == "node_status":
-            return {"ok": True, "result": self.status()}
-        if op == "cluster_status":
-            nodes = [
-                n.status() if n.running else {"node_id": n.id, "error": "unreachable"}
-                for n in c.nodes.values()
-            ]
-            return {"ok": True, "result": {"leader_id": c.leader_id, "term": c.term,
-                                           "nodes": nodes}}
-        if self.id != c.leader_id:
-            leader = c.nodes.get(c.leader_id) if c.leader_id is not None else None
-            return self._error("NOT_LEADER", "not the leader", leader.addr if leader else None)
-        action = c.faults[op].pop(0) if c.faults.get(op) else None
-        if action == "drop_before":
-            raise _Drop
-        if action in ("unavailable", "busy", "timeout", "outcome_unknown"):
-            return self._error(action.upper(), f"fake {action}")
-        if action == "not_leader_null":
-            return self._error("NOT_LEADER", "no leader", None)
-        if action == "hang":
-            await trio.sleep_forever()
-        if action is not None and action.startswith("delay:"):
-            await trio.sleep(float(action.split(":", 1)[1]))
-        try:
-            if op == "transfer_leadership":
-                old = c.leader_id
-                to = args.get("to") or next(i for i in c.nodes if i != old)
-                c.leader_id = to
-                c.term += 1
-                result = {"from": old, "to": to}
-            else:
-                result = c.state.apply(op, args)
-            if op == "receive" and not result["messages"] and args.get("wait_ms"):
-                with trio.move_on_after(args["wait_ms"] / 1000):
-                    while not result["messages"]:
-                        await c.state.changed.wait()
-                        result = c.state.apply(op, args)
-        except FakeError as exc:
-            return self._error(exc.code, exc.message)
-        except (KeyError, TypeError) as exc:
-            return self._error("BAD_REQUEST", f"{op}: {exc!r}")
-        c.index += 1
-        c.applied.append((op, args))
-        if action == "drop_after":
-            raise _Drop
-        if action == "outcome_unknown_applied":
-            return self._error("OUTCOME_UNKNOWN", "fake: lost office after proposing")
-        return {"ok": True, "result": result}
+        if digest:
+            st["digest"] = machine.digest(c.state)
+        return st
 
 
 class FakeCluster:
-    """N fake nodes sharing one queue state; node `leader_id` leads (None: no leader)."""
+    """N fake nodes over one real machine state; node `leader_id` leads (None: no leader).
+
+    Recorded for assertions: `requests` (node id, op, args) of every well-formed request as
+    received; `applied` (op, args) of every client write applied to the state (whatever its
+    reply); `dedup_ids_seen`, the dedup id of every message sent by enqueue, enqueue_batch or
+    publish. `index` is the last log index (ticks included).
+    """
 
     def __init__(self, n: int = 3, leader_id: int | None = 1) -> None:
         self.nodes = {i: FakeNode(self, i) for i in range(1, n + 1)}
-        self.leader_id = leader_id
+        self._leader_id = leader_id
         self.term = 1
         self.index = 0
-        self.state = FakeState()
+        self.state = machine.new_state()
         self.max_frame_bytes = 8 << 20
         self.faults: dict[str, list[str]] = defaultdict(list)
-        self.requests: list[tuple[int, Any, Any]] = []
-        self.applied: list[tuple[Any, Any]] = []
+        self.requests: list[tuple[int, str, Any]] = []
+        self.applied: list[tuple[str, Any]] = []
         self.dedup_ids_seen: list[Any] = []
+        self.polls_waiting = 0
+        self._wakes: dict[str, trio.Event] = {}
+        self._timer_at: int | None = None
+        self._timer_changed = trio.Event()
+        self._changed = trio.Event()
         self._nursery: trio.Nursery | None = None
 
     async def start(self, nursery: trio.Nursery) -> FakeCluster:
+        """Start the nodes and the machine's timer in `nursery` (cancel it to stop them)."""
         self._nursery = nursery
         for node in self.nodes.values():
             await nursery.start(node.run)
+        nursery.start_soon(self._timer_task)
         return self
 
     async def restart(self, node_id: int) -> None:
         assert self._nursery is not None
         await self._nursery.start(self.nodes[node_id].run)
+
+    @property
+    def leader_id(self) -> int | None:
+        return self._leader_id
+
+    @leader_id.setter
+    def leader_id(self, value: int | None) -> None:
+        # As a real node losing office, wake the long polls: they re-check who leads.
+        self._leader_id = value
+        wakes, self._wakes = self._wakes, {}
+        for ev in wakes.values():
+            ev.set()
+        self._poke()
 
     @property
     def addrs(self) -> list[str]:
@@ -471,3 +342,118 @@ class FakeCluster:
     def ops_at(self, op: str, node_id: int) -> list[Any]:
         """Args of every request of `op` that node `node_id` received, in order."""
         return [a for nid, o, a in self.requests if o == op and nid == node_id]
+
+    def depth(self, queue: str) -> int | None:
+        """Messages `queue` holds (ready, in flight, delayed), or None if it does not exist."""
+        return machine.query_depth(self.state, queue)
+
+    async def wait_until(self, predicate: Callable[[], bool], timeout_s: float = 30.0) -> None:
+        """Return once `predicate()` holds; it is checked after every request received, write
+        applied, leader change and long poll parked.
+
+        Raises:
+            trio.TooSlowError: not within `timeout_s` of trio time (a test that would hang).
+        """
+        with trio.fail_after(timeout_s):
+            while not predicate():
+                await self._changed.wait()
+
+    # -- the machine ------------------------------------------------------------------------
+    def now_ms(self) -> int:
+        """The leader's clock: trio time in ms (virtual under a MockClock) plus `EPOCH_MS`."""
+        return EPOCH_MS + int(trio.current_time() * 1000)
+
+    def read(self, cmd: machine.Command) -> Any:
+        """Answer a read-only command from the state, as node/server.py `_read`."""
+        if isinstance(cmd, machine.ListQueues):
+            return machine.query_list_queues(self.state)
+        if isinstance(cmd, machine.ListTopics):
+            return machine.query_list_topics(self.state)
+        assert isinstance(cmd, machine.QueueStats), cmd
+        reply = machine.query_queue_stats(self.state, cmd.name, self.now_ms())
+        if isinstance(reply, machine.ErrorReply):
+            raise RequestError(reply.code, reply.message)
+        return reply
+
+    def write(self, op: str, args: Any, cmd: machine.Command) -> Any:
+        """Apply a client's write as the next log entry; its result, or RequestError."""
+        self.applied.append((op, args))
+        reply = self._apply(cmd)
+        if isinstance(reply, machine.ErrorReply):
+            raise RequestError(reply.code, reply.message)
+        return reply
+
+    def _apply(self, cmd: machine.Command) -> Any:
+        self.index += 1
+        meta = machine.Meta(self.index, self.term, self.now_ms())
+        self.state, reply, effects = machine.apply(meta, cmd, self.state)
+        for eff in effects:
+            if isinstance(eff, machine.WakeWaiters):
+                ev = self._wakes.pop(eff.queue, None)
+                if ev is not None:
+                    ev.set()
+            elif isinstance(eff, machine.ArmTimer):
+                self._timer_at = eff.at_ms
+                self._timer_changed.set()
+        self._poke()
+        return reply
+
+    async def _timer_task(self) -> None:
+        """node/actors.py `_timer_task`: apply a tick when the machine's timer falls due."""
+        while True:
+            self._timer_changed = changed = trio.Event()
+            at = self._timer_at
+            if at is None:
+                await changed.wait()
+            elif at > self.now_ms():
+                with trio.move_on_after((at - self.now_ms()) / 1000):
+                    await changed.wait()
+            else:
+                self._timer_at = None
+                self._apply(machine.make_tick(self.now_ms()))
+
+    async def _wait_wake(self, queue: str, timeout_s: float) -> None:
+        ev = self._wakes.get(queue)
+        if ev is None:
+            ev = self._wakes[queue] = trio.Event()
+        self.polls_waiting += 1
+        self._poke()
+        try:
+            with trio.move_on_after(timeout_s):
+                await ev.wait()
+        finally:
+            self.polls_waiting -= 1
+
+    # -- recording ----------------------------------------------------------------------------
+    def _record(self, node_id: int, op: str, args: dict[Any, Any]) -> None:
+        self.requests.append((node_id, op, args))
+        if op in ("enqueue", "publish"):
+            self.dedup_ids_seen.append(args.get("dedup_id"))
+        elif op == "enqueue_batch":
+            messages = args.get("messages")
+            if isinstance(messages, list):
+                self.dedup_ids_seen.extend(
+                    m.get("dedup_id") if isinstance(m, dict) else None for m in messages
+                )
+        self._poke()
+
+    def _poke(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def cluster_status(self) -> dict[str, Any]:
+        """`cluster_status` as a node computes it from every node's status."""
+        nodes: list[dict[str, Any]] = [
+            n.status() if n.running else {
+                "node_id": n.id, "client_addr": n.addr,
+                "error": f"OSError: cannot connect to {n.addr} (fake node stopped)",
+            }
+            for _, n in sorted(self.nodes.items())
+        ]
+        leaders = [n for n in nodes if n.get("role") == "leader"]
+        best = max(leaders, key=lambda n: n["term"]) if leaders else None
+        return {
+            "leader_id": best["node_id"] if best else None,
+            "term": best["term"] if best else max((n.get("term", 0) for n in nodes), default=0),
+            "nodes": nodes,
+        }

@@ -59,7 +59,7 @@ async def test_queue_send_receive_json(fake: FakeCluster) -> None:
 async def test_errors_are_one_line_with_exit_status_1(fake: FakeCluster) -> None:
     r = await run([*servers(fake), "queue", "stats", "nope"])
     assert r.exit_code == 1
-    assert r.stderr == "error: QUEUE_NOT_FOUND: queue 'nope' does not exist\n"
+    assert r.stderr == "error: QUEUE_NOT_FOUND: no queue 'nope'\n"  # the machine's message
     assert r.stdout == ""
     r = await run(["--servers", "127.0.0.1:9", "--timeout", "0.3", "queue", "list"])
     assert r.exit_code == 1
@@ -98,7 +98,8 @@ async def test_bulk_send_from_stdin_and_count(fake: FakeCluster) -> None:
 async def test_topics_dlq_leader_and_status(fake: FakeCluster) -> None:
     s = servers(fake)
     await run([*s, "queue", "create", "a"])
-    await run([*s, "queue", "create", "a.dlq"])
+    r = await run([*s, "queue", "list", "--json"])
+    assert json.loads(r.stdout) == ["a", "a.dlq"]  # creating a made its dead-letter queue
     assert (await run([*s, "topic", "create", "t"])).stdout == "created topic t\n"
     assert (await run([*s, "topic", "subscribe", "t", "a"])).exit_code == 0
     r = await run([*s, "topic", "publish", "t", "news", "--json"])
@@ -125,7 +126,7 @@ async def test_servers_from_env_and_local_config(
 ) -> None:
     await run([*servers(fake), "queue", "create", "q"])
     r = await run(["queue", "list", "--json"], env={"RAFTQ_SERVERS": fake.addr(2)})
-    assert json.loads(r.stdout) == ["q"]
+    assert json.loads(r.stdout) == ["q", "q.dlq"]  # the machine made q's dead-letter queue
     cfg = ClusterConfig(
         cluster_id="t", secret=b"x" * 16,
         nodes={
@@ -137,7 +138,7 @@ async def test_servers_from_env_and_local_config(
     monkeypatch.chdir(tmp_path)
     before = len(fake.ops("list_queues"))
     r = await run(["queue", "list", "--json"])
-    assert r.exit_code == 0 and json.loads(r.stdout) == ["q"]
+    assert r.exit_code == 0 and json.loads(r.stdout) == ["q", "q.dlq"]
     assert len(fake.ops("list_queues")) == before + 1
 
 

@@ -1,4 +1,10 @@
-"""AsyncClient against the fake cluster: leader finding, retries, idempotency, multiplexing."""
+"""AsyncClient against the fake cluster: leader finding, retries, idempotency, multiplexing.
+
+The fake runs the real queue machine (tests/client/fake.py). Tests that wait for time to pass
+(backoff, deadlines, leases, long polls, scripted delays) run on trio's virtual clock
+(`autojump_clock`); "wait until X happened" uses the fake's `wait_until` or
+`trio.testing.wait_all_tasks_blocked`, never a real sleep.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 import trio
+import trio.testing
 
 from cluster.client import AsyncClient, OutgoingMessage
 from cluster.errors import (
@@ -30,7 +37,9 @@ def client(addrs: list[str], **kw: object) -> AsyncClient:
     return AsyncClient(addrs, rng=random.Random(7), **kw)  # type: ignore[arg-type]
 
 
-async def test_queue_round_trip(fake: FakeCluster) -> None:
+async def test_queue_round_trip(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     async with client(fake.addrs) as c:
         assert await c.create_queue("jobs", visibility_timeout_ms=1000) is True
         assert await c.create_queue("jobs", visibility_timeout_ms=1000) is False
@@ -39,7 +48,7 @@ async def test_queue_round_trip(fake: FakeCluster) -> None:
         assert exc_info.value.code == "QUEUE_EXISTS"
         r = await c.send("jobs", "hello", headers={"k": "v"})
         assert not r.duplicate and len(r.dedup_id) == 32
-        assert await c.list_queues() == ["jobs"]
+        assert await c.list_queues() == ["jobs", "jobs.dlq"]  # its dead-letter queue, by default
         [m] = await c.receive("jobs", max_messages=5)
         assert (m.body, m.headers, m.delivery_count, m.queue) == (b"hello", {"k": "v"}, 1, "jobs")
         assert m.message_id == r.message_id
@@ -54,7 +63,9 @@ async def test_queue_round_trip(fake: FakeCluster) -> None:
         assert await c.delete_queue("jobs") == 0
 
 
-async def test_batch_topics_and_redrive(fake: FakeCluster) -> None:
+async def test_batch_topics_and_redrive(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     async with client(fake.addrs) as c:
         await c.create_queue("a")
         await c.create_queue("b")
@@ -86,7 +97,9 @@ async def test_batch_topics_and_redrive(fake: FakeCluster) -> None:
         assert await c.change_visibility("b", ms[2].receipt, 5000) > 0
 
 
-async def test_redirects_on_not_leader(fake: FakeCluster) -> None:
+async def test_redirects_on_not_leader(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     fake.leader_id = 3
     async with client([fake.addr(1)]) as c:  # knows only a follower
         await c.create_queue("q")
@@ -98,25 +111,32 @@ async def test_redirects_on_not_leader(fake: FakeCluster) -> None:
     assert [nid for nid, _ in fake.ops("enqueue")] == [3]
 
 
-async def test_no_leader_then_election(fake: FakeCluster) -> None:
+async def test_no_leader_then_election(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     fake.leader_id = None
 
-    async def elect() -> None:
-        await trio.sleep(0.3)
+    async def elect() -> None:  # once every node has refused the call twice
+        await fake.wait_until(lambda: len(fake.ops("create_queue")) >= 6)
         fake.leader_id = 2
 
     async with trio.open_nursery() as nursery, client(fake.addrs) as c:
         nursery.start_soon(elect)
         t0 = trio.current_time()
         assert await c.create_queue("q") is True
-        assert trio.current_time() - t0 >= 0.3
+        elapsed = trio.current_time() - t0
         assert c.leader == fake.addr(2)
-    # while there was no leader it went round the nodes, with backoff (not a hot loop)
+    # while there was no leader it went round the nodes; then straight (or redirected) to 2
     tried = [nid for nid, _ in fake.ops("create_queue")]
-    assert {1, 2, 3} <= set(tried) and len(tried) < 60
+    assert tried[:6] == [1, 2, 3, 1, 2, 3]
+    assert tried[-1] == 2 and len(tried) <= 8
+    # with backoff, not a hot loop: five waits of at least half of 10, 20, 40, 80, 100 ms
+    assert elapsed >= 0.125
 
 
-async def test_unavailable_and_busy_are_retried(fake: FakeCluster) -> None:
+async def test_unavailable_and_busy_are_retried(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     fake.faults["list_queues"] = ["unavailable", "busy", "not_leader_null"]
     async with client(fake.addrs) as c:
         assert await c.list_queues() == []
@@ -124,7 +144,9 @@ async def test_unavailable_and_busy_are_retried(fake: FakeCluster) -> None:
     assert [nid for nid, _ in fake.ops("list_queues")] == [1, 2, 1, 1, 2, 1]
 
 
-async def test_retry_through_dropped_connection_reuses_dedup_id(fake: FakeCluster) -> None:
+async def test_retry_through_dropped_connection_reuses_dedup_id(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     async with client(fake.addrs) as c:
         await c.create_queue("q")
         fake.faults["enqueue"] = ["drop_before", "drop_after", "outcome_unknown_applied"]
@@ -144,7 +166,9 @@ async def test_retry_through_dropped_connection_reuses_dedup_id(fake: FakeCluste
         assert (await c.queue_stats("q"))["messages"] == 3
 
 
-async def test_non_idempotent_ops_raise_outcome_unknown(fake: FakeCluster) -> None:
+async def test_non_idempotent_ops_raise_outcome_unknown(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     async with client(fake.addrs) as c:
         await c.create_queue("q")
         await c.send("q", b"x")
@@ -183,7 +207,9 @@ async def test_non_idempotent_ops_raise_outcome_unknown(fake: FakeCluster) -> No
             assert len(fake.ops_at(op, 1)) == 1, op
 
 
-async def test_unsafe_op_retried_when_not_sent(fake: FakeCluster) -> None:
+async def test_unsafe_op_retried_when_not_sent(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     """A refused connection or NOT_LEADER means not executed: safe to retry any op."""
     fake.nodes[1].stop()
     fake.leader_id = 2
@@ -194,7 +220,9 @@ async def test_unsafe_op_retried_when_not_sent(fake: FakeCluster) -> None:
         assert (await c.ack("q", [m.receipt])).acked == 1
 
 
-async def test_many_concurrent_requests_share_one_connection(fake: FakeCluster) -> None:
+async def test_many_concurrent_requests_share_one_connection(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     rng = random.Random(3)
     async with client(fake.addrs, coalesce_sends=False) as c:
         await c.create_queue("q")
@@ -216,7 +244,9 @@ async def test_many_concurrent_requests_share_one_connection(fake: FakeCluster) 
     assert all(bodies[f"m{i}".encode()] == f"d{i}" for i in range(300))
 
 
-async def test_deadline_gives_cluster_unavailable(fake: FakeCluster) -> None:
+async def test_deadline_gives_cluster_unavailable(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     fake.leader_id = None
     async with client(fake.addrs, timeout_s=0.5) as c:
         t0 = trio.current_time()
@@ -232,7 +262,9 @@ async def test_deadline_gives_cluster_unavailable(fake: FakeCluster) -> None:
     assert fake.applied == []
 
 
-async def test_deadline_after_maybe_executed_is_outcome_unknown(fake: FakeCluster) -> None:
+async def test_deadline_after_maybe_executed_is_outcome_unknown(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     async with client(fake.addrs, timeout_s=0.6, request_timeout_s=0.2) as c:
         await c.create_queue("q")
         fake.faults["enqueue"] = ["hang"] * 20
@@ -242,20 +274,24 @@ async def test_deadline_after_maybe_executed_is_outcome_unknown(fake: FakeCluste
         # a read that gets no answer is tried again (elsewhere) after request_timeout_s
         fake.faults["list_queues"] = ["hang"]
         t0 = trio.current_time()
-        assert await c.list_queues() == ["q"]
+        assert await c.list_queues() == ["q", "q.dlq"]
         assert trio.current_time() - t0 >= 0.2
         assert len(fake.ops_at("list_queues", 1)) == 2
 
 
-async def test_pinned_node_status_and_cluster_status(fake: FakeCluster) -> None:
+async def test_pinned_node_status_and_cluster_status(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     async with client(fake.addrs) as c:
         assert await c.ping(fake.addr(2)) == 2
         st = await c.node_status(fake.addr(3))
         assert (st["node_id"], st["role"], st["leader_id"]) == (3, "follower", 1)
         fake.nodes[3].stop()
         cs = await c.cluster_status()
-        assert cs["leader_id"] == 1
-        assert cs["nodes"][2] == {"node_id": 3, "error": "unreachable"}
+        assert cs["leader_id"] == 1 and cs["term"] == 1
+        assert [n["node_id"] for n in cs["nodes"]] == [1, 2, 3]
+        assert [n.get("role") for n in cs["nodes"]] == ["leader", "follower", None]
+        assert cs["nodes"][2]["client_addr"] == fake.addr(3) and "error" in cs["nodes"][2]
         with pytest.raises(ClusterUnavailable, match=fake.addr(3)):
             await c.node_status(fake.addr(3), timeout_s=0.3)
         assert await c.transfer_leadership(to=2) == {"from": 1, "to": 2}
@@ -263,39 +299,71 @@ async def test_pinned_node_status_and_cluster_status(fake: FakeCluster) -> None:
         assert c.leader == fake.addr(2)
 
 
-async def test_frame_too_large_is_not_sent(fake: FakeCluster) -> None:
+async def test_frame_too_large_is_not_sent(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     async with client(fake.addrs, max_frame_bytes=1024) as c:
         with pytest.raises(FrameTooLarge, match="not sent"):
             await c.send("q", b"x" * 2000)
     assert fake.ops("enqueue") == []
 
 
-async def test_long_poll_receive(fake: FakeCluster) -> None:
+async def test_long_poll_receive(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     async with client(fake.addrs) as c:
         await c.create_queue("q")
 
-        async def later() -> None:
-            await trio.sleep(0.2)
+        async def later() -> None:  # once the receive waits at the leader
+            await fake.wait_until(lambda: fake.polls_waiting == 1)
             await c.send("q", b"late")
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(later)
             t0 = trio.current_time()
             [m] = await c.receive("q", wait_s=5)
-            assert m.body == b"late" and trio.current_time() - t0 < 2
+            assert m.body == b"late" and trio.current_time() - t0 < 1  # woken, not timed out
         assert fake.ops("receive")[0][1]["wait_ms"] == 5000
+        t0 = trio.current_time()
         assert await c.receive("q", wait_s=0.1) == []
+        assert trio.current_time() - t0 >= 0.1  # held for its wait_ms
+        assert fake.polls_waiting == 0
 
 
-async def test_connection_is_reopened_after_node_restart(fake: FakeCluster) -> None:
+async def test_expired_lease_comes_back_to_a_waiting_receive(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
+    async with client(fake.addrs) as c:
+        await c.create_queue("q", visibility_timeout_ms=1000)
+        await c.send("q", b"once")
+        [first] = await c.receive("q")
+        assert (await c.queue_stats("q"))["in_flight"] == 1
+        t0 = trio.current_time()
+        # nothing is ready: the long poll waits until the machine's timer ends the lease
+        [again] = await c.receive("q", wait_s=5)
+        assert 1.0 <= trio.current_time() - t0 < 1.5
+        assert (again.message_id, again.delivery_count) == (first.message_id, 2)
+        with pytest.raises(InvalidReceipt):
+            await c.ack("q", first.receipt)
+        # a lease that runs out while nobody asks is ended by the tick alone
+        await trio.sleep(1.5)
+        stats = await c.queue_stats("q")
+        assert (stats["ready"], stats["in_flight"], stats["redelivered"]) == (1, 0, 1)
+        assert (await c.ack("q", (await c.receive("q"))[0].receipt)).acked == 1
+
+
+async def test_connection_is_reopened_after_node_restart(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     async with client(fake.addrs) as c:
         await c.create_queue("q")
         fake.nodes[1].stop()
         fake.leader_id = None
-        await trio.sleep(0.05)
+        # the stopped node's tasks close its listener and connection (the client sees EOF)
+        await trio.testing.wait_all_tasks_blocked()
         await fake.restart(1)
         fake.leader_id = 1
-        assert await c.list_queues() == ["q"]
+        assert await c.list_queues() == ["q", "q.dlq"]
     assert fake.nodes[1].connections_accepted == 2
 
 
@@ -309,7 +377,9 @@ async def test_client_must_be_opened() -> None:
         AsyncClient("")
 
 
-async def test_concurrent_sends_share_enqueue_batch_requests(fake: FakeCluster) -> None:
+async def test_concurrent_sends_share_enqueue_batch_requests(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     async with client(fake.addrs) as c:
         await c.create_queue("q", max_message_bytes=100)
         fake.faults["enqueue_batch"] = ["delay:0.05"] * 50

@@ -1,4 +1,9 @@
-"""consume (async and blocking) and the blocking Client, against the fake cluster."""
+"""consume (async and blocking) and the blocking Client, against the fake cluster.
+
+The async tests run on trio's virtual clock (`autojump_clock`): leases, lease extensions and
+long polls take no wall time. The blocking client's test stays on the real clock, because its
+work happens in threads that trio cannot see (virtual time would jump while they run).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +11,16 @@ import threading
 
 import pytest
 import trio
+import trio.testing
 
 from cluster.client import AsyncClient, Client, Message
 from cluster.errors import ClusterUnavailable, QueueNotFound
 from tests.client.fake import FakeCluster
 
 
-async def test_consume_acks_nacks_and_extends_leases(fake: FakeCluster) -> None:
+async def test_consume_acks_nacks_and_extends_leases(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     async with AsyncClient(fake.addrs, timeout_s=5) as c:
         await c.create_queue("q")
         for i in range(6):
@@ -25,11 +33,10 @@ async def test_consume_acks_nacks_and_extends_leases(fake: FakeCluster) -> None:
             if m.text == "m2" and m.delivery_count == 1:
                 raise RuntimeError("boom")  # nacked, delivered again
             if m.text == "m4":
-                await trio.sleep(0.8)  # much longer than the 0.3 s lease
+                await trio.sleep(0.8)  # much longer than the 0.3 s lease (virtual time)
 
-        async def stop_when_empty() -> None:
-            while (await c.queue_stats("q"))["messages"]:
-                await trio.sleep(0.05)
+        async def stop_when_empty() -> None:  # every message acked
+            await fake.wait_until(lambda: fake.depth("q") == 0)
             stop.set()
 
         async with trio.open_nursery() as nursery:
@@ -49,7 +56,9 @@ async def test_consume_acks_nacks_and_extends_leases(fake: FakeCluster) -> None:
     assert all(a["max_messages"] <= 3 for a in fake.ops_at("receive", 1))
 
 
-async def test_consume_stops_promptly_and_raises_queue_not_found(fake: FakeCluster) -> None:
+async def test_consume_stops_promptly_and_raises_queue_not_found(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
     async with AsyncClient(fake.addrs, timeout_s=5) as c:
         await c.create_queue("q")
         stop = trio.Event()
@@ -57,14 +66,17 @@ async def test_consume_stops_promptly_and_raises_queue_not_found(fake: FakeClust
         async def handler(m: Message) -> None:
             raise AssertionError("no message expected")
 
-        async def stop_soon() -> None:
-            await trio.sleep(0.2)
+        async def stop_soon() -> None:  # once consume's receive waits at the leader
+            await fake.wait_until(lambda: fake.polls_waiting == 1)
             stop.set()
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(stop_soon)
+            t0 = trio.current_time()
             with trio.fail_after(2):  # a 20 s long poll in progress is cancelled by stop
                 await c.consume("q", handler, stop=stop)
+            assert trio.current_time() - t0 < 1
+        assert [a["wait_ms"] for a in fake.ops_at("receive", 1)] == [20_000]
         with pytest.raises(QueueNotFound):
             await c.consume("missing", handler)
 
