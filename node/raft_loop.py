@@ -10,10 +10,12 @@ replaced whenever the core reports a new soft state) and `applied_index` (the la
 application has applied: the one record of it outside the core and the machine). Each turn:
 
 1. feeds the pending ticks, lost peers, inbound messages, calls and proposals into the core;
-2. takes a `Ready` and follows its contract (node/raft/_ready.py): **persist** (one RocksDB
-   write batch, synced when it holds entries or term/vote, in a worker thread so the network
-   keeps flowing), then **send** the messages, then **apply** committed entries through the
-   `Application`, then report dropped proposals, then **advance**.
+2. takes each `Ready` and follows its contract (node/raft/_ready.py) through the one Ready
+   loop every driver uses (`follow_readies`, node/raft/_driver.py): **send early** (a leader's
+   appends), **persist** (one RocksDB write batch, synced when it holds entries or term/vote,
+   in a worker thread when large or slow so the network keeps flowing), **send** the rest,
+   **apply** committed entries through the `Application` and report dropped proposals,
+   **advance**, then feed what arrived meanwhile.
 
 While a write runs in its thread the core is left alone (RocksStorage is not thread-safe, and
 inputs that arrive meanwhile simply make the next batch larger: that is group commit).
@@ -54,6 +56,7 @@ from node.raft import (
     SoftState,
     Standing,
     Term,
+    follow_readies,
     lower_mark_before,
     raise_mark_after,
 )
@@ -139,6 +142,18 @@ class _Call:
     done: trio.Event = field(default_factory=trio.Event)
     result: Any = None
     error: Exception | None = None
+
+
+class _LoopIO:
+    """The loop's `ReadyIO` (node/raft/_driver.py): its own steps, bound once."""
+
+    __slots__ = ("send", "persist", "apply", "after_advance")
+
+    def __init__(self, loop: RaftLoop) -> None:
+        self.send = loop.transport.send
+        self.persist = loop._persist_step
+        self.apply = loop._apply_step
+        self.after_advance = loop._after_advance
 
 
 class ProposalFailed(Exception):
@@ -264,6 +279,7 @@ class RaftLoop:
         self._divergences = 0
         self._conflict: str | None = None
         self.view = LoopView(core.id, core.role, core.term, core.leader_id, core.standing)
+        self._io = _LoopIO(self)
         self.role_changed = trio.Event()
         self.stats: dict[str, int] = {
             "readies": 0, "synced_writes": 0, "entries_applied": 0, "proposals": 0,
@@ -385,11 +401,7 @@ class RaftLoop:
             await self._wake.wait()
             self._wake = trio.Event()
             self._feed()
-            while core.has_ready():
-                rd = core.ready()
-                await self._handle_ready(rd)
-                core.advance(rd)
-                self._feed()
+            await follow_readies(core, self._io)
             if core.conflict != self._conflict:
                 self._conflict = core.conflict
                 logger.error("%s; this node keeps its log (see docs/operations.md, Recovery)",
@@ -456,26 +468,23 @@ class RaftLoop:
             p.term = core.term
             self._waiting[p.index] = p
 
-    async def _handle_ready(self, rd: Ready) -> None:
+    # -- the Ready contract's steps (node/raft/_driver.py calls them in order) ---------------
+    async def _persist_step(self, rd: Ready) -> bool:
+        """Step 1: persist (and keep the durability mark true when there is one)."""
         self.stats["readies"] += 1
-        send = self.transport.send
-        # 0. A leader's appends go out while its own disk write runs (thesis 10.2.1).
-        for m in rd.early_messages:
-            send(m)
-        # 1. Persist: durable before any message that depends on it leaves.
         if self._marker is None:
             await self._persist(rd)
         else:
             await self._persist_marked(rd)
-        # 2. Send the rest (votes, append responses).
-        for m in rd.messages:
-            send(m)
-        # 3. Apply (or hold back while the state is being serialised).
+        return True
+
+    def _apply_step(self, rd: Ready) -> None:
+        """Steps 3 and 4: apply (or hold back while the state is being serialised), fail the
+        proposals the leader dropped, take in a new soft state."""
         if rd.snapshot is not None:
             self._apply_or_defer(rd.snapshot)
         for e in rd.committed_entries:
             self._apply_or_defer(e)
-        # 4. Dropped proposals: the leader lost office before they were known to commit.
         for index in rd.dropped:
             p = self._waiting.pop(index, None)
             if p is not None:
@@ -484,6 +493,9 @@ class RaftLoop:
                 ))
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
+
+    def _after_advance(self, rd: Ready) -> None:
+        self._feed()
 
     async def _persist(self, rd: Ready) -> None:
         """Step 1 of the Ready contract: one atomic write, synced when `rd.must_sync`."""

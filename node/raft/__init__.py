@@ -3,6 +3,9 @@
 See `RaftNode` for the calling rules and `Ready` for the persist, send, apply, advance contract.
 """
 
+from ._driver import ReadyIO as ReadyIO
+from ._driver import follow_readies as follow_readies
+from ._driver import run_sync as run_sync
 from ._durability import DurabilityMark as DurabilityMark
 from ._durability import assess_durability as assess_durability
 from ._durability import lower_mark_before as lower_mark_before

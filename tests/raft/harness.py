@@ -17,7 +17,36 @@ from node.raft import (
     Ready,
     Role,
     Term,
+    follow_readies,
+    run_sync,
 )
+
+
+class _NetIO:
+    """One node's `ReadyIO`: its in-memory disk, the shared outbox, its applied entries."""
+
+    def __init__(self, net: Net, i: int) -> None:
+        self.net = net
+        self.i = i
+
+    def send(self, msg: Message) -> None:
+        self.net.outbox.append(msg)
+
+    async def persist(self, rd: Ready) -> bool:
+        st = self.net.storage[self.i]
+        if rd.snapshot is not None:
+            st.apply_snapshot(rd.snapshot)
+        st.append(rd.entries)
+        if rd.hard_state is not None:
+            st.set_hard_state(rd.hard_state)
+        return True
+
+    def apply(self, rd: Ready) -> None:
+        self.net.applied[self.i].extend(rd.committed_entries)
+        self.net.readies[self.i].append(rd)
+
+    def after_advance(self, rd: Ready) -> None:
+        pass
 
 
 class Net:
@@ -68,24 +97,10 @@ class Net:
         self.applied[i] = []
 
     def drive(self) -> None:
-        """Run every live node's Ready loop once: persist, collect messages, apply, advance."""
+        """Run every live node's Ready loop (node/raft/_driver.py) until it has no Ready."""
         for i in self.ids:
-            if i in self.down:
-                continue
-            node = self.nodes[i]
-            while node.has_ready():
-                rd = node.ready()
-                self.outbox.extend(rd.early_messages)
-                st = self.storage[i]
-                if rd.snapshot is not None:
-                    st.apply_snapshot(rd.snapshot)
-                st.append(rd.entries)
-                if rd.hard_state is not None:
-                    st.set_hard_state(rd.hard_state)
-                self.outbox.extend(rd.messages)
-                self.applied[i].extend(rd.committed_entries)
-                self.readies[i].append(rd)
-                node.advance(rd)
+            if i not in self.down:
+                run_sync(follow_readies(self.nodes[i], _NetIO(self, i)))
 
     def deliver(self, rounds: int = 50, drop: Callable[[Message], bool] | None = None) -> int:
         """Deliver messages until quiet; returns how many were delivered."""

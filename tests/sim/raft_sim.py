@@ -47,9 +47,11 @@ from node.raft import (
     Term,
     UnavailableError,
     assess_durability,
+    follow_readies,
     lower_mark_before,
     mark_of,
     raise_mark_after,
+    run_sync,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -260,6 +262,28 @@ class SimNode:
 # ---------------------------------------------------------------------------------------------
 # The simulator
 # ---------------------------------------------------------------------------------------------
+
+
+class _SimIO:
+    """One node's `ReadyIO`: the simulator's network, disk, applied log and checks."""
+
+    __slots__ = ("sim", "sn")
+
+    def __init__(self, sim: Simulator, sn: SimNode) -> None:
+        self.sim = sim
+        self.sn = sn
+
+    def send(self, msg: Message) -> None:
+        self.sim._send(msg)
+
+    async def persist(self, rd: Ready) -> bool:
+        return await self.sim._persist_step(self.sn, rd)
+
+    def apply(self, rd: Ready) -> None:
+        self.sim._apply(self.sn, rd)
+
+    def after_advance(self, rd: Ready) -> None:
+        self.sim._after_ready(self.sn, rd)
 
 
 @dataclass
@@ -505,23 +529,17 @@ class Simulator:
     # -- the driver's Ready loop (persist, send, apply, advance) -----------------------------
     def _process_readies(self) -> None:
         for sn in self._alive():
-            core = sn.core
-            assert core is not None
-            while core.has_ready():
-                rd = core.ready()
-                for msg in rd.early_messages:
-                    self._send(msg)
-                if self.crash_per_mille and self.rng.randrange(1000) < self.crash_per_mille:
-                    # Crash after the leader's early sends, before this Ready is durable.
-                    self._crash(sn)
-                    self.restarts.append((self.now + self.rng.randint(1, 5), sn.id))
-                    break
-                self._persist(sn, rd)
-                for msg in rd.messages:
-                    self._send(msg)
-                self._apply(sn, rd)
-                core.advance(rd)
-                self._after_ready(sn, rd)
+            assert sn.core is not None
+            run_sync(follow_readies(sn.core, _SimIO(self, sn)))
+
+    async def _persist_step(self, sn: SimNode, rd: Ready) -> bool:
+        if self.crash_per_mille and self.rng.randrange(1000) < self.crash_per_mille:
+            # Crash after the leader's early sends, before this Ready is durable.
+            self._crash(sn)
+            self.restarts.append((self.now + self.rng.randint(1, 5), sn.id))
+            return False
+        self._persist(sn, rd)
+        return True
 
     def _persist(self, sn: SimNode, rd: Ready) -> None:
         st = sn.storage
