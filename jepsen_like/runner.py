@@ -25,7 +25,7 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -278,6 +278,8 @@ class Run:
         self.seed = opts.seed if opts.seed is not None else random.randrange(1 << 31)
         opts.seed = self.seed
         self.history = history if history is not None else History()
+        self.open_stream: Callable[[str, int], Awaitable[trio.abc.Stream]] = trio.open_tcp_stream
+        """How the clients connect to a node (TCP; the whole-node simulator: in memory)."""
         self.gen = Generator(opts.workload, self.seed)
         self.outcome = RunOutcome(opts, self.history, generator=self.gen)
         self.stop = trio.Event()
@@ -340,6 +342,7 @@ class Run:
             backoff_max_s=0.5,
             consumer_id=f"c{process}",
             rng=random.Random(f"{self.seed}/client/{process}"),
+            open_stream=self.open_stream,
         )
 
     async def node_statuses(self, timeout_s: float = 1.0) -> list[dict[str, Any]]:

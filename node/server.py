@@ -56,6 +56,37 @@ class RequestError(Exception):
         }
 
 
+def request_id_of(frame: object) -> int | None:
+    """The request id of a decoded frame: its integer `id`, else None."""
+    if isinstance(frame, dict):
+        req_id = frame.get("id")
+        if type(req_id) is int:
+            return req_id
+    return None
+
+
+def parse_request(frame: object) -> tuple[str, dict[Any, Any]]:
+    """The `op` and `args` of a decoded request frame (docs/protocol.md).
+
+    Raises:
+        RequestError: BAD_REQUEST when the frame is not a map, has no integer id, its op is
+            not a string or its args not a map (a missing or null args is an empty map).
+    """
+    if not isinstance(frame, dict):
+        raise RequestError("BAD_REQUEST", "a request must be a map")
+    if request_id_of(frame) is None:
+        raise RequestError("BAD_REQUEST", "a request needs an integer id")
+    op = frame.get("op")
+    if type(op) is not str:
+        raise RequestError("BAD_REQUEST", "op must be a string")
+    args = frame.get("args", {})
+    if args is None:
+        args = {}
+    if type(args) is not dict:
+        raise RequestError("BAD_REQUEST", "args must be a map")
+    return op, args
+
+
 class ClientServer:
     """Serves clients of one node.
 
@@ -187,22 +218,9 @@ class ClientServer:
         self, frame: object, out: trio.MemorySendChannel[bytes], limiter: trio.Semaphore
     ) -> None:
         try:
-            req_id: object = None
+            req_id = request_id_of(frame)
             try:
-                if not isinstance(frame, dict):
-                    raise RequestError("BAD_REQUEST", "a request must be a map")
-                req_id = frame.get("id")
-                if type(req_id) is not int:
-                    req_id = None
-                    raise RequestError("BAD_REQUEST", "a request needs an integer id")
-                op = frame.get("op")
-                if type(op) is not str:
-                    raise RequestError("BAD_REQUEST", "op must be a string")
-                args = frame.get("args", {})
-                if args is None:
-                    args = {}
-                if type(args) is not dict:
-                    raise RequestError("BAD_REQUEST", "args must be a map")
+                op, args = parse_request(frame)
                 self.stats["requests"] += 1
                 result = await self.dispatch(op, args)
                 reply: dict[str, Any] = {"id": req_id, "ok": True, "result": result}

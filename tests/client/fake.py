@@ -44,7 +44,7 @@ import trio
 
 from node import machine
 from node.codec import FrameDecoder, WireError, encode_frame
-from node.server import MAX_WAIT_MS, RequestError
+from node.server import MAX_WAIT_MS, RequestError, parse_request, request_id_of
 
 EPOCH_MS = 1_700_000_000_000
 """`now_ms` at trio time 0 (a MockClock starts there): a plausible wall clock."""
@@ -139,22 +139,9 @@ class FakeNode:
 
     async def _reply(self, frame: Any) -> dict[str, Any]:
         """The reply frame, checked as node/server.py `_serve_frame` checks it."""
-        req_id: Any = None
+        req_id = request_id_of(frame)
         try:
-            if not isinstance(frame, dict):
-                raise RequestError("BAD_REQUEST", "a request must be a map")
-            req_id = frame.get("id")
-            if type(req_id) is not int:
-                req_id = None
-                raise RequestError("BAD_REQUEST", "a request needs an integer id")
-            op = frame.get("op")
-            if type(op) is not str:
-                raise RequestError("BAD_REQUEST", "op must be a string")
-            args = frame.get("args", {})
-            if args is None:
-                args = {}
-            if type(args) is not dict:
-                raise RequestError("BAD_REQUEST", "args must be a map")
+            op, args = parse_request(frame)
             self.cluster._record(self.id, op, args)
             return {"id": req_id, "ok": True, "result": await self._dispatch(op, args)}
         except RequestError as exc:

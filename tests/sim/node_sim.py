@@ -45,7 +45,6 @@ import cbor2
 import trio
 import trio.testing
 
-from cluster.client import AsyncClient
 from jepsen_like.generator import QueueConf, Workload
 from jepsen_like.history import History
 from jepsen_like.runner import Run, RunOptions, check_outcome
@@ -449,21 +448,7 @@ class _SimRun(Run):
         super().__init__(opts, history)
         self.sim = sim
         self.addrs = [f"n{i}:{i}" for i in sorted(sim.nodes)]
-
-    def _client(self, process: int) -> AsyncClient:
-        k = process % len(self.addrs)
-        servers = self.addrs[k:] + self.addrs[:k]
-        return AsyncClient(
-            servers,
-            timeout_s=self.opts.op_timeout_s,
-            connect_timeout_s=0.5,
-            request_timeout_s=1.0,
-            backoff_initial_s=0.02,
-            backoff_max_s=0.5,
-            consumer_id=f"c{process}",
-            rng=random.Random(f"{self.seed}/client/{process}"),
-            open_stream=self.sim.open_stream,
-        )
+        self.open_stream = sim.open_stream
 
 
 class NodeSimulator:
