@@ -450,6 +450,19 @@ class _SimRun(Run):
         self.addrs = [f"n{i}:{i}" for i in sorted(sim.nodes)]
         self.open_stream = sim.open_stream
 
+    async def node_statuses(self, timeout_s: float = 1.0) -> list[dict[str, Any]]:
+        """Every node's `node_status` with its digest, asked of its request handling."""
+        sts: list[dict[str, Any]] = []
+        for n in self.sim.nodes.values():
+            if n.replica is None:
+                sts.append({"node_id": n.id, "error": "down"})
+            else:
+                with trio.move_on_after(timeout_s):
+                    sts.append(await n.replica.server.node_status(digest=True))
+                    continue
+                sts.append({"node_id": n.id, "error": "no answer"})
+        return sts
+
 
 class NodeSimulator:
     """One seeded whole-node run; see the module docstring. Use `simulate_node`.
@@ -600,24 +613,6 @@ class NodeSimulator:
                 await trio.sleep(0.05)
         return None
 
-    async def _final_statuses(self, timeout_s: float) -> list[dict[str, Any]]:
-        sts: list[dict[str, Any]] = []
-        with trio.move_on_after(timeout_s):
-            while True:
-                sts = []
-                for n in self.nodes.values():
-                    if n.replica is None:
-                        sts.append({"node_id": n.id, "error": "down"})
-                    else:
-                        sts.append(await n.replica.server.node_status(digest=True))
-                if all("error" not in s for s in sts) and all(
-                    len({str(s.get(k)) for s in sts}) == 1
-                    for k in ("commit_index", "applied_index", "digest")
-                ):
-                    break
-                await trio.sleep(0.2)
-        return sts
-
     async def main(self) -> tuple[dict[str, Any], History]:
         """Run the whole scenario; returns the checker's result and the history."""
         workload = Workload(
@@ -664,7 +659,7 @@ class NodeSimulator:
             run.phase = "drain"
             run.outcome.drain = await run._drain()
             self.log(f"drained {run.outcome.drain.get('received')}")
-            run.outcome.final_statuses = await self._final_statuses(20.0)
+            run.outcome.final_statuses = await run._final_statuses(20.0)
             nursery.cancel_scope.cancel()
         run.outcome.faults = self.faults
         self.counters.update({f"net_{k}": v for k, v in self.net.counters.items()})
