@@ -220,7 +220,8 @@ class RaftLoop:
         transport: sends messages to peers (never blocks).
         app: the application the committed entries are applied to.
         tick_s: length of one Raft tick in seconds.
-        snapshot_entries: take a snapshot after this many entries were applied since the last.
+        snapshot_entries: take a snapshot after this many entries were applied since the last
+            (the cluster configuration's `snapshot_entries`: no default here, so there is one).
         marker: where the durability mark is kept, with `mark` its current contents; None to
             keep no mark (tests).
         blocking: how storage writes that may block run (see `BlockingRunner`).
@@ -236,7 +237,7 @@ class RaftLoop:
         app: Application,
         *,
         tick_s: float,
-        snapshot_entries: int = 20000,
+        snapshot_entries: int,
         marker: MarkStore | None = None,
         mark: DurabilityMark | None = None,
         blocking: BlockingRunner = trio.to_thread.run_sync,
