@@ -156,6 +156,12 @@ class _LoopIO:
         self.after_advance = loop._after_advance
 
 
+class TransferFailed(Exception):
+    """A leadership transfer could not happen (code `UNAVAILABLE`: retryable)."""
+
+    code = "UNAVAILABLE"
+
+
 class ProposalFailed(Exception):
     """A proposal did not (certainly or maybe) take effect.
 
@@ -337,12 +343,16 @@ class RaftLoop:
         return c.result  # type: ignore[no-any-return]
 
     async def transfer_leadership(self, target: int | None = None) -> int | None:
-        """Ask the core to hand leadership to `target` (or the most caught-up peer).
+        """Ask the core to hand leadership to `target`, or to the most caught-up peer that
+        answered within the last election timeout (thesis 3.10). Returns at once; the core
+        abandons a transfer that did not happen within an election timeout.
 
-        Returns the chosen target, or None when this node does not lead or has no peer.
+        Returns the chosen target, or None when this node does not lead or no peer answers.
 
         Raises:
-            ValueError: `target` is not a voter of the cluster (from the core).
+            ValueError: `target` is this node or not a voter of the cluster (from the core).
+            TransferFailed: `target` has not answered this leader within an election timeout
+                (it is down or cut off), so the transfer could not happen.
         """
 
         def transfer(core: RaftNode) -> int | None:
@@ -353,11 +363,18 @@ class RaftLoop:
                 peers = [
                     (pr.match, pid)
                     for pid, pr in core.progress.items()
-                    if pid != core.id and pr.counts
+                    if pid != core.id and pr.counts and pr.recent_active
                 ]
                 if not peers:
                     return None
                 chosen = max(peers)[1]
+            else:
+                pr = core.progress.get(NodeId(chosen))
+                if pr is not None and chosen != core.id and not pr.recent_active:
+                    raise TransferFailed(
+                        f"node {chosen} has not answered this leader within an election "
+                        "timeout (down or cut off)"
+                    )
             core.transfer_leadership(NodeId(chosen))
             return chosen
 

@@ -199,8 +199,9 @@ class Replica:
         if not self.loop.is_leader:
             return
         with trio.move_on_after(timeout_s):
-            target = await self.loop.transfer_leadership()
+            target = await self.loop.transfer_leadership()  # a peer that answers, if any
             if target is None:
+                logger.info("no peer answers: stopping without a handover")
                 return
             logger.info("handing leadership to node %d", target)
             while self.loop.is_leader:

@@ -22,7 +22,7 @@ from node.actors import ActorSystem, Busy
 from node.app import QueueApp
 from node.codec import FrameDecoder, WireError, encode_frame
 from node.config import ClusterConfig, format_addr
-from node.raft_loop import ProposalFailed, RaftLoop
+from node.raft_loop import ProposalFailed, RaftLoop, TransferFailed
 
 logger = logging.getLogger("raftq.server")
 
@@ -327,17 +327,33 @@ class ClientServer:
             await self.actors.wait_wake(cmd.queue, remaining)
 
     async def _transfer(self, args: dict[Any, Any]) -> Any:
+        """Hand leadership over and wait until this node no longer leads (at most two
+        election timeouts), so that a success means it moved."""
         to = args.get("to")
         if to is not None and (type(to) is not int or to not in self.cfg.nodes):
             raise RequestError("BAD_REQUEST", "to must be a node id of this cluster")
         if not self.loop.is_leader:
             raise self._not_leader()
+        if to == self.node_id:
+            raise RequestError("BAD_REQUEST", f"node {to} already leads")
         try:
             target = await self.loop.transfer_leadership(to)
         except ValueError as exc:
             raise RequestError("BAD_REQUEST", str(exc)) from None
+        except TransferFailed as exc:
+            raise RequestError(exc.code, str(exc)) from None
         if target is None:
-            raise RequestError("UNAVAILABLE", "no peer to transfer leadership to")
+            if not self.loop.is_leader:
+                raise self._not_leader()
+            raise RequestError("UNAVAILABLE", "no peer answered this leader recently")
+        wait_s = 2 * self.cfg.election_ticks * self.cfg.tick_ms / 1000
+        with trio.move_on_after(wait_s):
+            while self.loop.is_leader:
+                await self.loop.role_changed.wait()
+        if self.loop.is_leader:
+            raise RequestError(
+                "UNAVAILABLE", f"leadership did not move to node {target} within {wait_s:g} s"
+            )
         return {"from": self.node_id, "to": target}
 
     # -- status ---------------------------------------------------------------------------------

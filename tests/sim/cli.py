@@ -15,9 +15,23 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 
 from tests.sim.node_sim import BUGS, simulate_node
 from tests.sim.raft_sim import simulate
+
+
+def _at_least(lo: float, kind: Callable[[str], float] = int) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo:g}, not {text}")
+        return value
+
+    return parse
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,19 +39,31 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="scripts/simulate", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--seeds", type=int, default=100, help="run seeds 0..N-1 (default 100)")
+    g.add_argument("--seeds", type=_at_least(1), default=100,
+                   help="run seeds 0..N-1 (default 100)")
     g.add_argument("--seed", type=int, help="run (replay) one seed and print its whole trace")
-    p.add_argument("--first-seed", type=int, default=0, help="start of the --seeds range")
+    p.add_argument("--first-seed", type=int, help="start of the --seeds range (default 0)")
     p.add_argument("--node", action="store_true",
                    help="simulate whole nodes (RaftLoop, app, actors, request handling)")
-    p.add_argument("--nodes", type=int, action="append",
+    p.add_argument("--nodes", type=_at_least(3), action="append",
                    help="cluster size (default: 3 and 5; with --node: 3)")
-    p.add_argument("--ticks", type=int, default=600, help="ticks with faults (default 600)")
-    p.add_argument("--duration", type=float, default=8.0,
+    p.add_argument("--ticks", type=_at_least(1),
+                   help="without --node: ticks with faults (default 600)")
+    p.add_argument("--duration", type=_at_least(0.5, float),
                    help="with --node: virtual seconds of workload with faults (default 8)")
     p.add_argument("--bug", choices=BUGS, help="with --node: plant this bug")
-    p.add_argument("--trace-lines", type=int, default=40, help="trace lines shown on failure")
+    p.add_argument("--trace-lines", type=_at_least(1), default=40,
+                   help="trace lines shown on failure")
     args = p.parse_args(argv)
+    if args.seed is not None and args.first_seed is not None:
+        p.error("--first-seed goes with --seeds, not --seed")
+    if args.node and args.ticks is not None:
+        p.error("--ticks is for the Raft-core simulator; with --node use --duration")
+    if not args.node and args.duration is not None:
+        p.error("--duration needs --node (the Raft-core simulator counts --ticks)")
+    args.first_seed = args.first_seed or 0
+    args.ticks = 600 if args.ticks is None else args.ticks
+    args.duration = 8.0 if args.duration is None else args.duration
     seeds = (
         [args.seed]
         if args.seed is not None

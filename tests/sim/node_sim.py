@@ -211,7 +211,8 @@ class SimNetwork:
         self._heap: list[tuple[float, int, int, bytes]] = []
         self._seq = 0
         self._changed = trio.Event()
-        self.counters = {"sent": 0, "delivered": 0, "dropped": 0, "blocked": 0, "duplicated": 0}
+        self.counters = {"sent": 0, "delivered": 0, "dropped": 0, "blocked": 0, "duplicated": 0,
+                         "to_down": 0}
 
     def endpoint(self, node_id: int) -> _Endpoint:
         return _Endpoint(self, node_id)
@@ -221,6 +222,9 @@ class SimNetwork:
 
         c = self.counters
         c["sent"] += 1
+        if self.inboxes.get(msg.to_id) is None:
+            c["to_down"] += 1
+            return
         if self.blocked[(msg.from_id, msg.to_id)]:
             c["blocked"] += 1
             return
@@ -250,7 +254,10 @@ class SimNetwork:
                 _, _, to, frame = heapq.heappop(heap)
                 inbox = self.inboxes.get(to)
                 msg = decode_raft_message(cbor2.loads(frame))
-                if inbox is None or self.blocked[(msg.from_id, msg.to_id)]:
+                if inbox is None:
+                    self.counters["to_down"] += 1
+                    continue
+                if self.blocked[(msg.from_id, msg.to_id)]:
                     self.counters["blocked"] += 1
                     continue
                 try:
@@ -525,6 +532,7 @@ class NodeSimulator:
     # -- nemesis ---------------------------------------------------------------------------
     async def _crash(self, node: SimNode, power_loss: bool, down_s: float, kind: str) -> None:
         if not node.up:
+            self.log(f"{kind} n{node.id}: no effect (it is down); not counted")
             return
         lost = await node.crash(power_loss=power_loss)
         self.counters["writes_lost_to_power_loss"] += lost
@@ -588,7 +596,11 @@ class NodeSimulator:
             if rep is not None:
                 target = await rep.loop.transfer_leadership()
                 self.log(f"transfer n{lead} -> {target}")
-                self._record(f.kind, target is not None, "no peer could take over")
+                with trio.move_on_after(1.0):  # 2.5 election timeouts
+                    while rep.loop.is_leader:
+                        await rep.loop.role_changed.wait()
+                self._record(f.kind, target is not None and not rep.loop.is_leader,
+                             "leadership did not move")
 
     def _record(self, kind: str, took_effect: bool, otherwise: str) -> None:
         """Count a fault as injected only when its effect was seen (else trace why not)."""
@@ -640,7 +652,7 @@ class NodeSimulator:
             for n in self.nodes.values():
                 await n.start()
             lead = await self._wait_leader(10.0)
-            self.log(f"leader n{lead}")
+            self.log(f"leader n{lead}" if lead is not None else "no leader within 10 s")
             async with run._client(0) as admin:
                 run.admin = admin
                 await run._create_queues()
@@ -654,7 +666,7 @@ class NodeSimulator:
                     await n.start()
             self.log("healed")
             lead = await self._wait_leader(20.0)
-            self.log(f"leader n{lead}")
+            self.log(f"leader n{lead}" if lead is not None else "no leader within 20 s")
             await trio.sleep(workload.max_visibility_timeout_ms / 1000 + 0.5)
             run.phase = "drain"
             run.outcome.drain = await run._drain()
@@ -699,6 +711,7 @@ def simulate_node(seed: int, *, nodes: int = 3, duration_s: float = 8.0,
     """Run one seed of the whole-node simulation (see the module docstring)."""
     from trio._core import _run as trio_run  # the scheduler switch trio sets for hypothesis
 
+    deterministic = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
     trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
     trio_run._r.seed(f"{seed}/scheduler")
     sim = NodeSimulator(seed, nodes=nodes, duration_s=duration_s, bug=bug)
@@ -711,10 +724,14 @@ def simulate_node(seed: int, *, nodes: int = 3, duration_s: float = 8.0,
         virtual_s = clock.current_time()
     finally:
         quiet.setLevel(level)
+        # Leave trio as it was for whatever runs next in this process.
+        trio_run._ALLOW_DETERMINISTIC_SCHEDULING = deterministic  # type: ignore[misc]
+        trio_run._r.seed()
     tq = result.get("total_queue", {})
     for name in result.get("failed_checks", []):
         section = result.get(name, {})
-        sim.trace.append(f"FAILED {name}: {json.dumps(_brief(section))[:400]}")
+        text = json.dumps(_brief(section))
+        sim.trace.append(f"FAILED {name}: {text if len(text) <= 600 else text[:600] + ' ...'}")
     return NodeSimResult(
         seed=seed,
         valid=bool(result.get("valid")),
