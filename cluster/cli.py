@@ -927,10 +927,11 @@ def leader() -> None:
 
 
 @leader.command("transfer")
-@click.option("--to", "to", type=int, help="Node id [the most up-to-date peer].")
+@click.option("--to", "to", type=int,
+              help="Node id [the most up-to-date peer that answers the leader].")
 @click.pass_context
 def leader_transfer(ctx: click.Context, to: int | None) -> None:
-    """Ask the leader to hand leadership over."""
+    """Ask the leader to hand leadership over; returns once it moved (UNAVAILABLE if it cannot)."""
     with _client(ctx) as c:
         result = c.transfer_leadership(to)
     click.echo(f"leadership transferred from node {result.get('from')} to node {result.get('to')}")
