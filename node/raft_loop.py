@@ -33,12 +33,24 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
+from node.loop_api import (
+    Application,
+    BlockingRunner,
+    LoopView,
+    MarkStore,
+    Persister,
+    Proposal,
+    ProposalFailed,
+    Sender,
+    TransferFailed,
+    run_inline,
+)
 from node.raft import (
     DurabilityMark,
     Entry,
@@ -61,7 +73,26 @@ from node.raft import (
     raise_mark_after,
 )
 
+__all__ = [
+    "INLINE_SYNC_MAX_BYTES",
+    "INLINE_SYNC_MAX_S",
+    "MARK_REFRESH_S",
+    "Application",
+    "BlockingRunner",
+    "LoopView",
+    "MarkStore",
+    "Persister",
+    "Proposal",
+    "ProposalFailed",
+    "RaftLoop",
+    "Sender",
+    "TransferFailed",
+    "run_inline",
+]
+
 logger = logging.getLogger("raftq.raft")
+
+T = TypeVar("T")
 
 INLINE_SYNC_MAX_BYTES = 64 * 1024
 """A synced write of at most this many entry bytes may run on the event loop itself ..."""
@@ -74,64 +105,6 @@ MARK_REFRESH_S = 0.25
 """How often the durability mark's log position follows the durable log (node/marker.py). A
 WAL cut exactly at a record boundary that removes only entries written since the last refresh
 is the one storage fault a node cannot see by itself (docs/architecture.md)."""
-
-
-class Application(Protocol):
-    """What the Raft loop drives: the replicated state machine and its side effects."""
-
-    def apply(self, entry: Entry) -> Any:
-        """Apply one committed NORMAL entry; returns the reply for its proposer."""
-        ...
-
-    def restore(self, data: bytes) -> None:
-        """Replace the whole state with a snapshot's data."""
-        ...
-
-    def snapshot(self) -> bytes:
-        """Serialise the whole state (at the last applied index)."""
-        ...
-
-    def on_leadership(self, leading: bool) -> None:
-        """This node began (True) or stopped (False) leading; `RaftLoop.view` already says so."""
-        ...
-
-
-T = TypeVar("T")
-
-BlockingRunner = Callable[..., Awaitable[Any]]
-"""How blocking storage work runs: `await runner(fn, *args)` returns `fn(*args)`. In production
-`trio.to_thread.run_sync` (a worker thread, so the network keeps flowing); the whole-node
-simulator (tests/sim/node_sim.py) runs it inline, so that no thread makes a run nondeterministic."""
-
-
-async def run_inline(fn: Callable[..., T], *args: Any) -> T:
-    """A `BlockingRunner` without threads: run `fn` at once, then let other tasks run."""
-    result = fn(*args)
-    await trio.lowlevel.checkpoint()
-    return result
-
-
-@dataclass(frozen=True, slots=True)
-class LoopView:
-    """What the loop publishes about leadership, replaced on every soft-state change.
-
-    Attributes:
-        node_id: this node.
-        role: its role in `term`.
-        term: its current term.
-        leader_id: the leader it knows of in `term`, or None.
-        standing: VOTER, or JOINING / REPAIRING while it may not vote (node/raft/_repair.py).
-    """
-
-    node_id: int
-    role: Role
-    term: int
-    leader_id: int | None
-    standing: Standing
-
-    @property
-    def is_leader(self) -> bool:
-        return self.role is Role.LEADER
 
 
 @dataclass(eq=False)
@@ -154,67 +127,6 @@ class _LoopIO:
         self.persist = loop._persist_step
         self.apply = loop._apply_step
         self.after_advance = loop._after_advance
-
-
-class TransferFailed(Exception):
-    """A leadership transfer could not happen (code `UNAVAILABLE`: retryable)."""
-
-    code = "UNAVAILABLE"
-
-
-class ProposalFailed(Exception):
-    """A proposal did not (certainly or maybe) take effect.
-
-    Attributes:
-        code: `NOT_LEADER` (not executed; `leader_id` is the hint), `UNAVAILABLE` (not executed:
-            the entry was replaced by another leader's), or `OUTCOME_UNKNOWN` (the leader lost
-            office before the entry was known to be committed; it may still commit).
-    """
-
-    def __init__(self, code: str, message: str, leader_id: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.leader_id = leader_id
-
-
-@dataclass(eq=False)
-class Proposal:
-    """One entry proposed through the loop; `done` is set once `result` or `error` is known."""
-
-    data: bytes
-    done: trio.Event = field(default_factory=trio.Event)
-    result: Any = None
-    error: ProposalFailed | None = None
-    index: int = 0
-    term: int = 0
-
-    def resolve(self, result: Any) -> None:
-        if not self.done.is_set():  # it may have timed out meanwhile
-            self.result = result
-            self.done.set()
-
-    def fail(self, error: ProposalFailed) -> None:
-        if not self.done.is_set():
-            self.error = error
-            self.done.set()
-
-
-class Persister(Protocol):
-    """The storage writes the loop needs (RocksStorage, or a test double)."""
-
-    def persist(self, ready: Ready) -> None: ...
-
-    def save_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None: ...
-
-
-class Sender(Protocol):
-    def send(self, msg: Message) -> None: ...
-
-
-class MarkStore(Protocol):
-    """Where the durability mark is written (node/marker.py's MarkerFile, or a test double)."""
-
-    def store(self, mark: DurabilityMark) -> None: ...
 
 
 class RaftLoop:

@@ -1,0 +1,147 @@
+"""What the Raft loop's users see: the application it drives, its published view, proposals
+and their failures, and the storage, network and mark interfaces it writes to.
+
+Split from node/raft_loop.py (the loop itself); node.raft_loop re-exports every name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import trio
+
+from node.raft import DurabilityMark, Entry, Index, Message, NodeId, Ready, Role, Standing
+
+__all__ = [
+    "Application",
+    "BlockingRunner",
+    "LoopView",
+    "MarkStore",
+    "Persister",
+    "Proposal",
+    "ProposalFailed",
+    "Sender",
+    "TransferFailed",
+    "run_inline",
+]
+
+
+class Application(Protocol):
+    """What the Raft loop drives: the replicated state machine and its side effects."""
+
+    def apply(self, entry: Entry) -> Any:
+        """Apply one committed NORMAL entry; returns the reply for its proposer."""
+        ...
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with a snapshot's data."""
+        ...
+
+    def snapshot(self) -> bytes:
+        """Serialise the whole state (at the last applied index)."""
+        ...
+
+    def on_leadership(self, leading: bool) -> None:
+        """This node began (True) or stopped (False) leading; `RaftLoop.view` already says so."""
+        ...
+
+
+T = TypeVar("T")
+
+BlockingRunner = Callable[..., Awaitable[Any]]
+"""How blocking storage work runs: `await runner(fn, *args)` returns `fn(*args)`. In production
+`trio.to_thread.run_sync` (a worker thread, so the network keeps flowing); the whole-node
+simulator (tests/sim/node_sim.py) runs it inline, so that no thread makes a run nondeterministic."""
+
+
+async def run_inline(fn: Callable[..., T], *args: Any) -> T:
+    """A `BlockingRunner` without threads: run `fn` at once, then let other tasks run."""
+    result = fn(*args)
+    await trio.lowlevel.checkpoint()
+    return result
+
+
+@dataclass(frozen=True, slots=True)
+class LoopView:
+    """What the loop publishes about leadership, replaced on every soft-state change.
+
+    Attributes:
+        node_id: this node.
+        role: its role in `term`.
+        term: its current term.
+        leader_id: the leader it knows of in `term`, or None.
+        standing: VOTER, or JOINING / REPAIRING while it may not vote (node/raft/_repair.py).
+    """
+
+    node_id: int
+    role: Role
+    term: int
+    leader_id: int | None
+    standing: Standing
+
+    @property
+    def is_leader(self) -> bool:
+        return self.role is Role.LEADER
+
+
+class TransferFailed(Exception):
+    """A leadership transfer could not happen (code `UNAVAILABLE`: retryable)."""
+
+    code = "UNAVAILABLE"
+
+
+class ProposalFailed(Exception):
+    """A proposal did not (certainly or maybe) take effect.
+
+    Attributes:
+        code: `NOT_LEADER` (not executed; `leader_id` is the hint), `UNAVAILABLE` (not executed:
+            the entry was replaced by another leader's), or `OUTCOME_UNKNOWN` (the leader lost
+            office before the entry was known to be committed; it may still commit).
+    """
+
+    def __init__(self, code: str, message: str, leader_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.leader_id = leader_id
+
+
+@dataclass(eq=False)
+class Proposal:
+    """One entry proposed through the loop; `done` is set once `result` or `error` is known."""
+
+    data: bytes
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: ProposalFailed | None = None
+    index: int = 0
+    term: int = 0
+
+    def resolve(self, result: Any) -> None:
+        if not self.done.is_set():  # it may have timed out meanwhile
+            self.result = result
+            self.done.set()
+
+    def fail(self, error: ProposalFailed) -> None:
+        if not self.done.is_set():
+            self.error = error
+            self.done.set()
+
+
+class Persister(Protocol):
+    """The storage writes the loop needs (RocksStorage, or a test double)."""
+
+    def persist(self, ready: Ready) -> None: ...
+
+    def save_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None: ...
+
+
+class Sender(Protocol):
+    def send(self, msg: Message) -> None: ...
+
+
+class MarkStore(Protocol):
+    """Where the durability mark is written (node/marker.py's MarkerFile, or a test double)."""
+
+    def store(self, mark: DurabilityMark) -> None: ...
