@@ -51,11 +51,11 @@ from node.loop_api import (
     TransferFailed,
     run_inline,
 )
+from node.loop_marks import MARK_REFRESH_S, MarkTracker
 from node.raft import (
     DurabilityMark,
     Entry,
     EntryKind,
-    HardState,
     Index,
     Message,
     NodeId,
@@ -67,10 +67,7 @@ from node.raft import (
     Snapshot,
     SoftState,
     Standing,
-    Term,
     follow_readies,
-    lower_mark_before,
-    raise_mark_after,
 )
 
 __all__ = [
@@ -100,12 +97,6 @@ INLINE_SYNC_MAX_BYTES = 64 * 1024
 INLINE_SYNC_MAX_S = 0.001
 """... while synced writes take less than this on average (else a worker thread does it, so a
 slow disk never stalls heartbeats)."""
-
-MARK_REFRESH_S = 0.25
-"""How often the durability mark's log position follows the durable log (node/marker.py). A
-WAL cut exactly at a record boundary that removes only entries written since the last refresh
-is the one storage fault a node cannot see by itself (docs/architecture.md)."""
-
 
 @dataclass(eq=False)
 class _Call:
@@ -186,14 +177,7 @@ class RaftLoop:
         self._serialized: tuple[int, bytes] | None = None
         self._nursery: trio.Nursery | None = None
         self._sync_s = 0.0  # moving average of a synced write's duration
-        self._marker = marker
-        self._mark = mark if mark is not None else DurabilityMark()
-        self._hard: HardState = core.log.storage.initial_state()[0]
-        last = core.log.storage.last_index()
-        self._durable_last: tuple[Index, Term] = (last, core.log.storage.term(last))
-        self._mark_refreshed_at: float | None = None  # trio time of the last refresh
-        self._mark_lock = trio.Lock()  # one mark write at a time; see _persist_marked
-        self._refresh_due = trio.Event()
+        self._marks: MarkTracker | None = None  # set below, once `stats` exists
         self._standing = core.standing
         self._divergences = 0
         self._conflict: str | None = None
@@ -205,6 +189,11 @@ class RaftLoop:
             "snapshots_taken": 0, "snapshots_installed": 0, "inline_synced_writes": 0,
             "marks_written": 0,
         }
+        if marker is not None:
+            self._marks = MarkTracker(
+                marker, mark if mark is not None else DurabilityMark(), core.log.storage,
+                blocking, self.stats,
+            )
 
     # -- API for other tasks (same trio thread) ------------------------------------------------
     def propose(self, datas: Sequence[bytes]) -> list[Proposal]:
@@ -304,8 +293,8 @@ class RaftLoop:
             self._nursery = nursery
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._reader, inbound)
-            if self._marker is not None:
-                nursery.start_soon(self._refresh_marks)
+            if self._marks is not None:
+                nursery.start_soon(self._marks.run)
             task_status.started()
             await self._ready_loop()
 
@@ -402,10 +391,10 @@ class RaftLoop:
     async def _persist_step(self, rd: Ready) -> bool:
         """Step 1: persist (and keep the durability mark true when there is one)."""
         self.stats["readies"] += 1
-        if self._marker is None:
+        if self._marks is None:
             await self._persist(rd)
         else:
-            await self._persist_marked(rd)
+            await self._marks.persist(rd, self._persist)
         return True
 
     def _apply_step(self, rd: Ready) -> None:
@@ -442,65 +431,6 @@ class RaftLoop:
             self._sync_s = 0.9 * self._sync_s + 0.1 * took_s
         elif rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             self.storage.persist(rd)  # a commit-index-only write: no fsync, fast enough inline
-
-    async def _persist_marked(self, rd: Ready) -> None:
-        """Persist `rd` and keep the durability mark true (node/raft/_durability.py).
-
-        A write that removes durable entries (a conflicting suffix, a snapshot over the log)
-        holds the mark lock, after lowering the mark if it vouches for what goes: no refresh
-        may raise the mark meanwhile. A new term, vote or standing is marked (synced) before
-        any message that depends on it is sent. The log position is refreshed every
-        `MARK_REFRESH_S` by `_refresh_marks`, in the background: no fsync on the hot path.
-        """
-        removes = rd.snapshot is not None or (
-            bool(rd.entries) and rd.entries[0].index <= self._durable_last[0]
-        )
-        if removes:
-            async with self._mark_lock:
-                lowered = lower_mark_before(self._mark, rd, self._core.log.storage)
-                if lowered is not None:
-                    await self._store_mark(lowered)
-                await self._persist(rd)
-                self._note_durable(rd)
-        else:
-            await self._persist(rd)
-            self._note_durable(rd)
-        if raise_mark_after(self._mark, self._hard, self._durable_last, refresh=False):
-            async with self._mark_lock:
-                raised = raise_mark_after(self._mark, self._hard, self._durable_last, False)
-                if raised is not None:  # (a refresh may have written it meanwhile)
-                    await self._store_mark(raised)
-        now = trio.current_time()
-        if self._mark_refreshed_at is None:
-            self._mark_refreshed_at = now
-        elif now - self._mark_refreshed_at >= MARK_REFRESH_S:
-            self._mark_refreshed_at = now
-            self._refresh_due.set()
-
-    def _note_durable(self, rd: Ready) -> None:
-        if rd.hard_state is not None:
-            self._hard = rd.hard_state
-        if rd.entries:
-            self._durable_last = (rd.entries[-1].index, rd.entries[-1].term)
-        elif rd.snapshot is not None:
-            self._durable_last = (rd.snapshot.meta.index, rd.snapshot.meta.term)
-
-    async def _refresh_marks(self) -> None:
-        """Move the mark's log position to the durable log, when the Ready loop asks."""
-        while True:
-            await self._refresh_due.wait()
-            self._refresh_due = trio.Event()
-            async with self._mark_lock:
-                moved = raise_mark_after(self._mark, self._hard, self._durable_last, True)
-                if moved is not None:
-                    await self._store_mark(moved)
-
-    async def _store_mark(self, mark: DurabilityMark) -> None:
-        """Write `mark` (in a worker thread); callers hold the mark lock."""
-        assert self._marker is not None
-        await self._blocking(self._marker.store, mark)
-        self._mark = mark
-        self.stats["marks_written"] += 1
 
     def _sync_inline(self, rd: Ready) -> bool:
         if rd.snapshot is not None or self._sync_s > INLINE_SYNC_MAX_S:
