@@ -37,6 +37,7 @@ import json
 import logging
 import random
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -64,7 +65,6 @@ from node.raft import (
     Standing,
     Term,
 )
-from node.raft_loop import run_inline
 from node.replica import Replica
 
 __all__ = ["BUGS", "NodeSimResult", "SimDisk", "SimNetwork", "simulate_node"]
@@ -99,19 +99,38 @@ class SimDisk:
     What the node reads is `mem`, everything written. `_durable` is what a power loss keeps:
     the state as of the last synced write.
 
+    A synced write takes virtual time (`latency_s()`, seeded: mostly 0.2 to 2 ms, sometimes
+    20 to 80 ms). Run by the node's worker (`in_worker`: the simulator's stand-in for
+    `trio.to_thread`), the time passes while other tasks run (`take_latency_s`); run inline
+    on the event loop, it stalls the whole node's trio run, as an inline fsync does (`jump`,
+    the mock clock's). So the loop's choice between the two (`INLINE_SYNC_MAX_S`) is exercised.
+
     Args:
         node_id: its node (for `path`).
         voters: the cluster's voters.
         skip_fsync: the planted bug `confirm-before-fsync`.
+        latency_s: seconds one synced write takes (None: no time).
+        jump: moves the virtual clock (`MockClock.jump`).
     """
 
-    def __init__(self, node_id: int, voters: tuple[NodeId, ...], skip_fsync: bool = False) -> None:
+    def __init__(self, node_id: int, voters: tuple[NodeId, ...], skip_fsync: bool = False,
+                 latency_s: Callable[[], float] | None = None,
+                 jump: Callable[[float], None] | None = None) -> None:
         self.path = Path(f"sim/n{node_id}/raft")
         self.mem = MemoryStorage(voters, Standing.JOINING)  # a new database starts JOINING
         self.created = True
         self.skip_fsync = skip_fsync
         self._durable = self._capture()
         self.unsynced_writes = 0  # writes since the last synced one: what a power loss takes
+        self.latency_s = latency_s
+        self.jump = jump
+        self.in_worker = False
+        self._owed_s = 0.0
+
+    def take_latency_s(self) -> float:
+        """The virtual time the worker's writes took since the last call."""
+        owed, self._owed_s = self._owed_s, 0.0
+        return owed
 
     def _capture(self) -> _Durable:
         return _Durable(self.mem.hard_state, self.mem.snap, list(self.mem.log))
@@ -152,6 +171,12 @@ class SimDisk:
         self._sync()
 
     def _sync(self) -> None:
+        if self.latency_s is not None:
+            took_s = self.latency_s()
+            if self.in_worker:
+                self._owed_s += took_s
+            elif self.jump is not None:
+                self.jump(took_s)
         if self.skip_fsync:
             self.unsynced_writes += 1
         else:
@@ -293,7 +318,15 @@ class SimNode:
     def __init__(self, sim: NodeSimulator, node_id: int) -> None:
         self.sim = sim
         self.id = node_id
-        self.disk = SimDisk(node_id, sim.voters, skip_fsync=sim.bug == "confirm-before-fsync")
+        rng = random.Random(f"{sim.seed}/disk/{node_id}")
+
+        def latency_s() -> float:
+            if rng.random() < 0.02:
+                return rng.uniform(0.02, 0.08)
+            return rng.uniform(0.0002, 0.002)
+
+        self.disk = SimDisk(node_id, sim.voters, skip_fsync=sim.bug == "confirm-before-fsync",
+                            latency_s=latency_s, jump=sim.jump)
         self.marks = SimMarks(node_id)
         self.replica: Replica | None = None
         self._scope: trio.CancelScope | None = None
@@ -326,7 +359,7 @@ class SimNode:
                 receive,
                 rng=random.Random(f"{sim.seed}/core/{self.id}/{self.starts}"),
                 clock_ms=sim.clock_ms,
-                blocking=run_inline,
+                blocking=self._worker,
                 perf_clock=trio.current_time,
             )
             self.starts += 1
@@ -345,6 +378,21 @@ class SimNode:
             self.replica = None
             self._nursery = None
             self._stopped.set()
+
+    async def _worker(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """The node's stand-in for `trio.to_thread.run_sync`: runs `fn` at once (no thread),
+        then lets the write's virtual time pass while the node's other tasks run."""
+        self.disk.in_worker = True
+        try:
+            result = fn(*args)
+        finally:
+            self.disk.in_worker = False
+        owed_s = self.disk.take_latency_s()
+        if owed_s:
+            await trio.sleep(owed_s)
+        else:
+            await trio.lowlevel.checkpoint()
+        return result
 
     async def crash(self, *, power_loss: bool) -> int:
         """Stop the node at once (a kill -9; with `power_loss`, unsynced writes are lost too).
@@ -479,14 +527,16 @@ class NodeSimulator:
         nodes: cluster size.
         duration_s: virtual seconds of workload with faults.
         bug: a planted bug from `BUGS`, or None.
+        jump: the mock clock's `jump`: synced writes then take virtual time (see `SimDisk`).
     """
 
     def __init__(self, seed: int, nodes: int = 3, duration_s: float = 8.0,
-                 bug: str | None = None) -> None:
+                 bug: str | None = None, jump: Callable[[float], None] | None = None) -> None:
         if bug is not None and bug not in BUGS:
             raise ValueError(f"unknown bug {bug!r}; known: {', '.join(BUGS)}")
         self.seed = seed
         self.bug = bug
+        self.jump = jump  # the mock clock's, for disk latency (None: writes take no time)
         self.duration_s = duration_s
         self.rng = random.Random(f"{seed}/nemesis")
         self.voters = tuple(NodeId(i) for i in range(1, nodes + 1))
@@ -714,11 +764,11 @@ def simulate_node(seed: int, *, nodes: int = 3, duration_s: float = 8.0,
     deterministic = trio_run._ALLOW_DETERMINISTIC_SCHEDULING
     trio_run._ALLOW_DETERMINISTIC_SCHEDULING = True  # type: ignore[misc]
     trio_run._r.seed(f"{seed}/scheduler")
-    sim = NodeSimulator(seed, nodes=nodes, duration_s=duration_s, bug=bug)
+    clock = trio.testing.MockClock(autojump_threshold=0)
+    sim = NodeSimulator(seed, nodes=nodes, duration_s=duration_s, bug=bug, jump=clock.jump)
     quiet = logging.getLogger("raftq")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)
-    clock = trio.testing.MockClock(autojump_threshold=0)
     try:
         result, history = trio.run(sim.main, clock=clock)
         virtual_s = clock.current_time()

@@ -39,6 +39,8 @@ def test_whole_node_seeds() -> None:
     for key in ("net_blocked", "net_dropped", "net_duplicated", "snapshots_taken",
                 "snapshots_installed", "writes_lost_to_power_loss", "entries_applied"):
         assert totals[key] > 0, f"no {key} in {SEEDS} seeds: {dict(totals)}"
+    # Synced writes ran both ways: inline on the event loop and in the node's worker.
+    assert 0 < totals["inline_synced_writes"] < totals["synced_writes"]
     assert acknowledged > 50 * SEEDS
     assert ops > 300 * SEEDS
 
