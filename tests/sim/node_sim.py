@@ -21,8 +21,8 @@ crashes the whole cluster at once, partitions, delays, drops and duplicates mess
 moves leadership. Afterwards everything heals, the drain empties every queue, and
 jepsen_like's checker judges the history, with every node's final status.
 
-Determinism (one seed, one history, byte for byte): no threads (storage work runs inline,
-`node.raft_loop.run_inline`); no real clock (the nodes' wall clock, the history's clocks and
+Determinism (one seed, one history, byte for byte): no threads (storage work runs in the node's
+worker stand-in, `SimNode._worker`); no real clock (the nodes' wall clock, the history's clocks and
 the timing of synced writes all read the mock clock); every random choice comes from the seed;
 and trio's scheduler is made deterministic the way trio does it for hypothesis: its
 `_ALLOW_DETERMINISTIC_SCHEDULING` switch (each batch of runnable tasks sorted by creation, then
