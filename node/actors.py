@@ -30,7 +30,8 @@ import trio
 from node import machine
 from node.app import EffectSink
 from node.entry import encode_entry
-from node.raft_loop import Proposal, ProposalFailed, RaftLoop
+from node.loop_api import Proposal, ProposalFailed
+from node.raft_loop import RaftLoop
 
 logger = logging.getLogger("raftq.actors")
 

@@ -1,7 +1,7 @@
 """What the Raft loop's users see: the application it drives, its published view, proposals
 and their failures, and the storage, network and mark interfaces it writes to.
 
-Split from node/raft_loop.py (the loop itself); node.raft_loop re-exports every name.
+Split from node/raft_loop.py (the loop itself): import these names from here.
 """
 
 from __future__ import annotations

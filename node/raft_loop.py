@@ -49,9 +49,8 @@ from node.loop_api import (
     ProposalFailed,
     Sender,
     TransferFailed,
-    run_inline,
 )
-from node.loop_marks import MARK_REFRESH_S, MarkTracker
+from node.loop_marks import MarkTracker
 from node.raft import (
     DurabilityMark,
     Entry,
@@ -70,22 +69,7 @@ from node.raft import (
     follow_readies,
 )
 
-__all__ = [
-    "INLINE_SYNC_MAX_BYTES",
-    "INLINE_SYNC_MAX_S",
-    "MARK_REFRESH_S",
-    "Application",
-    "BlockingRunner",
-    "LoopView",
-    "MarkStore",
-    "Persister",
-    "Proposal",
-    "ProposalFailed",
-    "RaftLoop",
-    "Sender",
-    "TransferFailed",
-    "run_inline",
-]
+__all__ = ["INLINE_SYNC_MAX_BYTES", "INLINE_SYNC_MAX_S", "RaftLoop"]
 
 logger = logging.getLogger("raftq.raft")
 

@@ -24,6 +24,7 @@ from node import machine
 from node.actors import ActorSystem, wall_clock_ms
 from node.app import QueueApp
 from node.config import ClusterConfig
+from node.loop_api import BlockingRunner, Sender
 from node.raft import (
     DurabilityMark,
     HardState,
@@ -37,7 +38,7 @@ from node.raft import (
     assess_durability,
     mark_of,
 )
-from node.raft_loop import BlockingRunner, RaftLoop, Sender
+from node.raft_loop import RaftLoop
 from node.server import ClientServer
 from node.storage import StorageError
 

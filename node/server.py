@@ -22,7 +22,8 @@ from node.actors import ActorSystem, Busy
 from node.app import QueueApp
 from node.codec import FrameDecoder, WireError, encode_frame
 from node.config import ClusterConfig, format_addr
-from node.raft_loop import ProposalFailed, RaftLoop, TransferFailed
+from node.loop_api import ProposalFailed, TransferFailed
+from node.raft_loop import RaftLoop
 
 logger = logging.getLogger("raftq.server")
 

@@ -10,6 +10,8 @@ from typing import Any
 import trio
 import trio.testing
 
+from node.loop_api import run_inline
+from node.loop_marks import MARK_REFRESH_S
 from node.raft import (
     Config,
     DurabilityMark,
@@ -22,7 +24,7 @@ from node.raft import (
     Ready,
     Role,
 )
-from node.raft_loop import MARK_REFRESH_S, RaftLoop, run_inline
+from node.raft_loop import RaftLoop
 
 
 class MemoryDisk:
