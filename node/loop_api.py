@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 import trio
 
@@ -24,7 +24,6 @@ __all__ = [
     "ProposalFailed",
     "Sender",
     "TransferFailed",
-    "run_inline",
 ]
 
 
@@ -48,19 +47,11 @@ class Application(Protocol):
         ...
 
 
-T = TypeVar("T")
-
 BlockingRunner = Callable[..., Awaitable[Any]]
 """How blocking storage work runs: `await runner(fn, *args)` returns `fn(*args)`. In production
 `trio.to_thread.run_sync` (a worker thread, so the network keeps flowing); the whole-node
-simulator (tests/sim/node_sim.py) runs it inline, so that no thread makes a run nondeterministic."""
-
-
-async def run_inline(fn: Callable[..., T], *args: Any) -> T:
-    """A `BlockingRunner` without threads: run `fn` at once, then let other tasks run."""
-    result = fn(*args)
-    await trio.lowlevel.checkpoint()
-    return result
+simulator runs it at once without a thread (`SimNode._worker`, tests/sim/node_sim.py), so that
+no thread makes a run nondeterministic."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import trio
 import trio.testing
 
-from node.loop_api import run_inline
 from node.loop_marks import MARK_REFRESH_S
 from node.raft import (
     Config,
@@ -25,6 +25,13 @@ from node.raft import (
     Role,
 )
 from node.raft_loop import RaftLoop
+
+
+async def run_inline(fn: Callable[..., Any], *args: Any) -> Any:
+    """A blocking-work runner without threads: run `fn` at once, then let other tasks run."""
+    result = fn(*args)
+    await trio.lowlevel.checkpoint()
+    return result
 
 
 class MemoryDisk:
