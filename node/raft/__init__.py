@@ -20,6 +20,7 @@ from ._node import Config as Config
 from ._node import PeerStatus as PeerStatus
 from ._node import RaftNode as RaftNode
 from ._node import Status as Status
+from ._ready import ReadState as ReadState
 from ._ready import Ready as Ready
 from ._ready import SoftState as SoftState
 from ._storage import MemoryStorage as MemoryStorage

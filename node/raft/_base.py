@@ -11,10 +11,12 @@ the sense of files: there is one object, and one owner (the driver) calls it.
 from __future__ import annotations
 
 import random
+from typing import TYPE_CHECKING
 
 from ._config import Config
 from ._log import RaftLog
 from ._progress import Progress
+from ._ready import ReadState
 from ._types import (
     AppendEntries,
     Heartbeat,
@@ -29,6 +31,9 @@ from ._types import (
     Term,
     TimeoutNow,
 )
+
+if TYPE_CHECKING:
+    from ._read_index import PendingRead
 
 
 class NodeState:
@@ -64,6 +69,10 @@ class NodeState:
     _heartbeat_round: int
     _join_nonce: int
     _join_answers: dict[NodeId, JoinQueryResponse]
+    pending_reads: list[PendingRead]
+    read_states: list[ReadState]
+    dropped_reads: list[int]
+    _term_start_index: Index
 
     @property
     def quorum(self) -> int:

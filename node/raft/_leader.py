@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ._errors import CompactedError
 from ._progress import Progress, ProgressState
-from ._repair import RepairRules
+from ._read_index import ReadIndexRules
 from ._types import (
     AppendEntries,
     AppendEntriesResponse,
@@ -28,7 +28,7 @@ CHUNK_RESEND_HEARTBEATS = 4
 """Heartbeat answers after which an unanswered snapshot chunk is sent again."""
 
 
-class LeaderReplication(RepairRules):
+class LeaderReplication(ReadIndexRules):
     """What a leader does to replicate its log and to learn what is committed."""
 
     def _tick_leader(self) -> None:
@@ -68,6 +68,7 @@ class LeaderReplication(RepairRules):
                         self._repair_signal(pr),
                     )
                 )
+        self._assign_reads(hb_round)
 
     def _durable_last_index(self) -> Index:
         log = self.log
@@ -209,6 +210,8 @@ class LeaderReplication(RepairRules):
         pr.recent_active = True
         if msg.round > pr.acked_round:
             pr.acked_round = msg.round
+            if self.pending_reads:
+                self._confirm_reads()
         pr.probe_sent = False
         if pr.state is ProgressState.SNAPSHOT:
             # Resend the chunk in case it was lost, but only once it has gone unanswered for

@@ -6,20 +6,21 @@ term); Ongaro's thesis (2014) for pre-vote (9.6), check-quorum / leader lease (6
 leadership transfer (3.10) and snapshots (chapter 5). Shape after etcd-io/raft's `raft.go`.
 
 Input arrives as calls: `tick()` (time, in ticks), `step(message)`, `propose(data)`,
-`transfer_leadership(target)`. Output leaves as data: `ready()` returns a `Ready` that the
-driver persists, sends and applies before calling `advance`. Randomness (election jitter) comes
+`read_index(ctx)` (a linearizable read, thesis 6.4), `transfer_leadership(target)`. Output
+leaves as data: `ready()` returns a `Ready` that the driver persists, sends and applies before
+calling `advance`. Randomness (election jitter) comes
 from the injected `random.Random`. Only one Ready may be outstanding at a time; `tick`, `step`
 and `propose` may be called between `ready()` and `advance()`.
 
 The class is assembled from parts, one job per module: this one holds the public surface,
 roles, term rules and elections; the leader's replication is in _leader.py, the follower's in
-_follower.py, the storage-fault rules (joining, repair) in _repair.py, shared state in _base.py.
+_follower.py, the storage-fault rules (joining, repair) in _repair.py, ReadIndex in
+_read_index.py, shared state in _base.py.
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 
 from ._config import Config as Config
 from ._errors import NotLeader, ProposalDropped
@@ -27,7 +28,10 @@ from ._follower import FollowerReplication
 from ._leader import LeaderReplication
 from ._log import RaftLog
 from ._progress import Progress
-from ._ready import Ready, SoftState
+from ._read_index import PendingRead
+from ._ready import ReadState, Ready, SoftState
+from ._status import PeerStatus as PeerStatus
+from ._status import Status as Status
 from ._storage import Storage
 from ._types import (
     AppendEntries,
@@ -52,39 +56,6 @@ from ._types import (
     Term,
     TimeoutNow,
 )
-
-
-@dataclass(frozen=True, slots=True)
-class PeerStatus:
-    """Replication status of one peer, as the leader sees it."""
-
-    match_index: Index
-    next_index: Index
-    state: str
-    recent_active: bool
-    repairing: bool = False
-    repair_target: Index | None = None
-    diverged: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Status:
-    """What an operator wants to know about a node."""
-
-    id: NodeId
-    role: Role
-    term: Term
-    leader_id: NodeId | None
-    vote: NodeId | None
-    commit_index: Index
-    applied_index: Index
-    last_index: Index
-    first_index: Index
-    voters: tuple[NodeId, ...]
-    peers: dict[NodeId, PeerStatus] = field(default_factory=dict)
-    standing: Standing = Standing.VOTER
-    repair_reason: str | None = None
-    conflict: str | None = None
 
 
 class RaftNode(LeaderReplication, FollowerReplication):
@@ -169,6 +140,12 @@ class RaftNode(LeaderReplication, FollowerReplication):
         self.conflict: str | None = None
         # Leader: followers' changes of standing, drained and logged by the driver.
         self.repair_events: list[str] = []
+        # Leader: ReadIndex (node/raft/_read_index.py): reads waiting for confirmation, and
+        # the outcomes for the next Ready. `_term_start_index` is this term's no-op.
+        self.pending_reads: list[PendingRead] = []
+        self.read_states: list[ReadState] = []
+        self.dropped_reads: list[int] = []
+        self._term_start_index = Index(0)
 
     # =========================================================================================
     # Public surface
@@ -282,10 +259,13 @@ class RaftNode(LeaderReplication, FollowerReplication):
         if self._outstanding is not None:
             return False
         self._flush_appends()
+        self._flush_reads()
         log = self.log
         return bool(
             self.msgs
             or self.early_msgs
+            or self.read_states
+            or self.dropped_reads
             or log.unstable_entries
             or log.unstable_snapshot is not None
             or log.has_next_committed_entries()
@@ -303,6 +283,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
         if self._outstanding is not None:
             raise RuntimeError("ready() called again before advance()")
         self._flush_appends()
+        self._flush_reads()
         log = self.log
         hard = self._hard_state()
         soft = self._soft_state()
@@ -324,10 +305,14 @@ class RaftNode(LeaderReplication, FollowerReplication):
             or hard.term != self._prev_hard.term
             or hard.vote != self._prev_hard.vote
             or hard.standing != self._prev_hard.standing,
+            read_states=tuple(self.read_states),
+            dropped_reads=tuple(self.dropped_reads),
         )
         self.msgs = []
         self.early_msgs = []
         self.dropped = []
+        self.read_states = []
+        self.dropped_reads = []
         self._prev_hard = hard
         self._prev_soft = soft
         self._outstanding = rd
@@ -399,6 +384,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
     def _reset(self, term: Term) -> None:
         if self.role is Role.LEADER:
             self._drop_pending_proposals()  # before the term changes: they are of the old term
+            self._drop_pending_reads()
         if self.term != term:
             self.term = term
             self.vote = None
@@ -455,7 +441,9 @@ class RaftNode(LeaderReplication, FollowerReplication):
                 pr.become_replicate()
                 pr.recent_active = True
             self.progress[pid] = pr
-        # Paper 5.4.2 / 8: a no-op entry of the new term lets earlier entries commit.
+        # Paper 5.4.2 / 8: a no-op entry of the new term lets earlier entries commit; reads
+        # wait until it is committed (thesis 6.4).
+        self._term_start_index = Index(last + 1)
         self._append_entries_as_leader([Entry(self.term, Index(last + 1), EntryKind.NOOP)])
 
     def _campaign(self, transfer: bool) -> None:

@@ -17,7 +17,9 @@ After etcd-io/raft's Ready (README, "Usage"). The contract, in this order:
    `committed_entries` in order. They are durable on a majority; a client may be answered once
    its entry is applied.
 4. Tell the proposers of `dropped` that the outcome of their proposal is unknown (it may or may
-   not commit: the leader lost office).
+   not commit: the leader lost office). Answer each read of `read_states` once the application
+   has applied up to its `index` (its leadership is confirmed: node/raft/_read_index.py); tell
+   the readers of `dropped_reads` that this node no longer leads. Neither depends on step 1.
 5. Call `advance(ready)` with this same object.
 """
 
@@ -39,6 +41,19 @@ class SoftState:
 
 
 @dataclass(frozen=True, slots=True)
+class ReadState:
+    """A read whose leadership check passed (ReadIndex, thesis 6.4).
+
+    Attributes:
+        ctx: the id the driver gave `RaftNode.read_index`.
+        index: the read index: answer once the application has applied up to it.
+    """
+
+    ctx: int
+    index: Index
+
+
+@dataclass(frozen=True, slots=True)
 class Ready:
     """One batch of work for the driver. See the module docstring for the order of the steps.
 
@@ -53,6 +68,8 @@ class Ready:
         dropped: log indexes of proposals whose outcome became unknown (leader stepped down).
         must_sync: True when `entries` or term/vote changed (fsync needed); a commit-only change
             may be written without sync.
+        read_states: reads confirmed since the last Ready, in the order they were asked.
+        dropped_reads: the `ctx` of reads that will never be confirmed (the leader lost office).
     """
 
     hard_state: HardState | None
@@ -64,3 +81,5 @@ class Ready:
     soft_state: SoftState | None
     dropped: tuple[Index, ...]
     must_sync: bool
+    read_states: tuple[ReadState, ...] = ()
+    dropped_reads: tuple[int, ...] = ()

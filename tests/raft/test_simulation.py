@@ -9,7 +9,7 @@ import random
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from node.raft import Config, Index, NodeId, RaftNode, RequestVoteResponse
+from node.raft import Config, Index, NodeId, RaftNode, ReadState, RequestVoteResponse
 from tests.sim.raft_sim import FAULT_KINDS, Fault, SimResult, Simulator, simulate
 
 SEEDS = int(os.environ.get("RAFTQ_SIM_SEEDS", "500"))
@@ -54,6 +54,8 @@ def test_seeds() -> None:
         "disk_truncate",
         "disk_corrupt",
         "repaired",
+        "reads_confirmed",
+        "reads_dropped",
     ):
         assert totals.get(key, 0) > 0, f"no {key} in {SEEDS} seeds: {totals}"
     assert sum(r.acked for r in results) > 50 * len(results)
@@ -179,6 +181,16 @@ class NeverTruncates(RaftNode):
         self._send(AppendEntriesResponse(self.term, self.id, msg.from_id, True, last))
 
 
+class ConfirmsReadsAtOnce(RaftNode):
+    """Broken: answers a read from its commit index at once, without a heartbeat round (what
+    a leader answering from its applied state does)."""
+
+    def read_index(self, ctx: int) -> None:
+        super().read_index(ctx)
+        self.pending_reads.pop()
+        self.read_states.append(ReadState(ctx, self.log.committed))
+
+
 def first_violation(factory: type[RaftNode], budget: int) -> tuple[int, str] | None:
     for seed in range(budget):
         for n in (3, 5):
@@ -209,6 +221,12 @@ def test_checker_catches_a_vote_that_is_not_persisted() -> None:
 def test_checker_catches_a_follower_that_keeps_conflicting_entries() -> None:
     found = first_violation(NeverTruncates, 50)
     assert found is not None, "conflicting entries kept by a follower went unnoticed"
+
+
+def test_checker_catches_a_leader_that_reads_without_confirming() -> None:
+    found = first_violation(ConfirmsReadsAtOnce, 40)
+    assert found is not None, "a stale read from a deposed leader went unnoticed"
+    assert found[1] == "linearizable-read"
 
 
 def test_checker_reports_liveness_failure() -> None:

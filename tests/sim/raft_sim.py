@@ -7,8 +7,10 @@ the nemesis (partitions, crashes, restarts, leadership transfers, compaction) an
 
 After every tick the simulator checks the safety properties of the Raft paper (Figure 3):
 election safety, leader append-only, log matching, leader completeness, state machine safety;
-plus: commit and applied index never go back, and nothing reported committed to a proposer is
-ever lost. After the faults stop it checks liveness: a leader within a bounded number of ticks,
+plus: commit and applied index never go back, nothing reported committed to a proposer is
+ever lost, and reads are linearizable (ReadIndex, thesis 6.4): a read's index is never below an
+index some leader had committed before the read was asked, so the state it is answered from
+holds every write committed before it began. After the faults stop it checks liveness: a leader within a bounded number of ticks,
 and every node converges to the same applied log.
 
 A node's "disk" is its `MemoryStorage`; a crash drops the `RaftNode` and the applied state and
@@ -385,6 +387,9 @@ class Simulator:
         self.pending: dict[tuple[int, int], tuple[int, bytes]] = {}  # (node, index) -> (term, data)
         self.acked: dict[int, tuple[int, bytes]] = {}  # index -> (term, data), told "committed"
         self.counter = 0
+        # Reads: (node, ctx) -> the highest index committed anywhere when the read was asked.
+        self.reads: dict[tuple[int, int], int] = {}
+        self.read_rng = random.Random(f"{seed}/reads")
         self.faults_injected = 0
         self.elections = 0
         self.counters: dict[str, int] = {}
@@ -435,6 +440,8 @@ class Simulator:
         self.now += 1
         if allow_proposals and self.rng.randrange(100) < self.propose_pct:
             self._propose()
+        if allow_proposals and self.read_rng.randrange(100) < self.propose_pct:
+            self._read()
         for sn in self._alive():
             assert sn.core is not None
             sn.core.tick()
@@ -495,6 +502,22 @@ class Simulator:
         for n, d in enumerate(datas):
             self.pending[(sn.id, first + n)] = (sn.core.term, d)
         self._count("proposals")
+
+    def _read(self) -> None:
+        """A client asks a node that believes it leads (a deposed one as often as the real
+        one) for a linearizable read."""
+        leaders = [sn for sn in self._alive() if sn.core is not None and sn.core.is_leader]
+        sn = self.read_rng.choice(leaders or self._alive() or [None])
+        if sn is None or sn.core is None:
+            return
+        self.counter += 1
+        try:
+            sn.core.read_index(self.counter)
+        except NotLeader:
+            self._count("reads_refused")
+            return
+        self.reads[(sn.id, self.counter)] = self.max_committed
+        self._count("reads")
 
     # -- network ----------------------------------------------------------------------------
     def _send(self, msg: Message) -> None:
@@ -605,6 +628,18 @@ class Simulator:
         for index in rd.dropped:
             self.pending.pop((sn.id, index), None)
             self._count("proposals_unknown")
+        for rs in rd.read_states:
+            floor = self.reads.pop((sn.id, rs.ctx))
+            if rs.index < floor:
+                raise Violation(
+                    "linearizable-read",
+                    f"n{sn.id} confirmed read {rs.ctx} at index {rs.index}, but index {floor} "
+                    "was committed before the read was asked (a stale read)",
+                )
+            self._count("reads_confirmed")
+        for ctx in rd.dropped_reads:
+            del self.reads[(sn.id, ctx)]
+            self._count("reads_dropped")
 
     def _after_ready(self, sn: SimNode, rd: Ready) -> None:
         core = sn.core
@@ -743,6 +778,8 @@ class Simulator:
         lost = len(core.log.unstable_entries)
         for key in [k for k in self.pending if k[0] == sn.id]:
             del self.pending[key]
+        for key in [k for k in self.reads if k[0] == sn.id]:
+            del self.reads[key]
         sn.crash()
         for other in self._alive():
             assert other.core is not None
