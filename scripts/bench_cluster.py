@@ -11,6 +11,11 @@ directory) with `cluster.launcher.Launcher`, and prints, for 1 KiB bodies:
   acked with one call);
 * p50 and p99 confirm latency at 1,000 sends/s offered (open loop, counted from the time each
   send was due);
+* queue_stats latency at 1,000 sends/s: the same open-loop producer, and meanwhile one reader
+  (its own client, to the leader) calling `queue_stats` on that queue one at a time; its p50,
+  p99 and count, and the sends achieved per second with their p50/p99 in that window (and as a
+  percentage of the plain row's achieved rate); `--only reads` runs just the plain row and
+  this one;
 * failover: the leader is sent SIGKILL during the 1,000-in-flight load; the time until the next
   confirmed send started after the kill;
 * repair of a wiped follower: with a backlog of `--repair-backlog` queued messages (filled with
@@ -31,7 +36,7 @@ A confirmed send is one whose reply came: committed on a majority, fsynced and a
 Everything it started is stopped by pid at the end (also on Ctrl-C) and its data removed.
 
 Usage: scripts/bench cluster [--seconds S] [--backlog N] [--repair-backlog N] [--repair-load N]
-                             [--repair-fill batch|single] [--only repair] [--quick]
+                             [--repair-fill batch|single] [--only repair|reads] [--quick]
                              [--keep-data] [--json FILE]
        scripts/bench repair [options]       (the same as --only repair)
 """
@@ -51,6 +56,7 @@ sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from bench_peers.common import code_version  # noqa: E402
 from bench_peers.raftq_peer import RaftqSystem  # noqa: E402
+from bench_peers.raftq_reads import stats_under_load  # noqa: E402
 
 
 def _fmt(value: Any, unit: str = "") -> str:
@@ -112,6 +118,45 @@ def repair_rows(
     return rows
 
 
+def paced_row(system: RaftqSystem, rate_per_s: float, seconds_s: float) -> tuple[
+    tuple[str, str, str], float | None
+]:
+    """The plain `latency at N sends/s offered` row, and its achieved sends/s."""
+    r = system.paced(rate_per_s, seconds_s)
+    row = (
+        f"latency at {rate_per_s:,.0f} sends/s offered",
+        f"p50 {_fmt(r['p50_ms'], ' ms')}, p99 {_fmt(r['p99_ms'], ' ms')}",
+        f"achieved {_fmt(r['achieved_per_s'], '/s')}, max {_fmt(r['max_ms'], ' ms')}",
+    )
+    return row, r["achieved_per_s"]
+
+
+def reads_rows(
+    system: RaftqSystem, rate_per_s: float, seconds_s: float, plain_per_s: float | None
+) -> list[tuple[str, str, str]]:
+    """Two rows: queue_stats latency while `rate_per_s` sends/s are offered for `seconds_s`,
+    and the sends of that window (achieved/s also as % of `plain_per_s`, the plain row's)."""
+    r = stats_under_load(system, rate_per_s, seconds_s)
+    versus = ""
+    if plain_per_s and r["sends_per_s"] is not None:
+        versus = f" ({r['sends_per_s'] / plain_per_s * 100:.1f} % of the plain row's)"
+    errors = f", {r['stats_errors']} errors" if r["stats_errors"] else ""
+    return [
+        (
+            f"queue_stats latency at {rate_per_s:,.0f} sends/s",
+            f"p50 {_fmt(r['stats_p50_ms'], ' ms')}, p99 {_fmt(r['stats_p99_ms'], ' ms')}",
+            f"one reader, one at a time: n={r['stats_n']:,}, {_fmt(r['stats_per_s'], '/s')},"
+            f" max {_fmt(r['stats_max_ms'], ' ms')}{errors}",
+        ),
+        (
+            "  sends during those reads",
+            f"p50 {_fmt(r['sends_p50_ms'], ' ms')}, p99 {_fmt(r['sends_p99_ms'], ' ms')}",
+            f"achieved {_fmt(r['sends_per_s'], '/s')}{versus}, max"
+            f" {_fmt(r['sends_max_ms'], ' ms')}, n={r['sends_n']:,}",
+        ),
+    ]
+
+
 def run(
     seconds_s: float,
     backlog: int,
@@ -137,6 +182,11 @@ def run(
         if only == "repair":
             rows.extend(repair_rows(system, repair_backlog, repair_load, notes, repair_fill))
             return rows
+        if only == "reads":
+            row, plain_per_s = paced_row(system, paced_rate_per_s, seconds_s)
+            rows.append(row)
+            rows.extend(reads_rows(system, paced_rate_per_s, seconds_s, plain_per_s))
+            return rows
         r = system.one_at_a_time(seconds_s)
         rows.append((
             "1 producer, one at a time", _fmt(r["rate_per_s"], " sends/s"),
@@ -153,12 +203,9 @@ def run(
             f"receive + ack, backlog {backlog:,}", _fmt(r["rate_per_s"], " msgs/s"),
             f"batches of 100; fill {_fmt(r['fill_rate_per_s'], ' msgs/s')} (send_batch)",
         ))
-        r = system.paced(paced_rate_per_s, seconds_s)
-        rows.append((
-            f"latency at {paced_rate_per_s:,.0f} sends/s offered",
-            f"p50 {_fmt(r['p50_ms'], ' ms')}, p99 {_fmt(r['p99_ms'], ' ms')}",
-            f"achieved {_fmt(r['achieved_per_s'], '/s')}, max {_fmt(r['max_ms'], ' ms')}",
-        ))
+        row, plain_per_s = paced_row(system, paced_rate_per_s, seconds_s)
+        rows.append(row)
+        rows.extend(reads_rows(system, paced_rate_per_s, seconds_s, plain_per_s))
         r = system.in_flight(1000, seconds_s * 2, producers=16, kill_leader_at_s=seconds_s)
         rows.append((
             "failover (leader SIGKILL)", _fmt(r["failover_ms"], " ms"),
@@ -191,7 +238,9 @@ def main() -> int:
     p.add_argument("--repair-fill", choices=("batch", "single"), default="batch",
                    help="backlog filled with send_batch (one entry per 100 messages: no snapshot)"
                         " or one send per message (the leader snapshots; the repair installs one)")
-    p.add_argument("--only", choices=("repair",), help="only this measurement (and the start)")
+    p.add_argument("--only", choices=("repair", "reads"),
+                   help="only this measurement (and the start); reads: the plain latency at"
+                        " --rate sends/s offered, then queue_stats latency at that rate")
     p.add_argument("--quick", action="store_true",
                    help="2 s measurements, backlogs 5,000")
     p.add_argument("--keep-data", action="store_true",
