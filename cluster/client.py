@@ -9,8 +9,10 @@ How a call is made:
   in flight on one connection (a reader task routes replies to their callers by id; a writer
   task coalesces the frames that are ready into one `send_all`).
 * A call starts at the last known leader (else the first address). `NOT_LEADER` with a `leader`
-  address redirects there at once (a new address is added to the known ones); `NOT_LEADER`
-  without one, `UNAVAILABLE`, `BUSY`, a refused connection or one lost before the request was
+  address redirects there at once (a new address is added to the known ones, as are the
+  `nodes` a NOT_LEADER lists); `NOT_LEADER` without one (that node knows no leader: an election,
+  or it is cut off) tries the next address at once too, once round the known nodes, then with
+  backoff; `UNAVAILABLE`, `BUSY`, a refused connection or one lost before the request was
   written try the next address after an exponential backoff with jitter (tenacity), until the
   call's deadline (`timeout_s`). Then `ClusterUnavailable`: nothing was executed.
 * Idempotency. `send`, `send_batch` and `publish` give every message a deduplication id (the
@@ -502,27 +504,40 @@ class _Connection:
 class _Retry(Exception):
     """An attempt failed in a way that allows another attempt (maybe elsewhere).
 
-    `cut` marks an attempt stopped by the call's deadline: its reason says less than the
-    failure before it, which the final error reports instead.
+    `redirect`: sent to the leader a node named. `next_node`: the node knows no leader, so the
+    next one is asked. `cut` marks an attempt stopped by the call's deadline: its reason says
+    less than the failure before it, which the final error reports instead.
     """
 
-    def __init__(self, reason: str, *, redirect: bool = False, cut: bool = False) -> None:
+    def __init__(
+        self, reason: str, *, redirect: bool = False, next_node: bool = False, cut: bool = False
+    ) -> None:
         super().__init__(reason)
         self.redirect = redirect
+        self.next_node = next_node
         self.cut = cut
 
 
 class _Backoff(wait_base):
-    """Exponential backoff with jitter, clamped to the deadline; redirects go at once."""
+    """Exponential backoff with jitter, clamped to the deadline. Redirects go at once (up to
+    `_FAST_REDIRECTS` in a row), and so does the first pass over the other nodes when nodes
+    answer that they know no leader (`known_nodes()` is how many addresses the client knows)."""
 
     def __init__(
-        self, deadline: float, initial_s: float, max_s: float, rng: random.Random
+        self,
+        deadline: float,
+        initial_s: float,
+        max_s: float,
+        rng: random.Random,
+        known_nodes: Callable[[], int] = lambda: 1,
     ) -> None:
         self._deadline = deadline
         self._initial_s = initial_s
         self._max_s = max_s
         self._rng = rng
+        self._known_nodes = known_nodes
         self._redirects = 0
+        self._hops = 0
         self._failures = 0
 
     def __call__(self, retry_state: RetryCallState) -> float:
@@ -532,6 +547,10 @@ class _Backoff(wait_base):
         if isinstance(exc, _Retry) and exc.redirect:
             self._redirects += 1
             if self._redirects <= _FAST_REDIRECTS:
+                return 0.0
+        elif isinstance(exc, _Retry) and exc.next_node:
+            self._hops += 1
+            if self._hops < self._known_nodes():
                 return 0.0
         else:
             self._redirects = 0
@@ -777,9 +796,12 @@ class AsyncClient:
             self._rr = (self._rr + 1) % len(self._addrs)
 
     def _learn_leader(self, addr: str) -> None:
+        self._learn_node(addr)
+        self._leader = addr
+
+    def _learn_node(self, addr: str) -> None:
         if addr not in self._addrs:
             self._addrs.append(addr)
-        self._leader = addr
 
     async def _connect(self, addr: str) -> _Connection:
         conn = self._conns.get(addr)
@@ -830,7 +852,8 @@ class AsyncClient:
         retrying = AsyncRetrying(
             sleep=trio.sleep,
             stop=_StopAtDeadline(deadline),
-            wait=_Backoff(deadline, self._backoff_initial_s, self._backoff_max_s, self._rng),
+            wait=_Backoff(deadline, self._backoff_initial_s, self._backoff_max_s, self._rng,
+                          lambda: len(self._addrs)),
             retry=retry_if_exception_type(_Retry),
             reraise=True,
         )
@@ -932,11 +955,15 @@ class AsyncClient:
             return reply.get("result")
         err = error_from_wire(reply.get("error"))
         if isinstance(err, NotLeader) and pinned is None:
+            for known in err.nodes:
+                self._learn_node(known)
             if err.leader and err.leader != addr:
                 self._learn_leader(err.leader)
                 raise _Retry(f"{addr}: not the leader, redirected to {err.leader}", redirect=True)
+            # It knows no leader (an election, or it is cut off): ask the next node at once;
+            # only after a few such answers in a row does the call back off.
             self._forget(addr)
-            raise _Retry(f"{addr}: not the leader, no leader known")
+            raise _Retry(f"{addr}: not the leader, no leader known", next_node=True)
         if isinstance(err, (Unavailable, Busy)):
             if isinstance(err, Unavailable):
                 self._forget(addr)

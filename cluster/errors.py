@@ -71,13 +71,22 @@ class NotLeader(RaftqError):
 
     Attributes:
         leader: the leader's client address ("host:port"), or None while none is known.
+        nodes: the client addresses of the cluster's nodes, as the node that answered knows
+            them (empty when it did not say).
     """
 
     code = "NOT_LEADER"
 
-    def __init__(self, code: str | None = None, message: str = "", leader: str | None = None):
+    def __init__(
+        self,
+        code: str | None = None,
+        message: str = "",
+        leader: str | None = None,
+        nodes: tuple[str, ...] = (),
+    ):
         super().__init__(code, message)
         self.leader = leader
+        self.nodes = nodes
 
 
 class Unavailable(RaftqError):
@@ -244,7 +253,8 @@ def error_from_wire(error: Any) -> RaftqError:
     """Build the error of a node's error reply.
 
     Args:
-        error: the `error` map of a reply, `{"code", "message", "retryable", "leader"}`;
+        error: the `error` map of a reply, `{"code", "message", "retryable", "leader"}` (and
+            `"nodes"` with NOT_LEADER);
             anything else is tolerated and gives a `RaftqError` with code `BAD_FRAME`.
 
     Returns:
@@ -261,5 +271,7 @@ def error_from_wire(error: Any) -> RaftqError:
     cls = _BY_CODE.get(code, RaftqError)
     if cls is NotLeader:
         leader = error.get("leader")
-        return NotLeader(code, message, leader if isinstance(leader, str) else None)
+        nodes = error.get("nodes")
+        known = tuple(n for n in nodes if isinstance(n, str)) if isinstance(nodes, list) else ()
+        return NotLeader(code, message, leader if isinstance(leader, str) else None, known)
     return cls(code, message)

@@ -22,6 +22,7 @@ __all__ = [
     "Persister",
     "Proposal",
     "ProposalFailed",
+    "ReadFailed",
     "Sender",
     "TransferFailed",
 ]
@@ -90,6 +91,21 @@ class ProposalFailed(Exception):
         code: `NOT_LEADER` (not executed; `leader_id` is the hint), `UNAVAILABLE` (not executed:
             the entry was replaced by another leader's), or `OUTCOME_UNKNOWN` (the leader lost
             office before the entry was known to be committed; it may still commit).
+    """
+
+    def __init__(self, code: str, message: str, leader_id: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.leader_id = leader_id
+
+
+class ReadFailed(Exception):
+    """A linearizable read could not be answered here (nothing was read).
+
+    Attributes:
+        code: `NOT_LEADER` (this node does not lead, or left office before it could confirm
+            that it still led; `leader_id` is the leader it knows of, or None) or `UNAVAILABLE`
+            (leadership was not confirmed within the bound: a quorum did not answer).
     """
 
     def __init__(self, code: str, message: str, leader_id: int | None = None) -> None:

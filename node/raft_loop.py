@@ -2,8 +2,8 @@
 
 One task owns the core (`RaftNode`); nothing else touches it (after etcd-io/raft's `node.go`
 run loop, the only goroutine that calls RawNode). Other tasks hand it inputs and wake it:
-proposals (`propose`, `submit`), inbound messages (the channel `run` reads), lost peers,
-snapshot requests, and calls that must see the core (`transfer_leadership`, `status`), which
+proposals (`propose`, `submit`), linearizable reads (`read_index`), inbound messages (the
+channel `run` reads), lost peers, snapshot requests, and calls that must see the core (`transfer_leadership`, `status`), which
 run between two Readys, when no write is in progress. What others may read, the loop publishes:
 `view` (role, term, leader, standing: the node's one record of leadership outside the core,
 replaced whenever the core reports a new soft state) and `applied_index` (the last entry the
@@ -51,6 +51,7 @@ from node.loop_api import (
     TransferFailed,
 )
 from node.loop_marks import MarkTracker
+from node.loop_reads import ReadTracker
 from node.raft import (
     DurabilityMark,
     Entry,
@@ -171,8 +172,9 @@ class RaftLoop:
         self.stats: dict[str, int] = {
             "readies": 0, "synced_writes": 0, "entries_applied": 0, "proposals": 0,
             "snapshots_taken": 0, "snapshots_installed": 0, "inline_synced_writes": 0,
-            "marks_written": 0,
+            "marks_written": 0, "reads": 0, "reads_failed": 0,
         }
+        self._reads = ReadTracker(self.stats)
         if marker is not None:
             self._marks = MarkTracker(
                 marker, mark if mark is not None else DurabilityMark(), core.log.storage,
@@ -226,6 +228,13 @@ class RaftLoop:
         if c.error is not None:
             raise c.error
         return c.result  # type: ignore[no-any-return]
+
+    async def read_index(self) -> int:
+        """Wait until a linearizable read may be answered from the application's state; see
+        `ReadTracker.read_index` (node/loop_reads.py) for what it waits for and raises."""
+        r = self._reads.ask()
+        self._wake.set()
+        return await r.wait()
 
     async def transfer_leadership(self, target: int | None = None) -> int | None:
         """Ask the core to hand leadership to `target`, or to the most caught-up peer that
@@ -346,6 +355,8 @@ class RaftLoop:
                 except Exception as exc:  # handed to the caller
                     c.error = exc
                 c.done.set()
+        if self._reads.asked:
+            self._reads.feed(core)
         if self._proposals:
             batches, self._proposals = self._proposals, []
             for props in batches:
@@ -396,6 +407,7 @@ class RaftLoop:
                 ))
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
+        self._reads.on_ready(rd, self._applied_index, self.view.leader_id)
 
     def _after_advance(self, rd: Ready) -> None:
         self._feed()
@@ -522,6 +534,7 @@ class RaftLoop:
             deferred, self._deferred = self._deferred, []
             for item in deferred:
                 self._apply_or_defer(item)
+            self._reads.release(self._applied_index)
         if data is not None:
             self._serialized = (index, data)
             self._applied_since_snapshot = 0

@@ -22,7 +22,7 @@ from node.actors import ActorSystem, Busy
 from node.app import QueueApp
 from node.codec import FrameDecoder, WireError, encode_frame
 from node.config import ClusterConfig, format_addr
-from node.loop_api import ProposalFailed, TransferFailed
+from node.loop_api import ProposalFailed, ReadFailed, TransferFailed
 from node.raft_loop import RaftLoop
 
 logger = logging.getLogger("raftq.server")
@@ -36,25 +36,43 @@ MAX_WAIT_MS = 20_000
 STATUS_TIMEOUT_S = 5.0
 """Longest wait for the Raft loop to answer a status request."""
 
+READ_TIMEOUT_ELECTIONS = 3
+"""A read waits at most this many election timeouts for the leader to confirm that it still
+leads (ReadIndex); a leader cut off from a quorum steps down within two (check-quorum), which
+fails the read with NOT_LEADER first. Past the bound: UNAVAILABLE."""
+
+CONFIRM_TIMEOUT_S = 0.5
+"""`node_status` with `confirm`: longest wait for the leadership check (within the 1 s that
+`cluster_status` gives each node)."""
+
 RETRYABLE = {"NOT_LEADER", "UNAVAILABLE", "OUTCOME_UNKNOWN", "BUSY", "TIMEOUT"}
 
 
 class RequestError(Exception):
-    """An error reply: stable `code`, a message, and the leader's client address when known."""
+    """An error reply: stable `code`, a message, the leader's client address when known and,
+    for NOT_LEADER, the client addresses of all the cluster's nodes (`nodes`), so that a
+    client that knew only this one can try the others."""
 
-    def __init__(self, code: str, message: str, leader: str | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, leader: str | None = None,
+        nodes: list[str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.leader = leader
+        self.nodes = nodes
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire: dict[str, Any] = {
             "code": self.code,
             "message": self.message,
             "retryable": self.code in RETRYABLE,
             "leader": self.leader,
         }
+        if self.nodes is not None:
+            wire["nodes"] = self.nodes
+        return wire
 
 
 def request_id_of(frame: object) -> int | None:
@@ -240,22 +258,65 @@ class ClientServer:
             limiter.release()
 
     # -- requests -------------------------------------------------------------------------------
-    def _leader_addr(self) -> str | None:
-        lid = self.loop.view.leader_id
+    def _leader_addr(self, leader_id: int | None = None) -> str | None:
+        lid = self.loop.view.leader_id if leader_id is None else leader_id
         if lid is None or lid not in self.cfg.nodes:
             return None
         return format_addr(self.cfg.nodes[lid].client_addr)
 
-    def _not_leader(self) -> RequestError:
-        return RequestError("NOT_LEADER", f"node {self.node_id} is not the leader",
-                            self._leader_addr())
+    def _not_leader(self, leader_id: int | None = None, why: str = "") -> RequestError:
+        """NOT_LEADER naming the leader this node knows of, or saying that it knows none;
+        with every node's client address either way."""
+        lid = self.loop.view.leader_id if leader_id is None else leader_id
+        addr = self._leader_addr(lid)
+        if addr is not None and lid != self.node_id:
+            message = f"node {self.node_id} is not the leader{why}; node {lid} leads ({addr})"
+        else:
+            addr = None
+            message = (
+                f"node {self.node_id} is not the leader{why} and knows no leader (an election "
+                "may be under way, or this node is cut off): try the other nodes"
+            )
+        nodes = [format_addr(nc.client_addr) for _, nc in sorted(self.cfg.nodes.items())]
+        return RequestError("NOT_LEADER", message, addr, nodes)
+
+    @property
+    def read_timeout_s(self) -> float:
+        """How long a read waits for leadership to be confirmed (see READ_TIMEOUT_ELECTIONS)."""
+        return READ_TIMEOUT_ELECTIONS * self.cfg.election_ticks * self.cfg.tick_ms / 1000
+
+    async def _confirm_leadership(self, timeout_s: float) -> None:
+        """Linearizable reads: return once the Raft loop confirmed that this node still leads
+        and applied every write committed before the call (ReadIndex, node/loop_reads.py).
+
+        Raises:
+            RequestError: NOT_LEADER when this node does not lead or lost office meanwhile;
+                UNAVAILABLE when leadership was not confirmed within `timeout_s`.
+        """
+        done = False
+        with trio.move_on_after(timeout_s):
+            try:
+                await self.loop.read_index()
+            except ReadFailed as exc:
+                if exc.code == "NOT_LEADER":
+                    raise self._not_leader(exc.leader_id, f" ({exc})") from None
+                raise RequestError(exc.code, str(exc)) from None
+            done = True
+        if not done:
+            raise RequestError(
+                "UNAVAILABLE",
+                f"node {self.node_id} could not confirm within {timeout_s:g} s that it still "
+                "leads (a quorum did not answer); nothing was read",
+            )
 
     async def dispatch(self, op: str, args: dict[Any, Any]) -> Any:
         """Serve one request; returns the result or raises RequestError."""
         if op == "ping":
             return {"node_id": self.node_id}
         if op == "node_status":
-            return await self.node_status(digest=args.get("digest") is True)
+            return await self.node_status(
+                digest=args.get("digest") is True, confirm=args.get("confirm") is True
+            )
         if op == "cluster_status":
             return await self.cluster_status()
         if op == "transfer_leadership":
@@ -272,7 +333,7 @@ class ClientServer:
         if not self.loop.is_leader:
             raise self._not_leader()
         if machine.is_read_only(cmd):
-            return self._read(cmd)
+            return await self._read(cmd)
         if isinstance(cmd, machine.Receive) and wait_ms:
             return await self._long_poll(cmd, wait_ms)
         return await self._write(cmd)
@@ -284,15 +345,18 @@ class ClientServer:
         except Busy as exc:
             raise RequestError("BUSY", str(exc)) from None
         except ProposalFailed as exc:
-            leader = None
             if exc.code == "NOT_LEADER":
-                leader = self._leader_addr()
-            raise RequestError(exc.code, str(exc), leader) from None
+                raise self._not_leader(exc.leader_id) from None
+            raise RequestError(exc.code, str(exc)) from None
         if isinstance(reply, machine.ErrorReply):
             raise RequestError(reply.code, reply.message)
         return reply
 
-    def _read(self, cmd: machine.Command) -> Any:
+    async def _read(self, cmd: machine.Command) -> Any:
+        """A linearizable read: answered from the applied state once leadership is confirmed
+        and every write committed before the request is applied (no stale answer from a
+        leader that lost office)."""
+        await self._confirm_leadership(self.read_timeout_s)
         state = self.app.state
         if isinstance(cmd, machine.ListQueues):
             return machine.query_list_queues(state)
@@ -358,14 +422,26 @@ class ClientServer:
         return {"from": self.node_id, "to": target}
 
     # -- status ---------------------------------------------------------------------------------
-    async def node_status(self, digest: bool = False) -> dict[str, Any]:
-        """This node's status; `digest` (a hash of the whole state) only when asked: it costs
-        time in proportion to the state.
+    async def node_status(self, digest: bool = False, confirm: bool = False) -> dict[str, Any]:
+        """This node's own view (a local read: role, term and leader as this node believes
+        them, which a cut-off leader may still believe); `digest` (a hash of the whole state)
+        only when asked: it costs time in proportion to the state. With `confirm`, a node that
+        believes it leads first checks it with a heartbeat round (ReadIndex, at most
+        `CONFIRM_TIMEOUT_S`) and reports `leader_confirmed` (and `leader_confirm_error`).
 
         Raises:
             RequestError: UNAVAILABLE when the Raft loop did not answer within
                 `STATUS_TIMEOUT_S` (it is stuck in a write).
         """
+        confirmed: dict[str, Any] = {}
+        if confirm:
+            confirmed["leader_confirmed"] = False
+            if self.loop.is_leader:
+                try:
+                    await self._confirm_leadership(CONFIRM_TIMEOUT_S)
+                    confirmed["leader_confirmed"] = True
+                except RequestError as exc:
+                    confirmed["leader_confirm_error"] = f"{exc.code}: {exc.message}"
 
         def app_status() -> dict[str, Any]:  # run by the loop: matches its applied_index
             out: dict[str, Any] = {"machine_index": self.app.state.last_index}
@@ -380,6 +456,7 @@ class ClientServer:
             raise RequestError(
                 "UNAVAILABLE", f"the Raft loop did not answer within {STATUS_TIMEOUT_S:g} s"
             )
+        st.update(confirmed)
         st["leader_client_addr"] = self._leader_addr()
         st["client_addr"] = format_addr(self.cfg.node(self.node_id).client_addr)
         st["pid"] = os.getpid()
@@ -389,21 +466,33 @@ class ClientServer:
         return st
 
     async def cluster_status(self) -> dict[str, Any]:
-        nodes: list[dict[str, Any]] = []
-        for nid, nc in sorted(self.cfg.nodes.items()):
+        """Every node's `node_status`, asked in parallel (1 s each), and the leader: the node
+        of the highest term whose leadership was confirmed by a heartbeat round just now
+        (`node_status` with `confirm`), so that a leader that was cut off and still believes
+        it leads is not reported as the leader. None when no node could confirm."""
+        found: dict[int, dict[str, Any]] = {}
+
+        async def ask(nid: int, nc: Any) -> None:
             if nid == self.node_id:
                 try:
-                    nodes.append(await self.node_status())
+                    found[nid] = await self.node_status(confirm=True)
                 except RequestError as exc:
-                    nodes.append({"node_id": nid, "error": f"{exc.code}: {exc.message}"})
-                continue
+                    found[nid] = {"node_id": nid, "error": f"{exc.code}: {exc.message}"}
+                return
             try:
                 with trio.fail_after(1.0):
-                    nodes.append(await _ask(nc.client_addr, "node_status", self.cfg.max_frame_bytes))
+                    found[nid] = await _ask(
+                        nc.client_addr, "node_status", self.cfg.max_frame_bytes, {"confirm": True}
+                    )
             except (OSError, trio.TooSlowError, WireError, RequestError) as exc:
-                nodes.append({"node_id": nid, "client_addr": format_addr(nc.client_addr),
-                              "error": f"{type(exc).__name__}: {exc}"})
-        leaders = [n for n in nodes if n.get("role") == "leader"]
+                found[nid] = {"node_id": nid, "client_addr": format_addr(nc.client_addr),
+                              "error": f"{type(exc).__name__}: {exc}"}
+
+        async with trio.open_nursery() as nursery:
+            for nid, nc in sorted(self.cfg.nodes.items()):
+                nursery.start_soon(ask, nid, nc)
+        nodes = [found[nid] for nid in sorted(found)]
+        leaders = [n for n in nodes if n.get("role") == "leader" and n.get("leader_confirmed")]
         best = max(leaders, key=lambda n: n.get("term", 0)) if leaders else None
         return {
             "leader_id": best["node_id"] if best else None,
@@ -412,11 +501,16 @@ class ClientServer:
         }
 
 
-async def _ask(addr: tuple[str, int], op: str, max_frame_bytes: int) -> Any:
+async def _ask(
+    addr: tuple[str, int], op: str, max_frame_bytes: int, args: dict[str, Any] | None = None
+) -> Any:
     """One request to another node's client port; returns its result or raises RequestError."""
     stream = await trio.open_tcp_stream(*addr)
     async with stream:
-        await stream.send_all(encode_frame({"id": 1, "op": op}))
+        request: dict[str, Any] = {"id": 1, "op": op}
+        if args:
+            request["args"] = args
+        await stream.send_all(encode_frame(request))
         decoder = FrameDecoder(max_frame_bytes)
         while True:
             data = await stream.receive_some(256 * 1024)

@@ -152,7 +152,7 @@ class FakeNode:
         if self.id != c.leader_id:
             leader = c.nodes.get(c.leader_id) if c.leader_id is not None else None
             raise RequestError("NOT_LEADER", f"node {self.id} is not the leader",
-                               leader.addr if leader else None)
+                               leader.addr if leader else None, c.node_addrs())
 
     async def _dispatch(self, op: str, args: dict[Any, Any]) -> Any:
         """Serve one request as node/server.py `dispatch` does, plus the scripted faults."""
@@ -209,7 +209,7 @@ class FakeNode:
         if action in _REFUSALS:
             raise RequestError(action.upper(), f"fake {action}")
         if action == "not_leader_null":
-            raise RequestError("NOT_LEADER", "no leader", None)
+            raise RequestError("NOT_LEADER", "no leader", None, self.cluster.node_addrs())
         if action == "hang":
             await trio.sleep_forever()
         if action.startswith("delay:"):
@@ -427,6 +427,10 @@ class FakeCluster:
     def _poke(self) -> None:
         self._changed.set()
         self._changed = trio.Event()
+
+    def node_addrs(self) -> list[str]:
+        """Every node's client address, as a NOT_LEADER lists them (node/server.py)."""
+        return [n.addr for _, n in sorted(self.nodes.items())]
 
     def cluster_status(self) -> dict[str, Any]:
         """`cluster_status` as a node computes it from every node's status."""

@@ -130,8 +130,29 @@ async def test_no_leader_then_election(
     tried = [nid for nid, _ in fake.ops("create_queue")]
     assert tried[:6] == [1, 2, 3, 1, 2, 3]
     assert tried[-1] == 2 and len(tried) <= 8
-    # with backoff, not a hot loop: five waits of at least half of 10, 20, 40, 80, 100 ms
-    assert elapsed >= 0.125
+    # the first pass round the nodes at once, then with backoff, not a hot loop: four waits
+    # of at least half of 10, 20, 40, 80 ms
+    assert elapsed >= 0.075
+
+
+async def test_a_node_that_knows_no_leader_sends_the_client_on_at_once(
+    fake: FakeCluster, autojump_clock: trio.testing.MockClock
+) -> None:
+    # Node 1 (a leader that was cut off and stepped down) knows no leader; node 2 leads. A
+    # client that knew only node 1 learns the others from the NOT_LEADER and goes on at once.
+    async with client(fake.addrs) as c:
+        await c.create_queue("q")
+    fake.leader_id = 2
+    fake.faults["queue_stats"] = ["not_leader_null"]
+    async with client([fake.addr(1)]) as c:
+        t0 = trio.current_time()
+        stats = await c.queue_stats("q")
+        assert trio.current_time() - t0 == 0  # no backoff: not one virtual millisecond
+        assert stats["messages"] == 0
+        assert c.leader == fake.addr(2)
+        assert set(c.servers) == set(fake.addrs)
+    tried = [nid for nid, _ in fake.ops("queue_stats")]
+    assert tried[0] == 1 and tried[-1] == 2
 
 
 async def test_unavailable_and_busy_are_retried(

@@ -11,6 +11,7 @@ from typing import Any
 import trio
 import trio.testing
 
+from node.loop_api import ReadFailed
 from node.loop_marks import MARK_REFRESH_S
 from node.raft import (
     Config,
@@ -119,10 +120,24 @@ async def test_snapshot_serialises_in_a_thread_while_applies_wait() -> None:
         assert disk.persists > persists_before
         # ... but nothing was applied to the state being serialised.
         assert not second[-1].done.is_set() and app.applied == [b"a", b"b", b"c"]
+        # A read asked now is confirmed (one node), but waits until what was committed before
+        # it is applied: it never answers from the older state.
+        read_at: list[int] = []
+
+        async def read() -> None:
+            read_at.append(await loop.read_index())
+
+        nursery.start_soon(read)
+        for _ in range(3):
+            await loop.status()  # a few of the loop's turns
+        assert read_at == []
         app.release.set()
         with trio.fail_after(5):
             for p in second:
                 await p.done.wait()
+            while not read_at:
+                await trio.sleep(0.01)
+        assert read_at[0] >= second[-1].index and loop.applied_index >= read_at[0]
         assert [p.result for p in second] == [4, 5]
         assert app.applied == [b"a", b"b", b"c", b"d", b"e"]
         with trio.fail_after(5):
@@ -202,6 +217,12 @@ async def test_calls_run_between_readys_and_transfer_refuses_without_leadership(
         await nursery.start(loop.run, receive)
         assert loop.view.role is Role.FOLLOWER and not loop.is_leader
         assert await loop.transfer_leadership() is None  # not leading: nothing to hand over
+        try:
+            await loop.read_index()
+        except ReadFailed as exc:
+            assert exc.code == "NOT_LEADER"
+        else:
+            raise AssertionError("a follower answered a linearizable read")
         with trio.fail_after(5):
             await wait_leading(loop)
         assert loop.view.leader_id == 1 and loop.view.term >= 1
@@ -210,6 +231,8 @@ async def test_calls_run_between_readys_and_transfer_refuses_without_leadership(
         for p in props:
             await p.done.wait()
         assert loop.applied_index == props[-1].index
+        assert props[-1].index <= await loop.read_index() <= loop.applied_index
+        assert loop.stats["reads"] == 1 and loop.stats["reads_failed"] == 1
         st = await loop.status(lambda: {"app": "x"})
         assert st["applied_index"] == loop.applied_index and st["app"] == "x"
         assert st["role"] == "leader" and st["node_id"] == 1
