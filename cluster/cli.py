@@ -404,7 +404,7 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
     with Client(servers, timeout_s=2.0, connect_timeout_s=0.5, request_timeout_s=1.5) as c:
         for addr in servers:
             try:
-                st = c.node_status(addr, timeout_s=1.5)
+                st = c.node_status(addr, timeout_s=1.5, confirm=True)
                 rows.append({"addr": addr, "reachable": True, **st})
             except RaftqError as exc:
                 rows.append({"addr": addr, "reachable": False, "error": str(exc)})
@@ -440,9 +440,15 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
                 diverged.append(f"node {pid} claims entries past leader "
                                 f"{r.get('node_id', '?')}'s log: committed entries were lost "
                                 "(see docs/operations.md, Recovery)")
+        if role == "leader" and r.get("leader_confirmed") is False:
+            # It believes it leads, but a majority did not confirm it just now (cut off).
+            shown = "[yellow]leader (unconfirmed)[/]"
+        elif role == "leader":
+            shown = f"[bold green]{role}[/]"
+        else:
+            shown = role
         table.add_row(
-            str(r.get("node_id", "?")), r["addr"], str(r.get("pid", "")), health,
-            f"[bold green]{role}[/]" if role == "leader" else role,
+            str(r.get("node_id", "?")), r["addr"], str(r.get("pid", "")), health, shown,
             *("" if r.get(k) is None else str(r[k])
               for k in ("term", "leader_id", "commit_index", "applied_index", "last_index")),
         )
@@ -456,8 +462,9 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
                      "disks, see docs/operations.md, \"Recovery\"[/]")
     for line in diverged:
         _out().print(f"[red]{line}[/]")
-    if not any(r.get("role") == "leader" for r in rows):
-        _err().print("[yellow]no leader among the reachable nodes[/]")
+    if not any(r.get("role") == "leader" and r.get("leader_confirmed") is not False
+               for r in rows):
+        _err().print("[yellow]no confirmed leader among the reachable nodes[/]")
 
 
 # ---------------------------------------------------------------------------------------------

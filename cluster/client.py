@@ -1001,15 +1001,23 @@ class AsyncClient:
         return int(_field(result, "node_id", "ping"))
 
     async def node_status(
-        self, addr: str | None = None, *, timeout_s: float | None = None, digest: bool = False
+        self,
+        addr: str | None = None,
+        *,
+        timeout_s: float | None = None,
+        digest: bool = False,
+        confirm: bool = False,
     ) -> dict[str, Any]:
-        """One node's view of the cluster (role, term, indexes, peers); see docs/protocol.md.
+        """One node's own view of the cluster (role, term, indexes, peers), a local read: a
+        leader cut off from the others still says it leads; see docs/protocol.md.
 
         Args:
             addr: the node's client address; None asks any known node.
             timeout_s: deadline in seconds; default the client's `timeout_s`.
             digest: also return `digest`, a hash of the node's whole queue state (costs time
                 in proportion to the state: ask for it when comparing replicas).
+            confirm: a node that believes it leads checks it with a heartbeat round first
+                (at most 0.5 s) and says whether that passed (`leader_confirmed`).
 
         Returns:
             The `node_status` map: `node_id`, `role`, `term`, `leader_id`,
@@ -1018,9 +1026,10 @@ class AsyncClient:
         Raises:
             ClusterUnavailable: the node did not answer before the deadline.
         """
+        args = {k: True for k, on in (("digest", digest), ("confirm", confirm)) if on}
         result = await self._request(
-            "node_status", {"digest": True} if digest else None, _Kind.READ, addr=addr,
-            any_node=True, timeout_s=timeout_s,
+            "node_status", args or None, _Kind.READ, addr=addr, any_node=True,
+            timeout_s=timeout_s,
         )
         if not isinstance(result, dict):
             raise BadFrame(None, f"malformed reply to node_status: {result!r:.200}")
