@@ -34,6 +34,14 @@ Our own rules (each a section of the result with its own `valid`):
   dead-lettered).
 * `consistency`: at the end every node reports the same commit index, applied index and
   state digest.
+* `reads`: reads of a queue's counters (`stats`, `queue_stats`) are linearizable. An ok read
+  R of queue q shows the queue's lifetime totals; for R invoked at t:
+  - `enqueued` is at least the number of distinct values whose enqueue to q completed ok
+    before t (each was stored in q at least once, and `enqueued` never decreases);
+  - `acked` is at least the number of distinct messages of q whose ack completed ok before t
+    (an ok ack of one receipt removed that message: counted exactly once);
+  - no total is smaller than in a read of q that completed before t (monotonic).
+  Operations that overlap R may or may not be counted; `fail` and `info` reads say nothing.
 * `faults`: the nemesis injected at least one fault (when faults were required), and each
   fault's effect was verified.
 """
@@ -516,6 +524,120 @@ def _check_crashes(idx: _Index) -> dict[str, Any]:
     }
 
 
+def _acked_message(inv: Op, done: Op) -> Any:
+    """Which message an ok ack removed: its message id, else its receipt's "<id>:<attempt>"."""
+    for op in (inv, done):
+        if op.message_id is not None:
+            return op.message_id
+    receipt = inv.receipt or ""
+    head = receipt.split(":", 1)[0]
+    return int(head) if head.isdigit() else receipt
+
+
+def _read_brief(inv: Op, done: Op) -> dict[str, Any]:
+    return {
+        "process": inv.process,
+        "invoke_index": inv.index,
+        "ok_index": done.index,
+        "invoke_wall_ms": round(inv.wall_ms, 3),
+        "ok_wall_ms": round(done.wall_ms, 3),
+        "totals": dict(done.totals or {}),
+    }
+
+
+def _check_reads(pairs: list[tuple[Op, Op | None]]) -> dict[str, Any]:
+    """The `reads` rule (see the module docstring): one pass over the history in order."""
+    # Events in history order: (index, kind, invocation, completion). At a read's invocation
+    # the bounds it must meet are taken; at its ok completion they are compared, and the read
+    # becomes a bound for the reads that begin later.
+    events: list[tuple[int, str, Op, Op]] = []
+    outcomes: Counter[str] = Counter()
+    for inv, done in pairs:
+        if done is None or inv.f not in ("enqueue", "ack", "stats"):
+            continue
+        if inv.f == "stats":
+            outcomes[done.type] += 1
+            if done.type == "ok" and done.totals is not None:
+                events.append((inv.index, "read-invoke", inv, done))
+                events.append((done.index, "read-ok", inv, done))
+        elif done.type == "ok":
+            events.append((done.index, inv.f, inv, done))
+    events.sort(key=lambda e: e[0])
+    enqueued: dict[str, dict[Any, Op]] = defaultdict(dict)  # queue -> value -> its ok
+    acked: dict[str, dict[Any, Op]] = defaultdict(dict)  # queue -> message -> its ok
+    order: dict[str, list[tuple[Any, Op]]] = defaultdict(list)  # queue -> acknowledged values
+    # queue -> total name -> (largest value an ok read showed, that read's ops)
+    seen: dict[str, dict[str, tuple[int, Op, Op]]] = defaultdict(dict)
+    bounds: dict[int, tuple[int, int, dict[str, tuple[int, Op, Op]]]] = {}
+    stale: list[dict[str, Any]] = []
+    non_monotonic: list[dict[str, Any]] = []
+    checked = 0
+    ahead = 0
+    for _index, kind, inv, done in events:
+        q = inv.queue or ""
+        if kind == "enqueue":
+            key = inv.value if inv.value is not None else inv.dedup_id
+            if key not in enqueued[q]:
+                enqueued[q][key] = done
+                order[q].append((key, done))
+        elif kind == "ack":
+            acked[q].setdefault(_acked_message(inv, done), done)
+        elif kind == "read-invoke":
+            bounds[inv.index] = (len(enqueued[q]), len(acked[q]), dict(seen[q]))
+        else:
+            need_enq, need_ack, before = bounds.pop(inv.index)
+            totals = done.totals or {}
+            checked += 1
+            got_enq = totals.get("enqueued")
+            if got_enq is not None and got_enq > need_enq:
+                ahead += 1
+            for name, need in (("enqueued", need_enq), ("acked", need_ack)):
+                got = totals.get(name)
+                if got is None or got >= need:
+                    continue
+                item: dict[str, Any] = {
+                    "why": f"stale read: {name} {got}, but {need} distinct "
+                           + ("values had been enqueued" if name == "enqueued"
+                              else "messages had been acked")
+                           + " ok before the read began",
+                    "queue": q, "total": name, "read_value": got, "required": need,
+                    "missing": need - got, "read": _read_brief(inv, done),
+                }
+                if name == "enqueued":
+                    # The enqueue whose ok made the count exceed what the read shows.
+                    value, ok = order[q][got]
+                    item["witness"] = {"value": value, "ok_index": ok.index,
+                                       "ok_wall_ms": round(ok.wall_ms, 3)}
+                stale.append(item)
+            for name, (best, p_inv, p_done) in sorted(before.items()):
+                got = totals.get(name)
+                if got is not None and got < best:
+                    non_monotonic.append({
+                        "why": f"non-monotonic read: {name} {got}, but a read of the queue that "
+                               f"completed before this one began showed {best}",
+                        "queue": q, "total": name, "read_value": got, "earlier_value": best,
+                        "read": _read_brief(inv, done), "earlier": _read_brief(p_inv, p_done),
+                    })
+        if kind == "read-ok":
+            for name, v in (done.totals or {}).items():
+                cur = seen[q].get(name)
+                if cur is None or v > cur[0]:
+                    seen[q][name] = (v, inv, done)
+    return {
+        "valid": not stale and not non_monotonic,
+        "reads": dict(outcomes),
+        "ok_reads": checked,
+        "queues": sorted({inv.queue or "" for _i, k, inv, _d in events if k == "read-ok"}),
+        # Reads whose `enqueued` was above the bound: they counted enqueues that overlapped
+        # them (or had an unknown outcome). A figure, not an error.
+        "ahead_of_bound": ahead,
+        "stale_count": len(stale),
+        "non_monotonic_count": len(non_monotonic),
+        "stale": stale,
+        "non_monotonic": non_monotonic,
+    }
+
+
 def check_consistency(statuses: Sequence[dict[str, Any]] | None) -> dict[str, Any]:
     """Final state of every node: same commit index, applied index and state digest.
 
@@ -590,6 +712,7 @@ def check(
         "delivery_limit": _check_delivery_limit(idx, spec_map),
         "failed_enqueues": _check_failed_enqueues(idx),
         "crashes": _check_crashes(idx),
+        "reads": _check_reads(idx.pairs),
     }
     if check_final_consistency:
         result["consistency"] = check_consistency(final_statuses)

@@ -1,8 +1,8 @@
 """The workload as data: which operation each client performs next, drawn from a seed.
 
-The runner asks, per process, for the next operation (`Generator.enqueue`, `.receive`) and, per
-received message, for what the consumer does with it (`.action`): the choices come from a
-`random.Random` seeded by the run's seed and the process id, so one seed describes one
+The runner asks, per process, for the next operation (`Generator.enqueue`, `.receive`, `.read`)
+and, per received message, for what the consumer does with it (`.action`): the choices come
+from a `random.Random` seeded by the run's seed and the process id, so one seed describes one
 workload (the interleaving, of course, is the cluster's).
 
 Values are unique integers; each enqueue carries the deduplication id `v<value>`. Some values
@@ -21,6 +21,7 @@ __all__ = [
     "EnqueueOp",
     "Generator",
     "QueueConf",
+    "ReadOp",
     "ReceiveOp",
     "Workload",
 ]
@@ -81,6 +82,11 @@ class Workload:
         max_messages: most messages per receive.
         wait_s: long-poll time of a receive, seconds.
         producer_share: share of the processes that produce (the rest consume).
+        readers: reader processes, besides the producers and consumers: each asks for the
+            `queue_stats` of one of the queues at a time, through its own client, the first
+            reader starting at the first node, the next at the next node (None: one per
+            node; 0: none).
+        read_rate: `queue_stats` invocations per second of each reader.
     """
 
     queues: tuple[QueueConf, ...] = (
@@ -95,6 +101,8 @@ class Workload:
     max_messages: int = 5
     wait_s: float = 0.3
     producer_share: float = 0.5
+    readers: int | None = None
+    read_rate: float = 4.0
 
     def queue(self, name: str) -> QueueConf:
         for q in self.queues:
@@ -127,6 +135,13 @@ class ReceiveOp:
     visibility_timeout_ms: int
     wait_s: float
     stale: bool = False
+
+
+@dataclass(frozen=True)
+class ReadOp:
+    """Read a queue's counters (`queue_stats`)."""
+
+    queue: str
 
 
 @dataclass
@@ -172,6 +187,10 @@ class Generator:
             return ReceiveOp(q.name, 1, wl.stale_lease_ms, wl.wait_s, stale=True)
         return ReceiveOp(q.name, r.randint(1, wl.max_messages), q.visibility_timeout_ms,
                          wl.wait_s)
+
+    def read(self, process: int) -> ReadOp:
+        """The next read of a reader."""
+        return ReadOp(self.rng(process).choice(self.workload.queues).name)
 
     def action(self, process: int, value: int | None, op: ReceiveOp) -> Action:
         """What the consumer does with a message it received by `op`."""

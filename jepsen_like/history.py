@@ -9,9 +9,9 @@ exactly one completion of the same process:
 * `info`: the outcome is unknown (timeout, lost connection, `OUTCOME_UNKNOWN`): the operation may
   or may not have taken effect, now or later. A checker must allow both.
 
-A process is one logical client thread (a producer, a consumer, the drainer) and has at most one
-operation outstanding. A consumer that crashes on purpose records an `info` `crash` operation and
-continues under a new process id, as Jepsen does.
+A process is one logical client thread (a producer, a consumer, a reader, the drainer) and has
+at most one operation outstanding. A consumer that crashes on purpose records an `info` `crash`
+operation and continues under a new process id, as Jepsen does.
 
 Every record carries `time_ns` (monotonic nanoseconds since the start of the run), `wall_ms`
 (Unix wall clock in milliseconds, the clock the leader stamps log entries with, used to reason
@@ -98,7 +98,8 @@ class Op:
 
     Attributes:
         type: "invoke", "ok", "fail" or "info".
-        f: the function: "enqueue", "receive", "ack", "nack", "crash".
+        f: the function: "enqueue", "receive", "ack", "nack", "crash", "stats" (a reader's
+            `queue_stats`).
         process: the logical client that performed it.
         time_ns: monotonic nanoseconds since the start of the run.
         wall_ms: Unix wall-clock milliseconds.
@@ -117,6 +118,7 @@ class Op:
         error: the error code of a fail or info ("TIMEOUT", "INVALID_RECEIPT", ...).
         tag: free-form marker (e.g. "drain", "poison", "stale-ack").
         receipts: receipts a crashed consumer abandoned.
+        totals: an ok `stats` read's lifetime totals of the queue (`enqueued`, `acked`, ...).
     """
 
     type: str
@@ -139,6 +141,7 @@ class Op:
     error: str | None = None
     tag: str | None = None
     receipts: list[str] | None = field(default=None)
+    totals: dict[str, int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready map without the fields that are None."""

@@ -117,6 +117,9 @@ def results_dict(out: RunOutcome) -> dict[str, Any]:
             "duplicated": tq.get("duplicated_count"),
             "recovered": tq.get("recovered_count"),
             "unexplained_duplicates": chk.get("duplicates", {}).get("unexplained_count"),
+            "reads": chk.get("reads", {}).get("ok_reads"),
+            "stale_reads": chk.get("reads", {}).get("stale_count"),
+            "non_monotonic_reads": chk.get("reads", {}).get("non_monotonic_count"),
             "faults": len(out.faults),
             "faults_verified": sum(1 for f in out.faults if f.get("verified")),
         },
@@ -166,8 +169,8 @@ def plot_latency(ops: Sequence[Op], faults: Sequence[Mapping[str, Any]], path: P
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fs = ["enqueue", "receive", "ack", "nack"]
-    markers = {"enqueue": "o", "receive": "s", "ack": "^", "nack": "v"}
+    fs = ["enqueue", "receive", "ack", "nack", "stats"]
+    markers = {"enqueue": "o", "receive": "s", "ack": "^", "nack": "v", "stats": "x"}
     fig, axes = plt.subplots(2, 1, figsize=(12, 7), sharex=True)
     groups: dict[tuple[str, str], tuple[list[float], list[float]]] = defaultdict(
         lambda: ([], [])
@@ -178,7 +181,7 @@ def plot_latency(ops: Sequence[Op], faults: Sequence[Mapping[str, Any]], path: P
         xs, ys = groups[(inv.f, done.type)]
         xs.append(inv.time_ns / 1e9)
         ys.append(max((done.time_ns - inv.time_ns) / 1e6, 0.01))
-    for ax, wanted in ((axes[0], ["enqueue"]), (axes[1], ["receive", "ack", "nack"])):
+    for ax, wanted in ((axes[0], ["enqueue"]), (axes[1], ["receive", "ack", "nack", "stats"])):
         for (f, type_), (xs, ys) in sorted(groups.items()):
             if f in wanted:
                 ax.scatter(xs, ys, s=4, marker=markers[f], c=OUTCOME_COLOURS.get(type_, "k"),
@@ -189,7 +192,7 @@ def plot_latency(ops: Sequence[Op], faults: Sequence[Mapping[str, Any]], path: P
         ax.grid(True, which="both", alpha=0.2)
         ax.legend(loc="upper right", fontsize=7, markerscale=3, ncol=2)
     axes[0].set_title("enqueue latency", fontsize=9, loc="left")
-    axes[1].set_title("receive / ack / nack latency", fontsize=9, loc="left")
+    axes[1].set_title("receive / ack / nack / stats latency", fontsize=9, loc="left")
     axes[1].set_xlabel("time since start (s), at invocation")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -275,6 +278,11 @@ def _figures(key: str, sec: Mapping[str, Any]) -> str:
         return (f"abandoned {sec['abandoned']}, redelivered +1 {sec['redelivered_plus_one']}, "
                 f"later {sec['redelivered_after_unknown_receives']}, dead-lettered "
                 f"{sec['dead_lettered']}, not redelivered {len(sec['not_redelivered'])}")
+    if key == "reads":
+        r = sec["reads"]
+        return (f"{sec['ok_reads']} ok reads of {', '.join(sec['queues']) or 'no queue'} "
+                f"(fail {r.get('fail', 0)}, info {r.get('info', 0)}), stale "
+                f"{sec['stale_count']}, non-monotonic {sec['non_monotonic_count']}")
     if key == "consistency":
         nodes = sec.get("nodes", [])
         return (", ".join(f"n{n.get('node_id')} commit {n.get('commit_index')} "

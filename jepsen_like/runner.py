@@ -7,7 +7,8 @@ clients (`cluster.client.AsyncClient`) that talk to the nodes' client ports. Ste
 
 1. bind the proxies, write the configuration, start the nodes, wait for a leader, create the
    workload's queues;
-2. for `duration_s`: producers, consumers and the nemesis in one nursery, a progress line;
+2. for `duration_s`: producers, consumers, readers and the nemesis in one nursery, a progress
+   line;
 3. heal everything (links, paused and killed nodes), wait for a leader, wait past the longest
    visibility timeout, drain every queue (dead-letter queues included) until several empty
    receives in a row and no message left;
@@ -15,7 +16,8 @@ clients (`cluster.client.AsyncClient`) that talk to the nodes' client ports. Ste
 5. stop every process it started, by pid, also on failure; check the history.
 
 Process ids in the history: producers `0 .. P-1`, consumers `P .. P+C-1` (a consumer that
-crashes on purpose continues as `id + concurrency`), the drainer `DRAIN_PROCESS`.
+crashes on purpose continues as `id + concurrency`), readers `READER_PROCESS + k`, the drainer
+`DRAIN_PROCESS`.
 """
 
 from __future__ import annotations
@@ -51,12 +53,27 @@ from jepsen_like.procs import NodeProcs
 from jepsen_like.proxy import ProxyMesh
 from node import config as config_mod
 
-__all__ = ["DRAIN_PROCESS", "RunOptions", "RunOutcome", "RunSetupError", "run", "run_sync"]
+__all__ = [
+    "DRAIN_PROCESS",
+    "READER_PROCESS",
+    "RunOptions",
+    "RunOutcome",
+    "RunSetupError",
+    "run",
+    "run_sync",
+]
 
 logger = logging.getLogger("jepsen_like.runner")
 
 DRAIN_PROCESS = 100_000
 """Process id of the drainer in the history (its acks use the next ids)."""
+
+READER_PROCESS = 90_000
+"""Process id of the first reader in the history (reader k is `READER_PROCESS + k`)."""
+
+STATS_TOTALS = ("enqueued", "delivered", "redelivered", "acked", "dead_lettered", "expired",
+                "purged", "redriven")
+"""The lifetime totals of a `queue_stats` reply that a reader records (`Op.totals`)."""
 
 DRAIN_BATCH = 50
 """Most messages one drain receive asks for (their acks run concurrently)."""
@@ -82,6 +99,8 @@ class RunOptions:
             the node default); small values exercise log compaction and snapshot installs.
         workload: what the clients do.
         op_timeout_s: deadline of one client operation, retries included, seconds.
+        request_timeout_s: how long a client waits for the answer to one attempt of a send or
+            a read before it tries another node (the client's `request_timeout_s`).
         drain_timeout_s: longest drain, seconds.
         drain_empty_rounds: empty receives in a row, per queue, that end the drain.
         require_faults: the run is invalid if the nemesis injected nothing.
@@ -108,6 +127,7 @@ class RunOptions:
     snapshot_entries: int | None = None
     workload: Workload = field(default_factory=Workload)
     op_timeout_s: float = 4.0
+    request_timeout_s: float = 1.0
     drain_timeout_s: float = 60.0
     drain_empty_rounds: int = 3
     require_faults: bool = True
@@ -330,14 +350,16 @@ class Run:
         self.addrs = self.cfg.client_addrs()
         self.procs = NodeProcs(self.cfg, o.out_dir / "logs", o.node_log_level)
 
-    def _client(self, process: int) -> AsyncClient:
-        k = process % len(self.addrs)
+    def _client(self, process: int, first: int | None = None) -> AsyncClient:
+        """A client of its own for `process`, its servers listed from node `first` (default:
+        `process` modulo the cluster size) on."""
+        k = (process if first is None else first) % len(self.addrs)
         servers = self.addrs[k:] + self.addrs[:k]
         return AsyncClient(
             servers,
             timeout_s=self.opts.op_timeout_s,
             connect_timeout_s=0.5,
-            request_timeout_s=1.0,
+            request_timeout_s=self.opts.request_timeout_s,
             backoff_initial_s=0.02,
             backoff_max_s=0.5,
             consumer_id=f"c{process}",
@@ -502,6 +524,42 @@ class Run:
                               delivery_count=d.delivery_count)
         return True
 
+    async def reader(self, k: int) -> None:
+        """Reader `k`: `queue_stats` of the workload's queues, one every 1 / `read_rate` s (no
+        catching up after a slow one), until told to stop.
+
+        Its client lists node `k` first and sticks to whichever node it believes leads, so the
+        readers start on different nodes and a reader keeps asking a leader that was cut off
+        as long as it answers. Records `stats` operations, an ok one with the queue's lifetime
+        totals (`totals`), for the checker's `reads` rule.
+        """
+        h = self.history
+        p = READER_PROCESS + k
+        interval_s = 1.0 / max(self.opts.workload.read_rate, 0.001)
+        async with self._client(p, first=k) as client:
+            while not self.stop.is_set():
+                await trio.sleep(interval_s)
+                if self.stop.is_set():
+                    break
+                op = self.gen.read(p)
+                inv = h.invoke("stats", p, queue=op.queue)
+
+                async def stats(q: str = op.queue) -> Any:
+                    return await client.queue_stats(q)
+
+                r = await self._call(inv, stats, self.opts.op_timeout_s + 2)
+                if r is not None:
+                    h.complete(inv, "ok", totals={
+                        name: int(r[name]) for name in STATS_TOTALS if name in r})
+
+    def start_readers(self, nursery: trio.Nursery) -> int:
+        """Start the workload's readers (default: one per node); returns how many."""
+        wl = self.opts.workload
+        n = len(self.addrs) if wl.readers is None else wl.readers
+        for k in range(n):
+            nursery.start_soon(self.reader, k)
+        return n
+
     # -- phases ---------------------------------------------------------------------------
     async def _progress(self) -> None:
         from jepsen_like.report import progress_line
@@ -541,6 +599,7 @@ class Run:
                         workers.start_soon(self.producer, p, prod_limiter)
                     for p in range(n_prod, n_prod + n_cons):
                         workers.start_soon(self.consumer, p, cons_limiter)
+                    self.start_readers(workers)
                     await trio.sleep_until(t_end)
                     self.stop.set()
             await nem_done.wait()

@@ -80,6 +80,29 @@ class Builder:
     def crash(self, p: int, receipts: list[str], queue: str = Q) -> None:
         self._at(Op("info", "crash", p, queue=queue, receipts=receipts), 1)
 
+    def stats(self, p: int, queue: str = Q, result: str = "ok", **totals: int) -> None:
+        """A reader's `queue_stats` of `queue`, invoked and completed at once."""
+        self.stats_invoke(p, queue)
+        self.stats_done(p, queue, result, **totals)
+
+    def stats_invoke(self, p: int, queue: str = Q) -> None:
+        self._at(Op("invoke", "stats", p, queue=queue), 1)
+
+    def stats_done(self, p: int, queue: str = Q, result: str = "ok", **totals: int) -> None:
+        if result == "ok":
+            self._at(Op("ok", "stats", p, queue=queue, totals=totals), 1)
+        else:
+            self._at(Op(result, "stats", p, queue=queue, error="UNAVAILABLE"), 1)
+
+    def enqueue_invoke(self, p: int, value: int, queue: str = Q) -> None:
+        self._at(Op("invoke", "enqueue", p, queue=queue, value=value, dedup_id=f"v{value}"), 1)
+
+    def enqueue_ok(self, p: int, value: int, queue: str = Q) -> int:
+        self.ids += 1
+        self._at(Op("ok", "enqueue", p, queue=queue, value=value, dedup_id=f"v{value}",
+                    message_id=self.ids, duplicate=False), 1)
+        return self.ids
+
     def wait(self, dt_ms: float) -> None:
         self.t_ms += dt_ms
 
@@ -121,6 +144,10 @@ def good() -> Builder:
     death = {"reason": "delivery_limit", "queue": Q, "message_id": mp, "delivery_count": 3}
     r = b.receive(9, [(20, 500, 1)], queue="q.dlq", death=death)
     b.ack(9, 20, r[0], queue="q.dlq")
+    # A reader: q's totals as they are now (values 1, 2 and 20 stored; 1 and 2 acked).
+    b.stats(10, enqueued=3, delivered=7, redelivered=4, acked=2, dead_lettered=1)
+    b.stats(10, queue="q.dlq", enqueued=1, acked=1)
+    b.stats(10, result="fail")
     return b
 
 
@@ -318,3 +345,95 @@ def test_history_round_trips_through_json_lines(tmp_path: Path) -> None:
     assert [o.to_json() for o in ops] == [o.to_json() for o in b.h.ops]
     assert check(ops, SPECS, final_statuses=STATUS)["valid"]
     assert total_queue(ops) == total_queue(b.h.ops)
+
+
+def test_reads_of_the_good_history_are_fresh() -> None:
+    res = good().check()
+    reads = res["reads"]
+    assert reads["valid"] and reads["ok_reads"] == 2 and reads["reads"] == {"ok": 2, "fail": 1}
+    assert reads["queues"] == [Q, "q.dlq"]
+    # q's read counted value 2, whose enqueue had an unknown outcome: above the bound.
+    assert reads["ahead_of_bound"] == 2
+
+
+def test_a_stale_read_is_flagged() -> None:
+    """A read that began after two enqueues and an ack were ok shows one enqueue, no ack
+    (what a leader cut off from a new one answers from its old state)."""
+    b = Builder()
+    m1 = b.enqueue(0, 1)
+    m2 = b.enqueue(0, 2)
+    b.stats(10, enqueued=2, acked=0)  # fresh
+    r = b.receive(5, [(1, m1, 1), (2, m2, 1)])
+    b.ack(5, 2, r[1])
+    b.stats(11, enqueued=1, acked=0, delivered=1)  # stale on both counts
+    res = b.check()
+    assert res["failed_checks"] == ["reads"]
+    reads = res["reads"]
+    assert reads["stale_count"] == 2 and reads["non_monotonic_count"] == 1
+    enq, ack = reads["stale"]
+    assert enq["total"] == "enqueued" and enq["read_value"] == 1 and enq["required"] == 2
+    assert enq["witness"]["value"] == 2 and enq["read"]["process"] == 11
+    assert enq["witness"]["ok_index"] < enq["read"]["invoke_index"]
+    assert ack["total"] == "acked" and ack["read_value"] == 0 and ack["required"] == 1
+    (mono,) = reads["non_monotonic"]
+    assert mono["total"] == "enqueued" and mono["earlier_value"] == 2
+    assert mono["earlier"]["process"] == 10
+
+
+def test_a_fresh_read_passes() -> None:
+    b = Builder()
+    for v in (1, 2, 3):
+        b.enqueue(0, v)
+    b.enqueue(0, 3)  # the same value again (a retry answered as a duplicate): one message
+    b.enqueue(0, 4, result="fail")
+    b.stats(10, enqueued=3, acked=0)
+    res = check(b.h.ops, SPECS, check_final_consistency=False)
+    assert res["reads"]["valid"] and res["reads"]["ahead_of_bound"] == 0
+
+
+def test_overlapping_operations_cause_no_false_alarm() -> None:
+    """An enqueue or an ack that overlaps a read may or may not be counted; so may one whose
+    outcome is unknown; two reads that overlap may see each other in either order."""
+    b = Builder()
+    b.enqueue(0, 1)
+    b.stats_invoke(10)
+    b.enqueue_invoke(1, 2)
+    b.enqueue_ok(1, 2)  # completed while the read was outstanding: not required
+    b.stats_done(10, enqueued=1)
+    b.enqueue_invoke(1, 3)
+    b.stats(11, enqueued=2)  # 3 is in flight
+    b.stats(11, enqueued=3)  # it took effect already
+    b.enqueue_ok(1, 3)
+    b.enqueue(2, 4, result="info")
+    b.stats(11, enqueued=3)  # 4 unknown: not counted here
+    # Two reads overlapping each other: the later-completing one shows less. Fine.
+    b.stats_invoke(12)
+    b.stats(13, enqueued=4)
+    b.stats_done(12, enqueued=3)
+    # An ack in flight during a read.
+    r = b.receive(5, [(1, 101, 1)])
+    b.stats_invoke(12)
+    b._at(Op("invoke", "ack", 5, queue=Q, value=1, receipt=r[0]), 1)
+    b.stats_done(12, acked=1, enqueued=4)
+    b._at(Op("ok", "ack", 5, queue=Q, value=1, receipt=r[0]), 1)
+    b.stats(13, acked=1, enqueued=4)
+    res = check(b.h.ops, SPECS, check_final_consistency=False)
+    assert res["reads"]["valid"], res["reads"]
+    assert res["reads"]["ok_reads"] == 8
+
+
+def test_a_read_behind_an_earlier_read_is_flagged() -> None:
+    """Monotonic: a read that saw an enqueue still in flight, then a later read that does not
+    (each alone within the bound of acknowledged enqueues)."""
+    b = Builder()
+    b.enqueue(0, 1)
+    b.enqueue_invoke(1, 2)
+    b.stats(10, enqueued=2, acked=0)
+    b.stats(11, enqueued=1, acked=0)
+    b.enqueue_ok(1, 2)
+    res = check(b.h.ops, SPECS, check_final_consistency=False)
+    reads = res["reads"]
+    assert not reads["valid"] and reads["stale_count"] == 0
+    (v,) = reads["non_monotonic"]
+    assert v["read_value"] == 1 and v["earlier_value"] == 2 and v["read"]["process"] == 11
+    assert "reads" in res["failed_checks"]

@@ -15,10 +15,11 @@ over
   `trio.testing.memory_stream_pair`.
 
 jepsen_like's workload (`jepsen_like.runner.Run`: producers with deduplication ids, consumers
-that ack, nack, crash holding messages, or let leases run out; the drain) runs against it
+that ack, nack, crash holding messages, or let leases run out; readers of the queues'
+counters, one starting at each node; the drain) runs against it
 while a seeded nemesis crashes nodes (process kill, or power loss that drops unsynced writes),
-crashes the whole cluster at once, partitions, delays, drops and duplicates messages, and
-moves leadership. Afterwards everything heals, the drain empties every queue, and
+crashes the whole cluster at once, partitions (the leader alone among them), delays, drops and
+duplicates messages, and moves leadership. Afterwards everything heals, the drain empties every queue, and
 jepsen_like's checker judges the history, with every node's final status.
 
 Determinism (one seed, one history, byte for byte): no threads (storage work runs in the node's
@@ -55,6 +56,7 @@ from node.raft import (
     NodeId,
 )
 from node.replica import Replica
+from node.server import RequestError
 from tests.sim.sim_io import SimDisk, SimMarks, SimNetwork
 
 __all__ = ["BUGS", "NEMESES", "NodeSimResult", "NodeSimulator", "simulate_node"]
@@ -62,12 +64,17 @@ __all__ = ["BUGS", "NEMESES", "NodeSimResult", "NodeSimulator", "simulate_node"]
 SIM_EPOCH_MS = 1_800_000_000_000
 """The nodes' wall clock at virtual time 0 (Unix milliseconds)."""
 
-BUGS = ("confirm-before-fsync",)
+BUGS = ("confirm-before-fsync", "stale-read")
 """Bugs the simulator can plant, to show that it catches them:
 
 * `confirm-before-fsync`: the disk treats synced writes as unsynced, so a node answers votes,
   appends and clients for entries a power loss takes away (NATS JetStream's default; DESIGN.md
   section 9).
+* `stale-read`: a node that believes it leads answers reads (`queue_stats`, ...) from its
+  applied state at once, without confirming its leadership by a heartbeat round and without
+  waiting for the commit index of the read (raftq before ReadIndex): a leader cut off from a
+  new one, or a new leader that has not yet applied what its predecessor committed, answers
+  stale totals.
 """
 
 
@@ -126,6 +133,7 @@ class SimNode:
                 blocking=self._worker,
                 perf_clock=trio.current_time,
             )
+            self._watch_reads(replica)
             self.starts += 1
             with trio.CancelScope() as scope:
                 self._scope = scope
@@ -134,14 +142,50 @@ class SimNode:
                     await nursery.start(replica.run)
                     self.replica = replica
                     sim.net.inboxes[self.id] = send
+                    sim.links_epoch += 1
                     task_status.started()
         finally:
             if self.replica is not None:
                 sim.counters.update(self.replica.loop.stats)
             sim.net.inboxes[self.id] = None
+            sim.links_epoch += 1
             self.replica = None
             self._nursery = None
             self._stopped.set()
+
+    def _watch_reads(self, replica: Replica) -> None:
+        """Count the reads this node answers as leader (`reads_*` in the simulator's counters),
+        and whether it was cut off from a majority when one arrived; with the planted bug
+        `stale-read`, answer them without confirming leadership.
+
+        Wraps the server's `_confirm_leadership` (its reads' ReadIndex step); counts only.
+        """
+        server = replica.server
+        confirm = server._confirm_leadership
+        sim = self.sim
+        c = sim.counters
+
+        async def confirm_leadership(timeout_s: float) -> None:
+            cut = sim.cut_off(self.id)
+            epoch = sim.links_epoch
+            c["reads_at_leader"] += 1
+            c["reads_at_cut_off_leader"] += cut
+            if sim.bug == "stale-read":
+                c["reads_unconfirmed"] += 1
+                c["reads_unconfirmed_at_cut_off_leader"] += cut
+                return
+            try:
+                await confirm(timeout_s)
+            except RequestError as exc:
+                c[f"reads_refused_{exc.code}"] += 1
+                c["reads_at_cut_off_leader_refused"] += cut
+                raise
+            c["reads_confirmed"] += 1
+            # Cut off from a majority from the read's arrival to its answer, with no change
+            # of links or of nodes up in between: no quorum could have confirmed it.
+            c["reads_confirmed_while_cut_off"] += cut and epoch == sim.links_epoch
+
+        server._confirm_leadership = confirm_leadership  # type: ignore[method-assign]
 
     async def _worker(self, fn: Callable[..., Any], *args: Any) -> Any:
         """The node's stand-in for `trio.to_thread.run_sync`: runs `fn` at once (no thread),
@@ -190,8 +234,8 @@ class SimNode:
 # Nemesis
 # ---------------------------------------------------------------------------------------------
 
-NEMESES = ("kill", "power-loss", "kill-leader", "crash-all", "isolate", "halves", "lossy",
-           "transfer")
+NEMESES = ("kill", "power-loss", "kill-leader", "crash-all", "isolate", "isolate-leader",
+           "halves", "lossy", "transfer")
 
 
 @dataclass(frozen=True)
@@ -208,6 +252,10 @@ class SimFault:
 def random_faults(rng: random.Random, nodes: int, duration_s: float) -> list[SimFault]:
     """A seeded schedule over `duration_s`: swarm testing, each seed with its own mix."""
     weights = [rng.choice((0, 1, 3)) for _ in NEMESES]
+    # Every mix cuts the leader off now and then: the fault under which a leader that lost
+    # office may still answer reads (the checker's `reads` rule).
+    k = NEMESES.index("isolate-leader")
+    weights[k] = max(1, weights[k])
     if not any(weights):
         weights[rng.randrange(len(weights))] = 1
     faults: list[SimFault] = []
@@ -215,6 +263,11 @@ def random_faults(rng: random.Random, nodes: int, duration_s: float) -> list[Sim
     while t < duration_s:
         kind = rng.choices(NEMESES, weights)[0]
         length = rng.choice((0.2, 0.5, 1.0, 2.0, 3.0))
+        if kind == "isolate-leader":
+            # Long enough for the others to elect a leader and commit writes while the
+            # isolated one may still believe it leads (it steps down by check-quorum within
+            # two election timeouts, 0.8 s).
+            length = max(length, 1.0)
         args: tuple[int, ...] = ()
         if kind == "lossy":
             args = (rng.choice((0, 5, 20, 40)), rng.choice((0, 5, 20)), rng.choice((1, 5, 30)))
@@ -323,6 +376,7 @@ class NodeSimulator:
         self.trace: list[str] = []
         self.faults: list[dict[str, Any]] = []
         self.counters: Counter[str] = Counter()  # the nodes' loop stats, and the sim's own
+        self.links_epoch = 0  # +1 at every change of the links cut or of the nodes up
         self._lossy = 0
 
     def clock_ms(self) -> int:
@@ -336,6 +390,16 @@ class NodeSimulator:
         if node is None or host != f"n{port}":
             raise OSError(f"no simulated node at {host}:{port}")
         return await node.connect()
+
+    def cut_off(self, node_id: int) -> bool:
+        """Whether `node_id` cannot exchange messages with a majority (itself included): the
+        others are down or their links with it cut, either way."""
+        blocked = self.net.blocked
+        reach = 1 + sum(
+            1 for j, n in self.nodes.items()
+            if j != node_id and n.up and not blocked[(node_id, j)] and not blocked[(j, node_id)]
+        )
+        return reach <= len(self.nodes) // 2
 
     def leader(self) -> int | None:
         leaders = [n.id for n in self.nodes.values() if n.replica and n.replica.loop.is_leader]
@@ -376,18 +440,26 @@ class NodeSimulator:
             for n in down:
                 await n.start()
             self.log("restart all")
-        elif f.kind in ("isolate", "halves"):
+        elif f.kind in ("isolate", "isolate-leader", "halves"):
             ids = sorted(self.nodes)
-            if f.kind == "isolate":
+            if f.kind == "isolate-leader":
+                lead = await self._leader_after_check_quorum()
+                if lead is None:
+                    self.log(f"{f.kind}: no effect (no leader); not counted")
+                    return
+                side = {lead}
+            elif f.kind == "isolate":
                 side = {f.node}
             else:
                 side = set(self.rng.sample(ids, len(ids) // 2))
             cut = Counter((a, b) for a in ids for b in ids if (a in side) != (b in side))
             before = net.counters["blocked"]
             net.blocked += cut
+            self.links_epoch += 1
             self.log(f"{f.kind} {sorted(side)} | {sorted(set(ids) - side)}")
             await trio.sleep(f.length_s)
             net.blocked -= cut
+            self.links_epoch += 1
             self._record(f.kind, net.counters["blocked"] > before, "no message crossed the cut")
         elif f.kind == "lossy":
             drop, dup, delay = f.args
@@ -415,6 +487,23 @@ class NodeSimulator:
                         await rep.loop.role_changed.wait()
                 self._record(f.kind, target is not None and not rep.loop.is_leader,
                              "leadership did not move")
+
+    async def _leader_after_check_quorum(self) -> int | None:
+        """The leader, just after it began a check-quorum round (waiting at most one election
+        timeout for that): cut off then, it believes it leads for the longest time, two
+        election timeouts, while the others elect a new leader and commit writes."""
+        tick_s = self.cfg.tick_ms / 1000
+        with trio.move_on_after(self.cfg.election_ticks * tick_s):
+            while True:
+                lead = self.leader()
+                rep = self.nodes[lead].replica if lead is not None else None
+                if rep is None:
+                    return None
+                elapsed = await rep.loop.call(lambda core: core.election_elapsed)
+                if elapsed <= 1 and rep.loop.is_leader:
+                    return lead
+                await trio.sleep(tick_s / 2)
+        return self.leader()
 
     def _record(self, kind: str, took_effect: bool, otherwise: str) -> None:
         """Count a fault as injected only when its effect was seen (else trace why not)."""
@@ -445,11 +534,15 @@ class NodeSimulator:
             queues=(QueueConf("jq", visibility_timeout_ms=1000),
                     QueueConf("jqf", fifo=True, weight=0.5, visibility_timeout_ms=1000,
                               groups=3)),
-            p_nack=0.05, p_crash=0.03, p_stale=0.03, wait_s=0.2,
+            p_nack=0.05, p_crash=0.03, p_stale=0.03, wait_s=0.2, read_rate=10.0,
         )
         opts = RunOptions(
             out_dir=Path("sim"), duration_s=self.duration_s, rate=60.0, concurrency=4,
             seed=self.seed, nodes=len(self.nodes), workload=workload, op_timeout_s=3.0,
+            # A client tries another node after 0.3 s without an answer to a send or a read:
+            # sooner than a cut-off leader steps down (up to two election timeouts, 0.8 s),
+            # so writes reach a new leader while the old one may still answer reads.
+            request_timeout_s=0.3,
             drain_timeout_s=40.0, progress=False, require_faults=False, plots=False,
         )
         history = History(
@@ -473,6 +566,7 @@ class NodeSimulator:
             await self._workload(run, schedule)
             # Heal: links, network quality, nodes.
             self.net.blocked.clear()
+            self.links_epoch += 1
             self.net.drop_pct = self.net.dup_pct = 0
             self.net.max_delay_ms = 1
             for n in self.nodes.values():
@@ -508,6 +602,7 @@ class NodeSimulator:
                     workers.start_soon(run.producer, p, prod)
                 for p in range(n_prod, n_prod + n_cons):
                     workers.start_soon(run.consumer, p, cons)
+                run.start_readers(workers)
                 await trio.sleep(self.duration_s)
                 run.stop.set()
         self.log("workload done")
@@ -563,7 +658,12 @@ def simulate_node(seed: int, *, nodes: int = 3, duration_s: float = 8.0,
 
 def _brief(section: Any) -> Any:
     if isinstance(section, dict):
-        return {k: v for k, v in section.items() if k in ("why", "lost", "valid", "errors",
-                                                          "violations", "complete", "nodes")}
+        out = {k: v for k, v in section.items() if k in ("why", "lost", "valid", "errors",
+                                                         "violations", "complete", "nodes",
+                                                         "stale_count", "non_monotonic_count")}
+        for k in ("stale", "non_monotonic"):  # the reads rule's: the first of each
+            if section.get(k):
+                out[k] = section[k][:1]
+        return out
     return section
 
