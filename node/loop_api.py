@@ -106,12 +106,18 @@ class ReadFailed(Exception):
         code: `NOT_LEADER` (this node does not lead, or left office before it could confirm
             that it still led; `leader_id` is the leader it knows of, or None) or `UNAVAILABLE`
             (leadership was not confirmed within the bound: a quorum did not answer).
+        leader_id: the leader this node knows of, or None.
+        left_office: this node led when the read was asked and left office before it could
+            confirm (else it did not lead at all).
     """
 
-    def __init__(self, code: str, message: str, leader_id: int | None = None) -> None:
+    def __init__(
+        self, code: str, message: str, leader_id: int | None = None, left_office: bool = False
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.leader_id = leader_id
+        self.left_office = left_office
 
 
 @dataclass(eq=False)

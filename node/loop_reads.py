@@ -97,7 +97,7 @@ class ReadTracker:
                 self.stats["reads_failed"] += 1
                 r.finish(ReadFailed(
                     "NOT_LEADER", "left office before it could confirm that it still led",
-                    leader_id,
+                    leader_id, left_office=True,
                 ))
         self.release(applied_index)
 

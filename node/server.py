@@ -299,7 +299,8 @@ class ClientServer:
                 await self.loop.read_index()
             except ReadFailed as exc:
                 if exc.code == "NOT_LEADER":
-                    raise self._not_leader(exc.leader_id, f" ({exc})") from None
+                    why = f" ({exc})" if exc.left_office else ""
+                    raise self._not_leader(exc.leader_id, why) from None
                 raise RequestError(exc.code, str(exc)) from None
             done = True
         if not done:
@@ -314,6 +315,12 @@ class ClientServer:
         if op == "ping":
             return {"node_id": self.node_id}
         if op == "node_status":
+            unknown = sorted(str(k) for k in args if k not in ("digest", "confirm"))
+            if unknown:
+                raise RequestError("BAD_REQUEST", f"node_status: unknown arguments {unknown}")
+            for name in ("digest", "confirm"):
+                if type(args.get(name, False)) is not bool:
+                    raise RequestError("BAD_REQUEST", f"node_status: {name} must be a bool")
             return await self.node_status(
                 digest=args.get("digest") is True, confirm=args.get("confirm") is True
             )
@@ -427,21 +434,21 @@ class ClientServer:
         them, which a cut-off leader may still believe); `digest` (a hash of the whole state)
         only when asked: it costs time in proportion to the state. With `confirm`, a node that
         believes it leads first checks it with a heartbeat round (ReadIndex, at most
-        `CONFIRM_TIMEOUT_S`) and reports `leader_confirmed` (and `leader_confirm_error`).
+        `CONFIRM_TIMEOUT_S`) and reports `leader_confirmed` (and `leader_confirm_error`); other
+        nodes report neither.
 
         Raises:
             RequestError: UNAVAILABLE when the Raft loop did not answer within
                 `STATUS_TIMEOUT_S` (it is stuck in a write).
         """
         confirmed: dict[str, Any] = {}
-        if confirm:
-            confirmed["leader_confirmed"] = False
-            if self.loop.is_leader:
-                try:
-                    await self._confirm_leadership(CONFIRM_TIMEOUT_S)
-                    confirmed["leader_confirmed"] = True
-                except RequestError as exc:
-                    confirmed["leader_confirm_error"] = f"{exc.code}: {exc.message}"
+        if confirm and self.loop.is_leader:
+            try:
+                await self._confirm_leadership(CONFIRM_TIMEOUT_S)
+                confirmed["leader_confirmed"] = True
+            except RequestError as exc:
+                confirmed["leader_confirmed"] = False
+                confirmed["leader_confirm_error"] = f"{exc.code}: {exc.message}"
 
         def app_status() -> dict[str, Any]:  # run by the loop: matches its applied_index
             out: dict[str, Any] = {"machine_index": self.app.state.last_index}
@@ -484,7 +491,10 @@ class ClientServer:
                     found[nid] = await _ask(
                         nc.client_addr, "node_status", self.cfg.max_frame_bytes, {"confirm": True}
                     )
-            except (OSError, trio.TooSlowError, WireError, RequestError) as exc:
+            except trio.TooSlowError:
+                found[nid] = {"node_id": nid, "client_addr": format_addr(nc.client_addr),
+                              "error": "no answer within 1 s (paused, hung or cut off)"}
+            except (OSError, WireError, RequestError) as exc:
                 found[nid] = {"node_id": nid, "client_addr": format_addr(nc.client_addr),
                               "error": f"{type(exc).__name__}: {exc}"}
 

@@ -10,6 +10,8 @@ import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from node.config import format_addr
+
 from .inproc import Conn, make_config, running_cluster, wait_leader
 
 
@@ -44,6 +46,24 @@ async def test_bad_input_gets_stable_error_codes(tmp_path: Path) -> None:
         r = await c.read_frame()
         assert r["error"]["code"] == "BAD_REQUEST" and r["id"] == 5
         assert (await c.call("ping"))["ok"]
+        # node_status: its flags must be booleans and nothing else is taken.
+        for args in ({"confirm": "yes"}, {"digest": 1}, {"confirm": True, "bogus": 1}):
+            r = await c.call("node_status", args)
+            assert r["error"]["code"] == "BAD_REQUEST", (args, r)
+        r = await c.call("node_status", {"confirm": True})
+        assert r["ok"] and r["result"]["leader_confirmed"] is True, r
+        # A follower reports no confirmation, and its NOT_LEADER names the leader and the nodes.
+        follower = next(n for nid, n in nodes.items() if nid != leader.node_id)
+        f = await Conn.open(cfg.node(follower.node_id).client_addr)
+        r = await f.call("node_status", {"confirm": True})
+        assert r["ok"] and "leader_confirmed" not in r["result"], r
+        r = await f.call("queue_stats", {"name": "q"})
+        err = r["error"]
+        assert err["code"] == "NOT_LEADER" and err["leader"] == format_addr(addr), err
+        assert sorted(err["nodes"]) == sorted(format_addr(nc.client_addr)
+                                              for nc in cfg.nodes.values())
+        assert "(not the leader)" not in err["message"]
+        await f.aclose()
         # A frame over the limit: error frame, then the connection is closed.
         bad = await Conn.open(addr)
         await bad.stream.send_all(struct.pack(">I", 10_000_000) + b"xx")
