@@ -31,7 +31,7 @@ from node.raft import (
     raise_mark_after,
 )
 from node.raft._progress import Progress, ProgressState
-from tests.sim.raft_sim import SimNode, Simulator
+from tests.sim.raft_sim import SimNode, Simulator, simulate
 
 from .test_simulation import first_violation
 
@@ -327,13 +327,23 @@ class NeverProbesBelowMatch(RaftNode):
         pr.next = Index(max(pr.next, match + 1))
 
 
+SAFETY = ("election-safety", "log-matching", "state-machine-safety", "leader-completeness",
+          "durability")
+
+
 def test_the_simulator_catches_a_node_that_votes_after_losing_state() -> None:
-    found = first_violation(VotesWhileRepairing, 60)
-    assert found is not None, "votes after a disk loss went unnoticed"
-    assert found[1] in (
-        "election-safety", "log-matching", "state-machine-safety", "leader-completeness",
-        "durability",
-    )
+    # Such a node also stalls some runs (a liveness failure): look past those for the safety
+    # violation it causes.
+    found = None
+    for seed in range(60):
+        for n in (3, 5):
+            r = simulate(seed, n, node_factory=VotesWhileRepairing)
+            if r.violation is not None and r.violation.invariant in SAFETY:
+                found = (seed, r.violation.invariant)
+                break
+        if found:
+            break
+    assert found is not None, "votes after a disk loss broke no safety property in 60 seeds"
 
 
 def test_the_simulator_catches_a_leader_that_trusts_a_lost_match() -> None:

@@ -56,6 +56,10 @@ from node.raft import (
     run_sync,
 )
 
+MAX_MESSAGES_PER_TICK = 20_000
+"""More messages than this in one tick is a message storm: reported as a liveness failure
+(a healthy 5-node run sends a few hundred at most)."""
+
 # ---------------------------------------------------------------------------------------------
 # Faults as data
 # ---------------------------------------------------------------------------------------------
@@ -387,6 +391,7 @@ class Simulator:
         self.pending: dict[tuple[int, int], tuple[int, bytes]] = {}  # (node, index) -> (term, data)
         self.acked: dict[int, tuple[int, bytes]] = {}  # index -> (term, data), told "committed"
         self.counter = 0
+        self.sent_this_tick = 0
         # Reads: (node, ctx) -> the highest index committed anywhere when the read was asked.
         self.reads: dict[tuple[int, int], int] = {}
         self.read_rng = random.Random(f"{seed}/reads")
@@ -438,6 +443,7 @@ class Simulator:
 
     def _step_tick(self, allow_proposals: bool) -> None:
         self.now += 1
+        self.sent_this_tick = 0
         if allow_proposals and self.rng.randrange(100) < self.propose_pct:
             self._propose()
         if allow_proposals and self.read_rng.randrange(100) < self.propose_pct:
@@ -521,6 +527,14 @@ class Simulator:
 
     # -- network ----------------------------------------------------------------------------
     def _send(self, msg: Message) -> None:
+        self.sent_this_tick += 1
+        if self.sent_this_tick > MAX_MESSAGES_PER_TICK:
+            # Messages that beget messages without end (a follower refused forever, each
+            # refusal answered by a new append): no progress is possible.
+            raise Violation(
+                "liveness",
+                f"message storm: over {MAX_MESSAGES_PER_TICK:,} messages in tick {self.now}",
+            )
         if self.drop_pct and self.rng.randrange(100) < self.drop_pct:
             self._count("dropped")
             return
