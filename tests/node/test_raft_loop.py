@@ -123,9 +123,11 @@ async def test_snapshot_serialises_in_a_thread_while_applies_wait() -> None:
         # A read asked now is confirmed (one node), but waits until what was committed before
         # it is applied: it never answers from the older state.
         read_at: list[int] = []
+        read_done = trio.Event()
 
         async def read() -> None:
             read_at.append(await loop.read_index())
+            read_done.set()
 
         nursery.start_soon(read)
         for _ in range(3):
@@ -135,8 +137,7 @@ async def test_snapshot_serialises_in_a_thread_while_applies_wait() -> None:
         with trio.fail_after(5):
             for p in second:
                 await p.done.wait()
-            while not read_at:
-                await trio.sleep(0.01)
+            await read_done.wait()
         assert read_at[0] >= second[-1].index and loop.applied_index >= read_at[0]
         assert [p.result for p in second] == [4, 5]
         assert app.applied == [b"a", b"b", b"c", b"d", b"e"]
