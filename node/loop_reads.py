@@ -17,11 +17,11 @@ import trio
 from node.loop_api import ReadFailed
 from node.raft import NotLeader, RaftNode, Ready
 
-__all__ = ["PendingRead", "ReadTracker"]
+__all__ = ["ReadRequest", "ReadTracker"]
 
 
 @dataclass(eq=False)
-class PendingRead:
+class ReadRequest:
     """One read: `done` is set once its `index` is applied, or with `error`."""
 
     ctx: int = 0
@@ -57,14 +57,14 @@ class ReadTracker:
 
     def __init__(self, stats: dict[str, int]) -> None:
         self.stats = stats
-        self.asked: list[PendingRead] = []  # not yet handed to the core
-        self._confirming: dict[int, PendingRead] = {}  # by ctx: the core has them
-        self._applying: list[PendingRead] = []  # confirmed; their index is not applied yet
+        self.asked: list[ReadRequest] = []  # not yet handed to the core
+        self._confirming: dict[int, ReadRequest] = {}  # by ctx: the core has them
+        self._applying: list[ReadRequest] = []  # confirmed; their index is not applied yet
         self._next_ctx = 0
 
-    def ask(self) -> PendingRead:
+    def ask(self) -> ReadRequest:
         """A new read, handed to the core at the loop's next turn."""
-        r = PendingRead()
+        r = ReadRequest()
         self.asked.append(r)
         return r
 
