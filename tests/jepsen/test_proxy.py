@@ -168,14 +168,23 @@ async def _wait_until(pred: Callable[[], bool], seconds: float = 2.0) -> None:
             await trio.sleep(0.01)
 
 
+async def _live_link(
+    nursery: trio.Nursery,
+) -> tuple[_Recorder, LinkProxy, trio.SocketStream]:
+    """A recording target behind a running proxy, and a connection through it that has
+    carried one byte both ways."""
+    target = _Recorder()
+    proxy = LinkProxy(1, 2, await target.start(nursery))
+    await nursery.start(proxy.run)
+    live = await trio.open_tcp_stream(*proxy.address)
+    await live.send_all(b"a")
+    assert await live.receive_some(10) == b"a"
+    return target, proxy, live
+
+
 async def test_silent_cut_swallows_without_closing_and_heals() -> None:
     async with trio.open_nursery() as nursery:
-        target = _Recorder()
-        proxy = LinkProxy(1, 2, await target.start(nursery))
-        await nursery.start(proxy.run)
-        live = await trio.open_tcp_stream(*proxy.address)
-        await live.send_all(b"a")
-        assert await live.receive_some(10) == b"a"
+        target, proxy, live = await _live_link(nursery)
 
         assert proxy.cut(silent=True) == 1
         assert proxy.is_cut and proxy.is_silent
@@ -236,12 +245,7 @@ async def test_silent_cut_swallows_chunks_held_by_a_delay() -> None:
 
 async def test_silent_link_stays_open_when_the_target_hangs_up() -> None:
     async with trio.open_nursery() as nursery:
-        target = _Recorder()
-        proxy = LinkProxy(1, 2, await target.start(nursery))
-        await nursery.start(proxy.run)
-        live = await trio.open_tcp_stream(*proxy.address)
-        await live.send_all(b"a")
-        assert await live.receive_some(10) == b"a"
+        target, proxy, live = await _live_link(nursery)
         proxy.cut(silent=True)
         target.hang_up.set()  # the target closes its side: the sender must not see it
         assert await _stays_silent(live, 0.4)
@@ -256,12 +260,7 @@ async def test_silent_link_stays_open_when_the_target_hangs_up() -> None:
 
 async def test_closing_cut_after_a_silent_one_closes_and_refuses() -> None:
     async with trio.open_nursery() as nursery:
-        target = _Recorder()
-        proxy = LinkProxy(1, 2, await target.start(nursery))
-        await nursery.start(proxy.run)
-        live = await trio.open_tcp_stream(*proxy.address)
-        await live.send_all(b"a")
-        assert await live.receive_some(10) == b"a"
+        target, proxy, live = await _live_link(nursery)
         assert proxy.cut(silent=True) == 1
         assert proxy.cut() == 1  # now closing: the silenced connection is closed
         assert not proxy.is_silent and proxy.stats.cuts == 1

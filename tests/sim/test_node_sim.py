@@ -76,16 +76,21 @@ def test_scripts_simulate_replays_a_seed_byte_for_byte_in_another_process() -> N
     assert "history sha256" in outs[0] and "restart" in outs[0] and "isolate-leader" in outs[0]
 
 
+def _first_invalid(bug: str, budget: int) -> NodeSimResult | None:
+    """The first of the first `budget` seeds (at most SEEDS) whose history the checker
+    refuses with `bug` planted, or None."""
+    for seed in range(min(SEEDS, budget)):
+        r = simulate_node(seed, bug=bug)
+        if not r.valid:
+            return r
+    return None
+
+
 def test_a_confirm_before_fsync_bug_is_caught_within_the_budget() -> None:
     """The disk treats synced writes as unsynced: a power loss takes acknowledged entries.
     Some seed of the CI budget must fail the checker (messages lost, or a cluster that
     cannot come back), and say how to replay it."""
-    caught: NodeSimResult | None = None
-    for seed in range(min(SEEDS, 40)):
-        r = simulate_node(seed, bug="confirm-before-fsync")
-        if not r.valid:
-            caught = r
-            break
+    caught = _first_invalid("confirm-before-fsync", 40)
     assert caught is not None, "the planted bug went unnoticed"
     assert {"total_queue", "drain", "consistency"} & set(caught.failed_checks)
     # The same seed without the bug is fine: the simulator blames the bug, not the seed.
@@ -98,12 +103,7 @@ def test_a_stale_read_bug_is_caught_within_the_budget() -> None:
     the CI budget (seed 0: reads of leader n1, isolated at 1.73 s, answered at 2.40 s with
     14 enqueued while n3, leader since 2.13 s, had acknowledged 19; n1 stepped down at
     2.52 s)."""
-    caught: NodeSimResult | None = None
-    for seed in range(min(SEEDS, 20)):
-        r = simulate_node(seed, bug="stale-read")
-        if not r.valid:
-            caught = r
-            break
+    caught = _first_invalid("stale-read", 20)
     assert caught is not None, "the planted bug went unnoticed"
     assert caught.failed_checks == ["reads"], _explain(caught)
     reads = caught.check["reads"]
