@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 
 import cbor2
 
+from node.raft._membership import Membership
 from node.raft._types import (
     MESSAGE_TYPES,
     AppendEntries,
@@ -353,35 +354,32 @@ def _bad_entry(term: object, index: object, kind: object, data: object) -> NoRet
 
 
 def encode_snapshot_meta(meta: SnapshotMeta) -> list[Any]:
-    """Return the wire form `[index, term, [voter, ...]]` of a snapshot meta."""
-    return [meta.index, meta.term, list(meta.voters)]
+    """Return the wire form `[index, term, membership]` of a snapshot meta (the membership as
+    `Membership.to_plain`: voters, learners, addresses, max_id)."""
+    return [meta.index, meta.term, meta.membership.to_plain()]
 
 
 def decode_snapshot_meta(obj: object) -> SnapshotMeta:
     """Build a `SnapshotMeta` from its wire form, checking every field.
 
     Args:
-        obj: `[index, term, [voter, ...]]` as decoded from CBOR.
-
-    Returns:
-        The snapshot meta (voters as a tuple, in the order received).
+        obj: `[index, term, membership]` as decoded from CBOR.
 
     Raises:
         WireError: code `BAD_MESSAGE` when `obj` is not a well-formed snapshot meta.
     """
     if type(obj) is not list or len(obj) != 3:
-        _bad("a snapshot meta must be [index, term, voters]")
-    index, term, voters = obj
+        _bad("a snapshot meta must be [index, term, membership]")
+    index, term, raw = obj
     if type(index) is not int or not 0 <= index <= MAX_WIRE_INT:
         _bad(f"snapshot index {index!r} is not a non-negative int")
     if type(term) is not int or not 0 <= term <= MAX_WIRE_INT:
         _bad(f"snapshot term {term!r} is not a non-negative int")
-    if type(voters) is not list:
-        _bad("snapshot voters must be a list")
-    for voter in voters:
-        if type(voter) is not int or not 1 <= voter <= MAX_WIRE_INT:
-            _bad(f"snapshot voter {voter!r} is not a positive node id")
-    return SnapshotMeta(Index(index), Term(term), tuple(voters))
+    try:
+        membership = Membership.from_plain(raw)
+    except ValueError as exc:
+        _bad(f"snapshot {exc}")
+    return SnapshotMeta(Index(index), Term(term), membership)
 
 
 def encode_raft_message(msg: Message) -> list[Any]:

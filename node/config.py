@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from node.raft import Config as RaftConfig
-from node.raft import NodeId
+from node.raft import Membership, NodeId
 
 _RAFT = RaftConfig(NodeId(1))
 """The core's tuning defaults (node/raft/_config.py): the one place they are written."""
@@ -113,6 +113,16 @@ class ClusterConfig:
             pid: me.dial.get(pid, n.raft_addr) for pid, n in sorted(self.nodes.items())
             if pid != node_id
         }
+
+    def initial_membership(self) -> Membership:
+        """The membership a new database starts with: every node of the file a voter, with
+        its addresses (from then on the membership lives in the replicated log)."""
+        return Membership.of([NodeId(i) for i in self.nodes]).with_addresses(
+            {
+                NodeId(i): (format_addr(n.raft_addr), format_addr(n.client_addr))
+                for i, n in self.nodes.items()
+            }
+        )
 
     def client_addrs(self) -> list[str]:
         return [format_addr(n.client_addr) for _, n in sorted(self.nodes.items())]

@@ -12,7 +12,16 @@ from typing import Any, Protocol
 
 import trio
 
-from node.raft import DurabilityMark, Entry, Index, Message, NodeId, Ready, Role, Standing
+from node.raft import (
+    DurabilityMark,
+    Entry,
+    Index,
+    Membership,
+    Message,
+    Ready,
+    Role,
+    Standing,
+)
 
 __all__ = [
     "Application",
@@ -147,7 +156,7 @@ class Persister(Protocol):
 
     def persist(self, ready: Ready) -> None: ...
 
-    def save_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None: ...
+    def save_snapshot(self, index: Index, data: bytes, membership: Membership) -> None: ...
 
 
 class Sender(Protocol):

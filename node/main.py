@@ -45,7 +45,7 @@ class Node:
             nc.data_dir / "raft",
             cluster_id=cfg.cluster_id,
             node_id=node_id,
-            voters=tuple(sorted(cfg.nodes)),
+            membership=cfg.initial_membership(),
         )
         try:
             inbound_send, inbound_receive = trio.open_memory_channel[Message](16384)

@@ -504,7 +504,7 @@ class RaftLoop:
             self._serialized = None
             # Between Readys: no persist is running, so the storage is ours.
             await self._blocking(self.storage.save_snapshot, Index(index), data,
-                                 self._core.voters)
+                                 self._core.membership_at(Index(index)))
             self.stats["snapshots_taken"] += 1
             logger.info("snapshot at index %d (%d bytes)", index, len(data))
             return

@@ -29,8 +29,8 @@ from node.raft import (
     DurabilityMark,
     HardState,
     Index,
+    Membership,
     Message,
-    NodeId,
     RaftNode,
     Ready,
     Standing,
@@ -60,7 +60,7 @@ class ReplicaStorage(Storage, Protocol):
 
     def persist(self, ready: Ready) -> None: ...
 
-    def save_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None: ...
+    def save_snapshot(self, index: Index, data: bytes, membership: Membership) -> None: ...
 
 
 class MarkKeeper(Protocol):

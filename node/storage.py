@@ -3,7 +3,7 @@
 It serves the read-only `Storage` interface the Raft core reads (`node/raft/_storage.py`, same
 semantics as `MemoryStorage`) and the two writes of the driver: `persist(ready)` (step 1 of the
 `Ready` contract: one atomic `WriteBatch`, synced when `ready.must_sync`) and
-`save_snapshot(index, data, voters)` (the application's snapshot, which compacts the log).
+`save_snapshot(index, data, membership)` (the application's snapshot, which compacts the log).
 
 The record format (column families, keys, values, a CRC32 on every value) is in
 node/storage_format.py; opening RocksDB so that damage is reported is in node/rocks_io.py.
@@ -67,10 +67,12 @@ from rocksdict import Rdict, WriteBatch, WriteOptions
 from node import rocks_io as rio
 from node import storage_format as fmt
 from node.raft._errors import CompactedError, UnavailableError
+from node.raft._membership import Membership
 from node.raft._ready import Ready
 from node.raft._storage import entry_size_bytes
 from node.raft._types import (
     Entry,
+    EntryKind,
     HardState,
     Index,
     NodeId,
@@ -154,6 +156,7 @@ class RocksStorage:
         self._terms = array("q")  # terms of entries snap_meta.index + 1 .. last_index
         self._cache: list[Entry] = []  # the last len(_cache) entries of the log
         self._cache_bytes = 0
+        self._configs: dict[int, Entry] = {}  # the CONFIG entries after the snapshot, by index
         self.created = False
         """True when `open` created the database (it held nothing)."""
 
@@ -166,7 +169,7 @@ class RocksStorage:
         *,
         cluster_id: str,
         node_id: int,
-        voters: tuple[int, ...],
+        membership: Membership | tuple[int, ...],
         cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
         snapshot_chunk_bytes: int = DEFAULT_SNAPSHOT_CHUNK_BYTES,
     ) -> RocksStorage:
@@ -176,8 +179,8 @@ class RocksStorage:
             path: directory of the database (created with its parents if missing).
             cluster_id: the cluster this node belongs to; recorded on creation, checked after.
             node_id: this node's id (>= 1); recorded on creation, checked after.
-            voters: the initial cluster configuration, used only when the database is created
-                (it then lives in the snapshot meta at index 0).
+            membership: the initial cluster membership (or its voters), used only when the
+                database is created (it then lives in the snapshot meta at index 0).
             cache_max_bytes: budget of the in-memory log tail cache (`entry_size_bytes` units).
             snapshot_chunk_bytes: size of the values snapshot data is stored in.
 
@@ -209,7 +212,7 @@ class RocksStorage:
             db.close()
             raise
         try:
-            self._load(cluster_id, node_id, tuple(sorted(NodeId(v) for v in voters)))
+            self._load(cluster_id, node_id, _membership(membership))
         except BaseException as exc:
             self.close()
             rio.clear_frames(exc)
@@ -317,10 +320,10 @@ class RocksStorage:
         except Exception as exc:
             raise self._read_error(record, exc) from None
 
-    def _load(self, cluster_id: str, node_id: int, voters: tuple[NodeId, ...]) -> None:
+    def _load(self, cluster_id: str, node_id: int, membership: Membership) -> None:
         identity_value = self._get_meta(fmt.K_IDENTITY, "identity record")
         if identity_value is None:
-            self._create(cluster_id, node_id, voters)
+            self._create(cluster_id, node_id, membership)
             return
         try:
             identity = fmt.decode_cbor(fmt.unseal(fmt.K_IDENTITY, identity_value))
@@ -348,7 +351,7 @@ class RocksStorage:
                 f"{self.last_index()} (log entries lost?)",
             )
 
-    def _create(self, cluster_id: str, node_id: int, voters: tuple[NodeId, ...]) -> None:
+    def _create(self, cluster_id: str, node_id: int, membership: Membership) -> None:
         families = {fmt.CF_META: self._meta, fmt.CF_LOG: self._log, fmt.CF_SNAPSHOT: self._snapshot_cf}
         for name, family in families.items():
             for key, _ in self._scan(family, rio.named(f"column family {name!r}")):
@@ -356,7 +359,7 @@ class RocksStorage:
                     "identity record", f"missing, but column family {name!r} holds {key!r:.40}"
                 )
         identity = {"format": FORMAT_VERSION, "cluster_id": cluster_id, "node_id": node_id}
-        meta = SnapshotMeta(Index(0), Term(0), voters)
+        meta = SnapshotMeta(Index(0), Term(0), membership)
         batch = WriteBatch(raw_mode=True)
         batch.put(fmt.K_IDENTITY, fmt.seal(fmt.K_IDENTITY, cbor2.dumps(identity)), self._h_meta)
         batch.put(
@@ -418,6 +421,7 @@ class RocksStorage:
         expected = self._snap_meta.index + 1
         prev_term = self._snap_meta.term
         terms = array("q")
+        configs: dict[int, Entry] = {}
         cache: collections.deque[Entry] = collections.deque()
         cache_bytes = 0
         for key, value in self._scan_log(expected, whole=True):
@@ -442,6 +446,12 @@ class RocksStorage:
                     f"log entry {index}",
                     f"term {entry.term} is lower than the term {prev_term} before it",
                 )
+            if entry.kind is EntryKind.CONFIG:
+                try:
+                    Membership.decode(entry.data)
+                except ValueError as exc:
+                    raise self._corrupt(f"log entry {index}", str(exc)) from None
+                configs[index] = Entry(entry.term, entry.index, entry.kind, bytes(entry.data))
             prev_term = entry.term
             terms.append(entry.term)
             cache.append(entry)
@@ -450,14 +460,19 @@ class RocksStorage:
                 cache_bytes -= entry_size_bytes(cache.popleft())
             expected += 1
         self._terms = terms
+        self._configs = configs
         self._cache = list(cache)
         self._cache_bytes = cache_bytes
 
     # -- reads (the Storage protocol) ---------------------------------------------------------
 
-    def initial_state(self) -> tuple[HardState, tuple[NodeId, ...]]:
-        """Return the persisted hard state and the voters of the latest snapshot."""
-        return self._hard_state, self._snap_meta.voters
+    def initial_state(self) -> tuple[HardState, Membership]:
+        """Return the persisted hard state and the membership of the latest snapshot."""
+        return self._hard_state, self._snap_meta.membership
+
+    def config_entries(self) -> list[Entry]:
+        """The CONFIG entries after the snapshot, in index order (kept in memory)."""
+        return [self._configs[i] for i in sorted(self._configs)]
 
     def first_index(self) -> Index:
         """Index of the first entry in the log (snapshot index + 1)."""
@@ -549,7 +564,7 @@ class RocksStorage:
         return Snapshot(self._snap_meta, self._snap_data)
 
     def snapshot_meta(self) -> SnapshotMeta:
-        """Index, term and voters of the latest snapshot, without its data."""
+        """Index, term and membership of the latest snapshot, without its data."""
         return self._snap_meta
 
     def _read_snapshot_data(self) -> bytes:
@@ -649,6 +664,7 @@ class RocksStorage:
             self._terms = array("q")
             self._cache = []
             self._cache_bytes = 0
+            self._configs = {}
         if entries:
             self._append_in_memory(entries)
         if hard_state is not None:
@@ -661,6 +677,12 @@ class RocksStorage:
         # Truncate at `first`, then append.
         del self._terms[first - offset - 1 :]
         self._terms.extend(e.term for e in entries)
+        configs = self._configs
+        for i in [i for i in configs if i >= first]:
+            del configs[i]
+        for e in entries:
+            if e.kind is EntryKind.CONFIG:
+                configs[e.index] = e
         if first <= cache_first:
             self._cache = []
             self._cache_bytes = 0
@@ -686,7 +708,9 @@ class RocksStorage:
         del cache[:cut]
         self._cache_bytes = total
 
-    def save_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None:
+    def save_snapshot(
+        self, index: Index, data: bytes, membership: Membership | tuple[NodeId, ...]
+    ) -> None:
         """Store the application's snapshot at applied `index` and compact the log up to it.
 
         Entries <= `index` are deleted; the snapshot meta keeps the term of `index`. Written in
@@ -696,7 +720,8 @@ class RocksStorage:
         Args:
             index: last applied log index the snapshot covers.
             data: the application's snapshot bytes (any size that fits in memory).
-            voters: the cluster configuration at `index`.
+            membership: the cluster membership in effect at `index`
+                (`RaftNode.membership_at(index)`), or just its voters.
 
         Raises:
             ValueError: index > last_index().
@@ -708,7 +733,7 @@ class RocksStorage:
             return
         if index > self.last_index():
             raise ValueError(f"snapshot index {index} past last index {self.last_index()}")
-        meta = SnapshotMeta(index, self.term(index), tuple(sorted(voters)))
+        meta = SnapshotMeta(index, self.term(index), _membership(membership))
         batch = WriteBatch(raw_mode=True)
         self._put_snapshot(batch, meta, data)
         batch.delete_range(fmt.log_key(0), fmt.log_key(index + 1), self._h_log)
@@ -718,6 +743,8 @@ class RocksStorage:
         self._snap_data = data
         self._snap_size_bytes = len(data)
         del self._terms[: index - offset]
+        for i in [i for i in self._configs if i <= index]:
+            del self._configs[i]
         cache_first = self.last_index() + 1 - len(self._cache)
         if cache_first <= index:
             dropped = self._cache[: index + 1 - cache_first]
@@ -751,6 +778,10 @@ class RocksStorage:
             db.write(batch, self._wo_sync if sync else self._wo_nosync)
         except Exception as exc:
             raise StorageError(f"database {self._path}: write failed: {exc}") from exc
+
+
+def _membership(m: Membership | tuple[int, ...]) -> Membership:
+    return m if isinstance(m, Membership) else Membership.of([NodeId(v) for v in m])
 
 
 def _chain(first: Iterator[Entry], second: list[Entry]) -> Iterator[Entry]:

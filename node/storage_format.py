@@ -23,6 +23,7 @@ from typing import Any
 
 import cbor2
 
+from node.raft._membership import Membership
 from node.raft._types import (
     Entry,
     EntryKind,
@@ -146,18 +147,27 @@ def encode_hard_state(hs: HardState) -> bytes:
 
 
 def decode_snapshot_record(body: memoryview) -> tuple[SnapshotMeta, int, int]:
+    """[index, term, membership, size_bytes, chunk_count]; a list of voter ids in place of
+    the membership is the record of databases written before memberships could change."""
     obj = decode_cbor(body)
     if (
         type(obj) is not list
         or len(obj) != 5
         or not all(is_uint(v) for v in (obj[0], obj[1], obj[3], obj[4]))
-        or type(obj[2]) is not list
-        or not all(is_uint(v) and v > 0 for v in obj[2])
     ):
         raise Bad(f"malformed snapshot meta {obj!r:.80}")
-    meta = SnapshotMeta(Index(obj[0]), Term(obj[1]), tuple(NodeId(v) for v in obj[2]))
-    return meta, obj[3], obj[4]
+    raw = obj[2]
+    try:
+        if type(raw) is list:
+            if not all(is_uint(v) and v > 0 for v in raw):
+                raise ValueError(f"voters {raw!r:.80}")
+            membership = Membership.of([NodeId(v) for v in raw])
+        else:
+            membership = Membership.from_plain(raw)
+    except ValueError as exc:
+        raise Bad(f"malformed snapshot meta: {exc}") from None
+    return SnapshotMeta(Index(obj[0]), Term(obj[1]), membership), obj[3], obj[4]
 
 
 def encode_snapshot_record(meta: SnapshotMeta, size_bytes: int, chunk_count: int) -> bytes:
-    return cbor2.dumps([meta.index, meta.term, list(meta.voters), size_bytes, chunk_count])
+    return cbor2.dumps([meta.index, meta.term, meta.membership.to_plain(), size_bytes, chunk_count])

@@ -16,6 +16,10 @@ from ._errors import NotLeader as NotLeader
 from ._errors import ProposalDropped as ProposalDropped
 from ._errors import RaftError as RaftError
 from ._errors import UnavailableError as UnavailableError
+from ._membership import ChangeKind as ChangeKind
+from ._membership import ConfChange as ConfChange
+from ._membership import ConfChangeError as ConfChangeError
+from ._membership import Membership as Membership
 from ._node import Config as Config
 from ._node import PeerStatus as PeerStatus
 from ._node import RaftNode as RaftNode

@@ -11,11 +11,13 @@ the sense of files: there is one object, and one owner (the driver) calls it.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ._config import Config
 from ._log import RaftLog
 from ._progress import Progress
+from ._quorum import has_quorum
 from ._ready import ReadState
 from ._types import (
     AppendEntries,
@@ -42,7 +44,7 @@ class NodeState:
     config: Config
     id: NodeId
     rng: random.Random
-    voters: tuple[NodeId, ...]
+    progress_class: type[Progress]
     log: RaftLog
     term: Term
     vote: NodeId | None
@@ -75,8 +77,22 @@ class NodeState:
     _term_start_index: Index
 
     @property
-    def quorum(self) -> int:
-        return len(self.voters) // 2 + 1
+    def voters(self) -> tuple[NodeId, ...]:
+        """The voters of the membership in effect (the latest in the log: thesis 4.1)."""
+        return self.log.membership().voters
+
+    @property
+    def learners(self) -> tuple[NodeId, ...]:
+        return self.log.membership().learners
+
+    def _active(self, pid: NodeId) -> bool:
+        """Leader: `pid` answered within the last election timeout and counts (check-quorum)."""
+        pr = self.progress.get(pid)
+        return pid == self.id or (pr is not None and pr.recent_active and pr.counts)
+
+    def _has_quorum(self, agrees: Callable[[NodeId], bool]) -> bool:
+        """A majority of the voters satisfy `agrees` (node/raft/_quorum.py)."""
+        return has_quorum(self.voters, agrees)
 
     def _reset_randomized_timeout(self) -> None:
         e = self.config.election_ticks

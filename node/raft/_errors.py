@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ._types import Index, NodeId
+from ._ids import Index, NodeId
 
 
 class RaftError(Exception):

@@ -179,6 +179,4 @@ class FollowerReplication(RepairRules):
             # We already have the entry the snapshot ends at: keep the log, just commit to it.
             log.commit_to(snap.meta.index)
             return
-        log.restore(snap)
-        if snap.meta.voters:
-            self.voters = tuple(sorted(snap.meta.voters))
+        log.restore(snap)  # the snapshot's membership comes with it

@@ -7,9 +7,10 @@ parallel with replicating it). Flow control per follower: node/raft/_progress.py
 
 from __future__ import annotations
 
+from ._conf_change import MembershipRules
 from ._errors import CompactedError
 from ._progress import Progress, ProgressState
-from ._read_index import ReadIndexRules
+from ._quorum import committed_index
 from ._types import (
     AppendEntries,
     AppendEntriesResponse,
@@ -28,7 +29,7 @@ CHUNK_RESEND_HEARTBEATS = 4
 """Heartbeat answers after which an unanswered snapshot chunk is sent again."""
 
 
-class LeaderReplication(ReadIndexRules):
+class LeaderReplication(MembershipRules):
     """What a leader does to replicate its log and to learn what is committed."""
 
     def _tick_leader(self) -> None:
@@ -37,14 +38,10 @@ class LeaderReplication(ReadIndexRules):
         if self.election_elapsed >= cfg.election_ticks:
             self.election_elapsed = 0
             if cfg.check_quorum:
-                active = sum(
-                    1
-                    for pid, pr in self.progress.items()
-                    if pid == self.id or (pr.recent_active and pr.counts)
-                )
+                active = self._has_quorum(self._active)
                 for pid, pr in self.progress.items():
                     pr.recent_active = pid == self.id
-                if active < self.quorum:
+                if not active:
                     self._become_follower(self.term, None)
                     return
             self.transfer_target = None  # a transfer that did not finish in time is abandoned
@@ -136,16 +133,21 @@ class LeaderReplication(ReadIndexRules):
         pr.chunk_sent = True
         pr.chunk_waits = 0
 
+    def _counted_match(self, pid: NodeId) -> Index | None:
+        """Leader: what voter `pid` holds, for commitment; followers under repair (whose
+        acknowledgements before their loss did count) and learners' absence count as nothing."""
+        pr = self.progress.get(pid)
+        if pr is None or not (pid == self.id or pr.counts):
+            return None
+        return pr.match
+
     def _maybe_commit(self) -> bool:
-        # Followers under repair do not count (their acknowledgements before the loss did).
-        matches = sorted(
-            (pr.match for pid, pr in self.progress.items() if pid == self.id or pr.counts),
-            reverse=True,
-        )
-        if len(matches) < self.quorum:
-            return False
         # Paper Figure 8: only an entry of the current term is committed by counting replicas.
-        return self.log.maybe_commit(matches[self.quorum - 1], self.term)
+        index = committed_index(self.voters, self._counted_match)
+        if not self.log.maybe_commit(index, self.term):
+            return False
+        self._after_commit()
+        return True
 
     def _handle_append_response(self, msg: AppendEntriesResponse) -> None:
         pr = self.progress.get(msg.from_id)

@@ -7,21 +7,34 @@ received from the leader is held as `unstable_snapshot` until persisted.
 
 Indexes: the log spans `first_index() .. last_index()`; `first_index() - 1` is the snapshot
 index, whose term is still known (paper section 7).
+
+The log also knows where its CONFIG entries are: a node uses the latest membership in its log,
+committed or not, and falls back to the one before when a conflicting leader truncates an
+uncommitted CONFIG entry away (thesis 4.1).
 """
 
 from __future__ import annotations
 
 from ._errors import CompactedError, UnavailableError
+from ._membership import Membership
 from ._storage import Storage, entry_size_bytes
-from ._types import Entry, Index, Snapshot, Term
+from ._types import Entry, EntryKind, Index, Snapshot, Term
 
 
 class RaftLog:
     """Durable log plus the unstable tail, with the commit index and the applied index.
 
+    Args:
+        storage: what the driver persisted.
+        committed: the persisted commit index.
+        membership: the membership of storage's snapshot (`Storage.initial_state`).
+
     Attributes:
         committed: highest index known to be committed.
         applied: highest index handed to the application (in a Ready's committed_entries).
+        configs: (index, membership) of the snapshot and of every CONFIG entry after it that
+            may still matter, in index order: the first is the latest at or below `applied`
+            (older ones are pruned), the last is the membership in effect.
     """
 
     __slots__ = (
@@ -31,9 +44,10 @@ class RaftLog:
         "unstable_snapshot",
         "committed",
         "applied",
+        "configs",
     )
 
-    def __init__(self, storage: Storage, committed: Index) -> None:
+    def __init__(self, storage: Storage, committed: Index, membership: Membership) -> None:
         self.storage = storage
         self.unstable_entries: list[Entry] = []
         self.unstable_offset = Index(storage.last_index() + 1)
@@ -44,6 +58,43 @@ class RaftLog:
         if committed > last:
             raise ValueError(f"persisted commit index {committed} is past the last index {last}")
         self.committed = max(committed, self.applied)
+        self.configs: list[tuple[Index, Membership]] = [(self.applied, membership)]
+        self._note_configs(storage.config_entries())
+
+    # -- membership (thesis 4.1) ----------------------------------------------------------
+    def membership(self) -> Membership:
+        """The membership in effect: the latest in the log, committed or not."""
+        return self.configs[-1][1]
+
+    def membership_index(self) -> Index:
+        """Index of the entry (or snapshot) the membership in effect comes from."""
+        return self.configs[-1][0]
+
+    def membership_at(self, index: Index) -> Membership:
+        """The membership in effect at `index` (for a snapshot taken there).
+
+        Raises:
+            ValueError: `index` is below the oldest membership kept (before `applied`).
+        """
+        for at, m in reversed(self.configs):
+            if at <= index:
+                return m
+        raise ValueError(f"no membership known at index {index} (oldest kept: {self.configs[0][0]})")
+
+    def _note_configs(self, entries: list[Entry] | tuple[Entry, ...]) -> None:
+        for e in entries:
+            if e.kind is EntryKind.CONFIG:
+                self.configs.append((e.index, Membership.decode(e.data)))
+
+    def prune_configs(self) -> None:
+        """Forget memberships older than the latest at or below `applied`: no truncation or
+        snapshot can reach back past `applied`."""
+        keep = 0
+        for n, (at, _) in enumerate(self.configs):
+            if at <= self.applied:
+                keep = n
+        if keep:
+            del self.configs[:keep]
 
     # -- positions ------------------------------------------------------------------------
     def first_index(self) -> Index:
@@ -164,6 +215,9 @@ class RaftLog:
             self.unstable_entries.extend(entries)
         else:
             raise ValueError(f"gap: append at {after} after {end - 1}")
+        while len(self.configs) > 1 and self.configs[-1][0] >= after:
+            self.configs.pop()  # an uncommitted membership truncated away: the one before holds
+        self._note_configs(entries)
 
     def find_conflict(self, entries: tuple[Entry, ...]) -> Index:
         """Index of the first entry that is not in the log with the same term, or 0 if none.
@@ -232,6 +286,7 @@ class RaftLog:
     def restore(self, snapshot: Snapshot) -> None:
         """Replace the whole log with a snapshot received from the leader (paper section 7)."""
         self.committed = snapshot.meta.index
+        self.configs = [(snapshot.meta.index, snapshot.meta.membership)]
         self.unstable_snapshot = snapshot
         self.unstable_entries = []
         self.unstable_offset = Index(snapshot.meta.index + 1)

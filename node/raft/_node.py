@@ -28,6 +28,7 @@ from ._follower import FollowerReplication
 from ._leader import LeaderReplication
 from ._log import RaftLog
 from ._progress import Progress
+from ._quorum import VoteResult, vote_result
 from ._read_index import PendingRead
 from ._ready import ReadState, Ready, SoftState
 from ._status import PeerStatus as PeerStatus
@@ -68,9 +69,12 @@ class RaftNode(LeaderReplication, FollowerReplication):
         repair_reason: why the driver found this node's durable state lost (see
             `assess_durability`), shown in `status()` while the node is not a VOTER.
 
+    A node need not be a member of its stored membership: a new node starts knowing only
+    the voters it will ask (it is admitted as a learner by the leader), and a removed node
+    keeps running without campaigning.
+
     Raises:
-        ValueError: the storage's commit index is past its last index, or this node is not a
-            voter of the stored configuration.
+        ValueError: the storage's commit index is past its last index.
     """
 
     progress_class: type[Progress] = Progress
@@ -86,11 +90,8 @@ class RaftNode(LeaderReplication, FollowerReplication):
         self.config = config
         self.id = config.id
         self.rng = rng
-        hard_state, voters = storage.initial_state()
-        if self.id not in voters:
-            raise ValueError(f"node {self.id} is not among the voters {voters}")
-        self.voters: tuple[NodeId, ...] = tuple(sorted(voters))
-        self.log = RaftLog(storage, hard_state.commit)
+        hard_state, membership = storage.initial_state()
+        self.log = RaftLog(storage, hard_state.commit, membership)
         self.term: Term = hard_state.term
         self.vote: NodeId | None = hard_state.vote
         self.standing: Standing = hard_state.standing
@@ -117,6 +118,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
         # Last values handed out in a Ready, to detect changes.
         self._prev_hard = hard_state
         self._prev_soft = SoftState(self.role, None, self.term, self.standing)
+        self._prev_membership = self.log.membership()
         self._outstanding: Ready | None = None
         # Ticks since this core was built (a restart): a node whose term was lost waits two
         # election timeouts before it accepts REPAIR_DONE (docs/architecture.md).
@@ -272,6 +274,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
             or self.dropped
             or self._hard_state() != self._prev_hard
             or self._soft_state() != self._prev_soft
+            or self.log.membership() != self._prev_membership
         )
 
     def ready(self) -> Ready:
@@ -291,6 +294,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
         if log.has_next_committed_entries():
             committed = tuple(log.next_committed_entries(self.config.max_committed_bytes_per_ready))
         entries = tuple(log.unstable_entries)
+        membership = log.membership()
         rd = Ready(
             hard_state=hard if hard != self._prev_hard else None,
             entries=entries,
@@ -307,7 +311,9 @@ class RaftNode(LeaderReplication, FollowerReplication):
             or hard.standing != self._prev_hard.standing,
             read_states=tuple(self.read_states),
             dropped_reads=tuple(self.dropped_reads),
+            membership=membership if membership != self._prev_membership else None,
         )
+        self._prev_membership = membership
         self.msgs = []
         self.early_msgs = []
         self.dropped = []
@@ -340,6 +346,8 @@ class RaftNode(LeaderReplication, FollowerReplication):
                     self._maybe_commit()
         if rd.committed_entries:
             log.applied = max(log.applied, rd.committed_entries[-1].index)
+        if rd.snapshot is not None or rd.committed_entries:
+            log.prune_configs()
 
     def status(self) -> Status:
         """Role, term, leader, commit and applied index, and (on a leader) each peer's progress."""
@@ -366,6 +374,8 @@ class RaftNode(LeaderReplication, FollowerReplication):
             last_index=self.log.last_index(),
             first_index=self.log.first_index(),
             voters=self.voters,
+            learners=self.learners,
+            membership_index=self.log.membership_index(),
             peers=peers,
             standing=self.standing,
             repair_reason=self.repair_reason if self.standing is not Standing.VOTER else None,
@@ -433,7 +443,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
         self.role = Role.LEADER
         self.leader_id = self.id
         last = self.log.last_index()
-        for pid in self.voters:
+        for pid in self.log.membership().members():
             pr = self.progress_class(Index(last + 1), self.config.max_inflight_appends)
             if pid == self.id:
                 # Our own entries count once durable: what earlier Readys persisted.
@@ -456,7 +466,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
             return
         self._become_pre_candidate()
         self.votes[self.id] = True
-        if self._tally() >= self.quorum:
+        if vote_result(self.voters, self.votes) is VoteResult.WON:
             self._start_election(transfer=False)
             return
         term = Term(self.term + 1)
@@ -469,7 +479,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
     def _start_election(self, transfer: bool) -> None:
         self._become_candidate()
         self.votes[self.id] = True
-        if self._tally() >= self.quorum:
+        if vote_result(self.voters, self.votes) is VoteResult.WON:
             self._become_leader()
             return
         last_index = self.log.last_index()
@@ -479,9 +489,6 @@ class RaftNode(LeaderReplication, FollowerReplication):
                 self._send(
                     RequestVote(self.term, self.id, pid, last_index, last_term, transfer=transfer)
                 )
-
-    def _tally(self) -> int:
-        return sum(1 for granted in self.votes.values() if granted)
 
 
     # =========================================================================================
@@ -583,11 +590,11 @@ class RaftNode(LeaderReplication, FollowerReplication):
         if self.role not in (Role.PRE_CANDIDATE, Role.CANDIDATE) or msg.pre_vote != expect_pre:
             return
         self.votes.setdefault(msg.from_id, msg.granted)
-        granted = self._tally()
-        if granted >= self.quorum:
+        result = vote_result(self.voters, self.votes)
+        if result is VoteResult.WON:
             if expect_pre:
                 self._start_election(transfer=False)
             else:
                 self._become_leader()
-        elif len(self.votes) - granted >= self.quorum:
+        elif result is VoteResult.LOST:
             self._become_follower(self.term, None)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._membership import Membership
 from ._types import Entry, HardState, Index, Message, NodeId, Role, Snapshot, Standing, Term
 
 
@@ -70,6 +71,9 @@ class Ready:
             may be written without sync.
         read_states: reads confirmed since the last Ready, in the order they were asked.
         dropped_reads: the `ctx` of reads that will never be confirmed (the leader lost office).
+        membership: the membership in effect when it changed since the last Ready (a CONFIG
+            entry was appended, truncated away or came with a snapshot), else None; the driver
+            connects to new members and lets removed ones go.
     """
 
     hard_state: HardState | None
@@ -83,3 +87,4 @@ class Ready:
     must_sync: bool
     read_states: tuple[ReadState, ...] = ()
     dropped_reads: tuple[int, ...] = ()
+    membership: Membership | None = None

@@ -16,6 +16,7 @@ from ._types import (
     Index,
     JoinQuery,
     JoinQueryResponse,
+    NodeId,
     Standing,
     Term,
 )
@@ -33,7 +34,9 @@ class RepairRules(NodeState):
         self._join_answers = {}
         others = [pid for pid in self.voters if pid != self.id]
         if not others:
-            self._bootstrap()
+            if self.id in self.voters:
+                self._bootstrap()  # a cluster of one
+            # Else a new node that knows no voter: it waits for a leader to contact it.
             return
         for pid in others:
             self._send(JoinQuery(self.term, self.id, pid, self._join_nonce))
@@ -141,12 +144,13 @@ class RepairRules(NodeState):
     def _confirmed_since(self, heartbeat_round: int) -> bool:
         """A quorum of voters (not counting repairing ones) answered a heartbeat of round
         `heartbeat_round` or later: no leader of a later term was elected before then."""
-        confirmed = sum(
-            1
-            for pid, pr in self.progress.items()
-            if pid == self.id or (pr.counts and pr.acked_round >= heartbeat_round)
-        )
-        return confirmed >= self.quorum
+        def confirmed(pid: NodeId) -> bool:
+            pr = self.progress.get(pid)
+            return pid == self.id or (
+                pr is not None and pr.counts and pr.acked_round >= heartbeat_round
+            )
+
+        return self._has_quorum(confirmed)
 
     def _may_vote(self) -> bool:
         """Only a VOTER grants votes: a node that lost durable state might vote twice in a

@@ -34,6 +34,8 @@ class Status:
     last_index: Index
     first_index: Index
     voters: tuple[NodeId, ...]
+    learners: tuple[NodeId, ...] = ()
+    membership_index: Index = Index(0)
     peers: dict[NodeId, PeerStatus] = field(default_factory=dict)
     standing: Standing = Standing.VOTER
     repair_reason: str | None = None

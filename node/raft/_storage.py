@@ -10,7 +10,18 @@ from __future__ import annotations
 from typing import Protocol
 
 from ._errors import CompactedError, UnavailableError
-from ._types import Entry, HardState, Index, NodeId, Snapshot, SnapshotMeta, Standing, Term
+from ._membership import Membership
+from ._types import (
+    Entry,
+    EntryKind,
+    HardState,
+    Index,
+    NodeId,
+    Snapshot,
+    SnapshotMeta,
+    Standing,
+    Term,
+)
 
 
 class Storage(Protocol):
@@ -20,8 +31,16 @@ class Storage(Protocol):
     `first_index()` is covered by `snapshot()` (its index and term are `snapshot().meta`).
     """
 
-    def initial_state(self) -> tuple[HardState, tuple[NodeId, ...]]:
-        """Return the persisted hard state and the voters (from the latest snapshot or config)."""
+    def initial_state(self) -> tuple[HardState, Membership]:
+        """Return the persisted hard state and the membership of the latest snapshot (for a
+        new database: the membership it was created with)."""
+        ...
+
+    def config_entries(self) -> list[Entry]:
+        """Every CONFIG entry in the log (after the snapshot), in index order.
+
+        Read once, when the core starts, to find the membership in effect (thesis 4.1).
+        """
         ...
 
     def entries(self, lo: Index, hi: Index, max_bytes: int | None = None) -> list[Entry]:
@@ -68,15 +87,21 @@ class MemoryStorage:
     """
 
     def __init__(
-        self, voters: tuple[NodeId, ...], standing: Standing = Standing.VOTER
+        self,
+        voters: tuple[NodeId, ...] | Membership,
+        standing: Standing = Standing.VOTER,
     ) -> None:
+        membership = voters if isinstance(voters, Membership) else Membership.of(voters)
         self.hard_state = HardState(standing=standing)
-        self.snap = Snapshot(SnapshotMeta(Index(0), Term(0), tuple(sorted(voters))), b"")
+        self.snap = Snapshot(SnapshotMeta(Index(0), Term(0), membership), b"")
         self.log: list[Entry] = [Entry(Term(0), Index(0))]
 
     # -- reads -----------------------------------------------------------------------------
-    def initial_state(self) -> tuple[HardState, tuple[NodeId, ...]]:
-        return self.hard_state, self.snap.meta.voters
+    def initial_state(self) -> tuple[HardState, Membership]:
+        return self.hard_state, self.snap.meta.membership
+
+    def config_entries(self) -> list[Entry]:
+        return [e for e in self.log[1:] if e.kind is EntryKind.CONFIG]
 
     def first_index(self) -> Index:
         return Index(self.log[0].index + 1)
@@ -139,8 +164,13 @@ class MemoryStorage:
         self.snap = snap
         self.log = [Entry(snap.meta.term, snap.meta.index)]
 
-    def create_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None:
+    def create_snapshot(
+        self, index: Index, data: bytes, membership: Membership | tuple[NodeId, ...]
+    ) -> None:
         """Record a snapshot of the application at applied `index` and compact the log to it.
+
+        `membership` is the one in effect at `index` (`RaftNode.membership_at(index)`), or
+        just its voters.
 
         Raises:
             ValueError: index is not in the log or is older than the current snapshot.
@@ -151,6 +181,8 @@ class MemoryStorage:
         if index > self.last_index():
             raise ValueError(f"snapshot index {index} past last index {self.last_index()}")
         term = self.log[index - offset].term
-        self.snap = Snapshot(SnapshotMeta(index, term, tuple(sorted(voters))), data)
+        if not isinstance(membership, Membership):
+            membership = Membership.of(membership)
+        self.snap = Snapshot(SnapshotMeta(index, term, membership), data)
         self.log = self.log[index - offset :]
         self.log[0] = Entry(term, index)

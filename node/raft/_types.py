@@ -10,16 +10,11 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import NewType
 
-Term = NewType("Term", int)
-"""A Raft term number; 0 before any election."""
-
-Index = NewType("Index", int)
-"""A log index; the first real entry has index 1, 0 means "before the log"."""
-
-NodeId = NewType("NodeId", int)
-"""A node's id in the cluster configuration; positive."""
+from ._ids import Index as Index
+from ._ids import NodeId as NodeId
+from ._ids import Term as Term
+from ._membership import Membership
 
 
 class EntryKind(enum.IntEnum):
@@ -29,6 +24,9 @@ class EntryKind(enum.IntEnum):
     """Application data, handed to the state machine."""
     NOOP = 1
     """The empty entry a new leader appends at the start of its term (paper section 5.4.2)."""
+    CONFIG = 2
+    """A new cluster membership (`Membership.encode`), in effect from the moment it is in the
+    log (thesis 4.1); node/raft/_membership.py."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,12 +100,16 @@ class SnapshotMeta:
     Attributes:
         index: last log index the snapshot covers (the last applied entry).
         term: term of the entry at `index`.
-        voters: the cluster configuration at `index`, sorted node ids.
+        membership: the cluster membership at `index`.
     """
 
     index: Index = Index(0)
     term: Term = Term(0)
-    voters: tuple[NodeId, ...] = ()
+    membership: Membership = field(default_factory=Membership)
+
+    @property
+    def voters(self) -> tuple[NodeId, ...]:
+        return self.membership.voters
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,7 +85,7 @@ def bench_storage() -> None:
         (64, 1024, False, 2.0),
     ):
         with tempfile.TemporaryDirectory(dir=Path.cwd()) as tmp:
-            with RocksStorage.open(tmp, cluster_id="bench", node_id=1, voters=(1,)) as storage:
+            with RocksStorage.open(tmp, cluster_id="bench", node_id=1, membership=(1,)) as storage:
                 next_index = 1
                 count = 0
                 start = time.perf_counter()

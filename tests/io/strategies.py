@@ -7,6 +7,8 @@ from typing import Any
 from hypothesis import strategies as st
 
 from node.codec import MAX_WIRE_INT
+from node.raft._ids import NodeId
+from node.raft._membership import Membership
 from node.raft._types import (
     AppendEntries,
     AppendEntriesResponse,
@@ -48,7 +50,14 @@ def append_entries(draw: st.DrawFn) -> AppendEntries:
     )
 
 
-snapshot_metas = st.builds(SnapshotMeta, u64, u64, st.lists(node_ids, max_size=5).map(tuple))
+def _memberships(ids: list[int]) -> Membership:
+    voters, learners = ids[: len(ids) // 2 + 1], ids[len(ids) // 2 + 1 :]
+    m = Membership.of(tuple(NodeId(i) for i in voters), tuple(NodeId(i) for i in learners))
+    return m.with_addresses({NodeId(i): (f"h{i}:1", f"h{i}:2") for i in ids[::2]})
+
+
+memberships = st.lists(node_ids, max_size=5, unique=True).map(_memberships)
+snapshot_metas = st.builds(SnapshotMeta, u64, u64, memberships)
 
 messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(RequestVote, u64, node_ids, node_ids, u64, u64, st.booleans(), st.booleans()),

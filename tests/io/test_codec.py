@@ -21,6 +21,7 @@ from node.codec import (
     encode_raft_message,
     encode_snapshot_meta,
 )
+from node.raft._membership import Membership
 from node.raft._types import (
     MESSAGE_TYPES,
     AppendEntries,
@@ -212,7 +213,7 @@ def test_entry_kind_is_decoded_as_the_enum() -> None:
 def test_entry_and_meta_helpers_round_trip() -> None:
     entry = Entry(Term(4), Index(9), EntryKind.NORMAL, b"data")
     assert decode_entry(encode_entry(entry)) == entry
-    meta = SnapshotMeta(Index(9), Term(4), (NodeId(1), NodeId(2), NodeId(3)))
+    meta = SnapshotMeta(Index(9), Term(4), Membership.of((NodeId(1), NodeId(2), NodeId(3))))
     assert decode_snapshot_meta(encode_snapshot_meta(meta)) == meta
 
 

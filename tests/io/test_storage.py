@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from rocksdict import Options, Rdict
 
 from node.raft._errors import CompactedError, UnavailableError
+from node.raft._membership import Membership
 from node.raft._ready import Ready
 from node.raft._storage import MemoryStorage
 from node.raft._types import (
@@ -65,7 +66,7 @@ def ents(first: int, terms: list[int], size_bytes: int = 8) -> list[Entry]:
 
 
 def open_rocks(path: Path, **kwargs: Any) -> RocksStorage:
-    return RocksStorage.open(path, cluster_id=CLUSTER, node_id=1, voters=VOTERS, **kwargs)
+    return RocksStorage.open(path, cluster_id=CLUSTER, node_id=1, membership=VOTERS, **kwargs)
 
 
 class MemoryDriver:
@@ -130,12 +131,12 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
 
 
 def test_empty_storage(store: Any) -> None:
-    assert store.initial_state() == (HardState(standing=Standing.JOINING), VOTERS)
+    assert store.initial_state() == (HardState(standing=Standing.JOINING), Membership.of(VOTERS))
     assert store.first_index() == 1
     assert store.last_index() == 0
     assert store.term(0) == 0
     assert store.entries(1, 1) == []
-    assert store.snapshot() == Snapshot(SnapshotMeta(Index(0), Term(0), VOTERS), b"")
+    assert store.snapshot() == Snapshot(SnapshotMeta(Index(0), Term(0), Membership.of(VOTERS)), b"")
     with pytest.raises(UnavailableError):
         store.term(1)
     with pytest.raises(CompactedError):
@@ -147,7 +148,7 @@ def test_empty_storage(store: Any) -> None:
 def test_append_and_read(store: Any) -> None:
     log = ents(1, [1, 1, 2, 2, 3])
     store.persist(ready(log, HardState(Term(3), NodeId(2), Index(2))))
-    assert store.initial_state() == (HardState(Term(3), NodeId(2), Index(2)), VOTERS)
+    assert store.initial_state() == (HardState(Term(3), NodeId(2), Index(2)), Membership.of(VOTERS))
     assert (store.first_index(), store.last_index()) == (1, 5)
     assert [store.term(i) for i in range(0, 6)] == [0, 1, 1, 2, 2, 3]
     assert store.entries(1, 6) == log
@@ -196,9 +197,9 @@ def test_compaction(store: Any) -> None:
     assert (store.first_index(), store.last_index()) == (5, 6)
     assert store.term(4) == 2
     assert store.snapshot() == Snapshot(
-        SnapshotMeta(Index(4), Term(2), (NodeId(1), NodeId(3))), b"app state at 4"
+        SnapshotMeta(Index(4), Term(2), Membership.of((NodeId(1), NodeId(3)))), b"app state at 4"
     )
-    assert store.initial_state()[1] == (1, 3)
+    assert store.initial_state()[1] .voters == (1, 3)
     assert store.entries(5, 7) == ents(5, [3, 3])
     with pytest.raises(CompactedError):
         store.term(3)
@@ -217,14 +218,14 @@ def test_compaction(store: Any) -> None:
 
 def test_snapshot_from_leader_replaces_log(store: Any) -> None:
     store.persist(ready(ents(1, [1, 1, 1])))
-    snap = Snapshot(SnapshotMeta(Index(10), Term(5), VOTERS), b"leader state")
+    snap = Snapshot(SnapshotMeta(Index(10), Term(5), Membership.of(VOTERS)), b"leader state")
     store.persist(ready(ents(11, [5, 6]), HardState(Term(6), None, Index(10)), snap))
     assert (store.first_index(), store.last_index()) == (11, 12)
     assert store.snapshot() == snap
     assert store.term(10) == 5
     assert store.entries(11, 13) == ents(11, [5, 6])
     # An older snapshot in a later Ready is ignored; entries it covers are skipped.
-    old = Snapshot(SnapshotMeta(Index(5), Term(2), VOTERS), b"old")
+    old = Snapshot(SnapshotMeta(Index(5), Term(2), Membership.of(VOTERS)), b"old")
     store.persist(ready(ents(9, [4, 5, 6, 7]), snapshot=old))
     assert store.snapshot() == snap
     assert store.entries(11, 13) == ents(9, [4, 5, 6, 7])[2:]
@@ -324,7 +325,7 @@ def _apply(s: Any, model: MemoryDriver, op: tuple[Any, ...]) -> None:
         meta = model.snapshot().meta
         index = max(meta.index, commit) + ahead
         term = max(meta.term, model.term(Index(last))) + term_inc
-        snap = Snapshot(SnapshotMeta(Index(index), Term(term), VOTERS), bytes([ahead]) * ahead)
+        snap = Snapshot(SnapshotMeta(Index(index), Term(term), Membership.of(VOTERS)), bytes([ahead]) * ahead)
         s.persist(ready(hard_state=HardState(Term(term), None, Index(index)), snapshot=snap))
     elif kind == "reopen" and isinstance(s, RocksDriver):
         s.reopen()
@@ -354,13 +355,13 @@ def test_rocks_agrees_with_memory_storage(ops: list[tuple[Any, ...]], cache_max_
 
 def test_reopen_recovers_everything(tmp_path: Path) -> None:
     path = tmp_path / "db"
-    snap = Snapshot(SnapshotMeta(Index(10), Term(3), VOTERS), b"snapshot data" * 1000)
+    snap = Snapshot(SnapshotMeta(Index(10), Term(3), Membership.of(VOTERS)), b"snapshot data" * 1000)
     log = ents(11, [3, 4, 4, 5], size_bytes=500)
     hs = HardState(Term(5), NodeId(3), Index(12))
     with open_rocks(path, snapshot_chunk_bytes=1000) as s:
         s.persist(ready(log, hs, snap))
     with open_rocks(path, cache_max_bytes=1000) as s:
-        assert s.initial_state() == (hs, VOTERS)
+        assert s.initial_state() == (hs, Membership.of(VOTERS))
         assert s.snapshot() == snap
         assert (s.first_index(), s.last_index()) == (11, 14)
         assert s.entries(Index(11), Index(15)) == log
@@ -389,10 +390,10 @@ def test_wrong_cluster_or_node_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "db"
     open_rocks(path).close()
     with pytest.raises(StorageError, match="belongs to cluster 'cluster-a' node 1") as info:
-        RocksStorage.open(path, cluster_id="cluster-b", node_id=1, voters=VOTERS)
+        RocksStorage.open(path, cluster_id="cluster-b", node_id=1, membership=VOTERS)
     assert str(path) in str(info.value)
     with pytest.raises(StorageError, match="not cluster 'cluster-a' node 2"):
-        RocksStorage.open(path, cluster_id=CLUSTER, node_id=2, voters=VOTERS)
+        RocksStorage.open(path, cluster_id=CLUSTER, node_id=2, membership=VOTERS)
     open_rocks(path).close()  # still fine with the right identity
 
 
@@ -434,10 +435,10 @@ def test_large_snapshot(tmp_path: Path) -> None:
         s.save_snapshot(Index(2), data, VOTERS)
         assert s.snapshot().data is data
     with open_rocks(path) as s:
-        assert s.snapshot().meta == SnapshotMeta(Index(2), Term(1), VOTERS)
+        assert s.snapshot().meta == SnapshotMeta(Index(2), Term(1), Membership.of(VOTERS))
         assert s.snapshot().data == data
         # Replaced by a smaller snapshot: no stray chunks remain.
-        s.persist(ready(snapshot=Snapshot(SnapshotMeta(Index(7), Term(2), VOTERS), b"small")))
+        s.persist(ready(snapshot=Snapshot(SnapshotMeta(Index(7), Term(2), Membership.of(VOTERS)), b"small")))
     with open_rocks(path) as s:
         assert s.snapshot().data == b"small"
 

@@ -14,6 +14,7 @@ import trio
 import trio.testing
 
 from node.codec import FrameDecoder, encode_frame, encode_raft_message
+from node.raft._membership import Membership
 from node.raft._types import (
     AppendEntries,
     AppendEntriesResponse,
@@ -132,7 +133,7 @@ def every_message(src: int, dst: int) -> list[Message]:
         AppendEntriesResponse(Term(2), s, d, False, Index(0), Index(4), Index(2), Term(1)),
         Heartbeat(Term(2), s, d, Index(3)),
         HeartbeatResponse(Term(2), s, d),
-        InstallSnapshot(Term(2), s, d, SnapshotMeta(Index(9), Term(2), (s, d)), 0, b"c", True),
+        InstallSnapshot(Term(2), s, d, SnapshotMeta(Index(9), Term(2), Membership.of((s, d))), 0, b"c", True),
         InstallSnapshotResponse(Term(2), s, d, Index(9), 1, True),
         TimeoutNow(Term(2), s, d),
     ]

@@ -84,6 +84,17 @@ class Net:
         self.down: set[int] = set()
         self.delivered: list[Message] = []
 
+    def add(self, i: int) -> RaftNode:
+        """A new node `i` with an empty log that knows the current voters (not a member yet):
+        what a node started to join an existing cluster looks like."""
+        nid = NodeId(i)
+        self.ids.append(nid)
+        self.storage[nid] = MemoryStorage(tuple(n for n in self.ids if n != nid))
+        self.readies[nid] = []
+        self.applied[nid] = []
+        self.start(nid)
+        return self.nodes[nid]
+
     def start(self, i: int) -> None:
         config = Config(NodeId(i), **self.cfg)  # type: ignore[arg-type]
         self.nodes[i] = self.factory(config, self.storage[i], random.Random(i))

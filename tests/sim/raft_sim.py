@@ -806,7 +806,9 @@ class Simulator:
         index = sn.applied[-1][0]
         if index <= sn.storage.snapshot().meta.index:
             return
-        sn.storage.create_snapshot(Index(index), _encode_applied(sn.applied), tuple(self.nodes))
+        sn.storage.create_snapshot(
+            Index(index), _encode_applied(sn.applied), sn.core.membership_at(Index(index))
+        )
         self._log(f"n{sn.id} compacted to {index}")
         self._count("compactions")
 

@@ -22,6 +22,7 @@ from node.raft import (
     Entry,
     HardState,
     Index,
+    Membership,
     MemoryStorage,
     Message,
     NodeId,
@@ -89,8 +90,11 @@ class SimDisk:
         return _Durable(self.mem.hard_state, self.mem.snap, list(self.mem.log))
 
     # -- the core's reads --------------------------------------------------------------------
-    def initial_state(self) -> tuple[HardState, tuple[NodeId, ...]]:
+    def initial_state(self) -> tuple[HardState, Membership]:
         return self.mem.initial_state()
+
+    def config_entries(self) -> list[Entry]:
+        return self.mem.config_entries()
 
     def first_index(self) -> Index:
         return self.mem.first_index()
@@ -119,8 +123,8 @@ class SimDisk:
         elif rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             self.unsynced_writes += 1
 
-    def save_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None:
-        self.mem.create_snapshot(index, data, voters)
+    def save_snapshot(self, index: Index, data: bytes, membership: Membership) -> None:
+        self.mem.create_snapshot(index, data, membership)
         self._sync()
 
     def _sync(self) -> None:
@@ -147,7 +151,7 @@ class SimDisk:
             return 0
         d = self._durable
         lost, self.unsynced_writes = self.unsynced_writes, 0
-        mem = MemoryStorage(self.mem.snap.meta.voters)
+        mem = MemoryStorage(self.mem.snap.meta.membership)
         mem.hard_state, mem.snap, mem.log = d.hard, d.snap, list(d.log)
         self.mem = mem
         return lost
