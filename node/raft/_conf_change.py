@@ -18,7 +18,8 @@ the log, committed or not, kept by `RaftLog`). A leader proposes a change only w
    and the new leader removes it. (Thesis 4.2.2 lets a removed leader step down once the
    change commits; handing over first keeps the leader always a voter of its membership.)
 
-A node not among the voters of its membership (a learner, or removed) never campaigns.
+A learner never campaigns; a removed node stops campaigning once it knows its removal is
+committed (`_in_electorate`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,9 @@ from ._progress import ProgressState
 from ._quorum import has_quorum
 from ._read_index import ReadIndexRules
 from ._types import Entry, EntryKind, Index, NodeId, Role
+
+FAREWELL_HEARTBEATS = 3
+"""Heartbeats a removed node still gets once its removal is committed (see `_sync_progress`)."""
 
 
 class MembershipRules(ReadIndexRules):
@@ -51,17 +55,7 @@ class MembershipRules(ReadIndexRules):
         if self.transfer_target is not None:
             raise ProposalDropped("leadership transfer in progress")
         log = self.log
-        if not self._committed_in_term():
-            raise ConfChangeError(
-                "CHANGE_IN_PROGRESS",
-                "this leader has not yet committed an entry of its term; retry shortly",
-            )
-        if log.membership_index() > log.committed:
-            raise ConfChangeError(
-                "CHANGE_IN_PROGRESS",
-                f"the membership change at index {log.membership_index()} is not committed "
-                "yet; one change at a time",
-            )
+        self._check_no_change_in_flight()
         new = log.membership().apply(change)
         nid = change.node_id
         if change.kind is ChangeKind.REMOVE and nid == self.id:
@@ -80,6 +74,25 @@ class MembershipRules(ReadIndexRules):
         self._append_entries_as_leader([Entry(self.term, index, EntryKind.CONFIG, new.encode())])
         self._sync_progress(index)
         return index
+
+    def _check_no_change_in_flight(self) -> None:
+        """Rules 1 and 2 of the module docstring.
+
+        Raises:
+            ConfChangeError: CHANGE_IN_PROGRESS.
+        """
+        log = self.log
+        if not self._committed_in_term():
+            raise ConfChangeError(
+                "CHANGE_IN_PROGRESS",
+                "this leader has not yet committed an entry of its term; retry shortly",
+            )
+        if log.membership_index() > log.committed:
+            raise ConfChangeError(
+                "CHANGE_IN_PROGRESS",
+                f"the membership change at index {log.membership_index()} is not committed "
+                "yet; one change at a time",
+            )
 
     def membership_at(self, index: Index) -> Membership:
         """The membership in effect at log index `index` (at or after the applied index):
@@ -109,15 +122,41 @@ class MembershipRules(ReadIndexRules):
     def _sync_progress(self, next_index: Index) -> None:
         """Leader: keep one progress per member of the membership in effect, and per node
         removed by a change not yet committed (it still receives the log, so that it learns
-        of its removal and stops campaigning). A new member's probe starts at `next_index`."""
+        of its removal); once the removal is committed, the node gets `FAREWELL_HEARTBEATS`
+        more heartbeats (they carry the commit index: it learns its removal is committed and
+        stops campaigning), then nothing. A new member's probe starts at `next_index`."""
         log = self.log
         keep = {self.id, *log.membership().members(), *log.membership_at(log.committed).members()}
-        for pid in [p for p in self.progress if p not in keep]:
-            del self.progress[pid]
+        for pid, pr in self.progress.items():
+            if pid not in keep and pr.farewell_heartbeats is None:
+                pr.farewell_heartbeats = FAREWELL_HEARTBEATS
         for pid in sorted(keep - set(self.progress)):
             self.progress[pid] = self.progress_class(next_index, self.config.max_inflight_appends)
         if self.transfer_target is not None and self.transfer_target not in self.voters:
             self.transfer_target = None
+
+    def _say_farewells(self) -> None:
+        """Leader, after a heartbeat round: forget removed nodes that had their farewells."""
+        for pid in [p for p, pr in self.progress.items() if pr.farewell_heartbeats is not None]:
+            pr = self.progress[pid]
+            pr.farewell_heartbeats = (pr.farewell_heartbeats or 0) - 1
+            if pr.farewell_heartbeats <= 0:
+                del self.progress[pid]
+
+    def _in_electorate(self) -> bool:
+        """Whether membership lets this node campaign: it is a voter of the membership in
+        effect; or it was a voter of the committed one and its removal is not known to be
+        committed yet (otherwise a node holding an uncommitted entry that removes it, with a
+        log more up to date than the others', would let no one win: it neither campaigns nor
+        votes for a node that lacks the entry). As a leader it then commits that entry
+        without counting itself, and steps down (thesis 4.2.2). A learner never campaigns."""
+        log = self.log
+        if self.id in self.voters:
+            return True
+        return (
+            log.membership_index() > log.committed
+            and self.id in log.membership_at(log.committed).voters
+        )
 
     def _append_entries_as_leader(self, entries: list[Entry]) -> None:
         raise NotImplementedError  # LeaderReplication's
@@ -127,7 +166,11 @@ class MembershipRules(ReadIndexRules):
         leader that is no longer a voter of a committed membership steps down (thesis 4.2.2; not reached while removal of the leader is
         refused, kept so that the rule holds on its own)."""
         log = self.log
-        if len(self.progress) > len(log.membership().members()):
-            self._sync_progress(Index(log.last_index() + 1))  # a removal committed
+        members = log.membership().members()
+        if any(
+            pid != self.id and pid not in members and pr.farewell_heartbeats is None
+            for pid, pr in self.progress.items()
+        ):
+            self._sync_progress(Index(log.last_index() + 1))  # a removal may have committed
         if self.id not in self.voters and log.membership_index() <= log.committed:
             self._become_follower(self.term, None)

@@ -25,11 +25,11 @@ class Config:
         max_inflight_appends: AppendEntries outstanding per follower in REPLICATE state.
         max_snapshot_chunk_bytes: bytes of snapshot data per InstallSnapshot message.
         max_committed_bytes_per_ready: about the most entry bytes in one Ready's committed_entries.
-        max_promote_lag_entries: a learner is promoted to voter only once its match index is
-            at most this many entries behind the commit index (thesis 4.2.1).
         pre_vote: run the pre-vote phase before an election (thesis 9.6).
         check_quorum: a leader steps down when it has not heard from a majority for an election
             timeout, and followers that heard from a leader within one ignore votes (thesis 6.2).
+        max_promote_lag_entries: a learner is promoted to voter only once its match index is
+            at most this many entries behind the commit index (thesis 4.2.1).
     """
 
     id: NodeId
@@ -40,9 +40,9 @@ class Config:
     max_inflight_appends: int = 64
     max_snapshot_chunk_bytes: int = 1 << 20
     max_committed_bytes_per_ready: int = 8 << 20
-    max_promote_lag_entries: int = 1000
     pre_vote: bool = True
     check_quorum: bool = True
+    max_promote_lag_entries: int = 1000
 
     def __post_init__(self) -> None:
         if self.id <= 0:

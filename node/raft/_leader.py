@@ -66,6 +66,7 @@ class LeaderReplication(MembershipRules):
                     )
                 )
         self._assign_reads(hb_round)
+        self._say_farewells()
 
     def _durable_last_index(self) -> Index:
         log = self.log
@@ -184,8 +185,8 @@ class LeaderReplication(MembershipRules):
             return  # a stale or duplicate success
         if pr.state is ProgressState.PROBE:
             pr.become_replicate()
-        if updated:
-            self._maybe_commit()
+        if updated and self._maybe_commit() and self.role is not Role.LEADER:
+            return  # it committed its own removal and stepped down
         while self._maybe_send_append(pid, allow_empty=False):
             pass
         if self.transfer_target == pid and pr.match == self.log.last_index():
@@ -246,6 +247,11 @@ class LeaderReplication(MembershipRules):
         if pr.state is not ProgressState.SNAPSHOT or pr.snapshot is None:
             return
         if msg.snapshot_index != pr.snapshot.meta.index:
+            return
+        if msg.next_offset_bytes == pr.snapshot_offset_bytes and pr.chunk_sent:
+            # A duplicated answer for the chunk already on its way: resending on each one
+            # multiplied the chunks in flight with every duplicate (a message storm); a lost
+            # chunk is resent after CHUNK_RESEND_HEARTBEATS instead.
             return
         pr.snapshot_offset_bytes = msg.next_offset_bytes
         pr.chunk_sent = False

@@ -166,10 +166,12 @@ class RaftNode(LeaderReplication, FollowerReplication):
             self._tick_joining()
         elif self.election_elapsed >= self.randomized_election_ticks:
             self.election_elapsed = 0
-            if self._may_campaign():
+            if self._may_campaign() and self._in_electorate():
                 self._campaign(transfer=False)
             else:
-                self.leader_id = None  # a repairing node waits for a leader to contact it
+                # A repairing node or a learner waits for a leader to contact it; it no longer
+                # vouches for the old one (its lease would refuse every pre-vote for ever).
+                self.leader_id = None
 
     def propose(self, data: bytes) -> Index:
         """Append one entry of application data to the leader's log.
@@ -443,7 +445,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
         self.role = Role.LEADER
         self.leader_id = self.id
         last = self.log.last_index()
-        for pid in self.log.membership().members():
+        for pid in sorted({self.id, *self.log.membership().members()}):
             pr = self.progress_class(Index(last + 1), self.config.max_inflight_appends)
             if pid == self.id:
                 # Our own entries count once durable: what earlier Readys persisted.
@@ -459,32 +461,37 @@ class RaftNode(LeaderReplication, FollowerReplication):
     def _campaign(self, transfer: bool) -> None:
         """Start a pre-election (thesis 9.6), or an election at once when `transfer` is set
         (started by TimeoutNow) or pre-vote is off."""
-        if self.id not in self.voters or not self._may_campaign():
+        if not self._in_electorate() or not self._may_campaign():
             return
         if not self.config.pre_vote or transfer:
             self._start_election(transfer)
             return
         self._become_pre_candidate()
         self.votes[self.id] = True
-        if vote_result(self.voters, self.votes) is VoteResult.WON:
+        if vote_result(self._electorate(), self.votes) is VoteResult.WON:
             self._start_election(transfer=False)
             return
         term = Term(self.term + 1)
         last_index = self.log.last_index()
         last_term = self.log.last_term()
-        for pid in self.voters:
+        for pid in self._electorate():
             if pid != self.id:
                 self._send(RequestVote(term, self.id, pid, last_index, last_term, pre_vote=True))
+
+    def _electorate(self) -> tuple[NodeId, ...]:
+        """The nodes whose votes decide an election: the voters of the membership in effect
+        (not learners, not removed nodes)."""
+        return self.voters
 
     def _start_election(self, transfer: bool) -> None:
         self._become_candidate()
         self.votes[self.id] = True
-        if vote_result(self.voters, self.votes) is VoteResult.WON:
+        if vote_result(self._electorate(), self.votes) is VoteResult.WON:
             self._become_leader()
             return
         last_index = self.log.last_index()
         last_term = self.log.last_term()
-        for pid in self.voters:
+        for pid in self._electorate():
             if pid != self.id:
                 self._send(
                     RequestVote(self.term, self.id, pid, last_index, last_term, transfer=transfer)
@@ -590,7 +597,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
         if self.role not in (Role.PRE_CANDIDATE, Role.CANDIDATE) or msg.pre_vote != expect_pre:
             return
         self.votes.setdefault(msg.from_id, msg.granted)
-        result = vote_result(self.voters, self.votes)
+        result = vote_result(self._electorate(), self.votes)
         if result is VoteResult.WON:
             if expect_pre:
                 self._start_election(transfer=False)

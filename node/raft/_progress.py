@@ -73,6 +73,7 @@ class Progress:
         "match_boot",
         "repair_boot",
         "diverged",
+        "farewell_heartbeats",
     )
 
     def __init__(self, next_index: Index, max_inflight: int) -> None:
@@ -95,6 +96,7 @@ class Progress:
         self.match_boot = 0
         self.repair_boot = 0
         self.diverged = False
+        self.farewell_heartbeats: int | None = None  # removed: heartbeats it still gets
 
     @property
     def counts(self) -> bool:

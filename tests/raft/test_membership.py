@@ -11,6 +11,7 @@ from node.raft import (
     ConfChange,
     ConfChangeError,
     EntryKind,
+    HardState,
     Index,
     Membership,
     MemoryStorage,
@@ -18,6 +19,7 @@ from node.raft import (
     RequestVote,
     Role,
 )
+from node.raft._conf_change import FAREWELL_HEARTBEATS
 from node.raft._quorum import VoteResult, committed_index, majority, overlapping, vote_result
 
 from .harness import Net
@@ -206,11 +208,16 @@ def test_remove_a_voter_and_the_refusals_of_remove() -> None:
     net, leader = committed_leader(5)
     refused("LEADER_REMOVAL", leader.propose_conf_change, remove(1))
     refused("UNKNOWN_MEMBER", leader.propose_conf_change, remove(9))
-    leader.propose_conf_change(remove(5))
+    index = leader.propose_conf_change(remove(5))
     net.deliver()
-    assert leader.voters == (1, 2, 3, 4) and N(5) not in leader.progress
+    assert leader.voters == (1, 2, 3, 4)
     removed = net.nodes[5]
     assert removed.voters == (1, 2, 3, 4)  # it received its own removal
+    # It gets a few more heartbeats, which tell it the removal is committed, then nothing.
+    assert leader.progress[N(5)].farewell_heartbeats == FAREWELL_HEARTBEATS
+    net.tick_all(FAREWELL_HEARTBEATS * leader.config.heartbeat_ticks)
+    assert N(5) not in leader.progress
+    assert removed.log.committed >= index
     net.delivered.clear()
     for _ in range(100):
         removed.tick()
@@ -227,6 +234,35 @@ def test_a_removal_that_leaves_no_active_majority_is_refused() -> None:
     leader.propose_conf_change(remove(5))  # 1, 2, 3 of 1..4: still a majority
     net.deliver()
     assert leader.voters == (1, 2, 3, 4)
+
+
+def test_a_node_holding_its_own_uncommitted_removal_still_campaigns() -> None:
+    """Two voters; the leader proposes removing the follower and crashes after only the
+    follower got the entry. The follower's log is the more up to date, so it must campaign (it
+    would refuse its vote to the other) and, leading, commit its removal and step down."""
+    net = Net(2)
+    leader = net.elect(1)
+    net.deliver()
+    index = leader.propose_conf_change(remove(2))
+    net.deliver(drop=lambda m: m.to_id == 1)  # the acknowledgement is lost
+    follower = net.nodes[2]
+    assert follower.voters == (1,) and follower.log.committed < index
+    # Node 1 restarts having lost the entry: it crashed before its own write of it was
+    # durable (a leader sends entries while it writes them, thesis 10.2.1), so it never
+    # counted its own copy and the entry was never committed.
+    st = net.storage[1]
+    st.log = st.log[:index]
+    st.set_hard_state(HardState(st.hard_state.term, st.hard_state.vote, Index(index - 1)))
+    net.restart(1)
+    assert net.nodes[1].voters == (1, 2)
+    for _ in range(5):
+        net.tick_all(net.nodes[1].config.election_ticks)
+    assert net.nodes[1].role is Role.LEADER and net.nodes[1].voters == (1,)
+    assert follower.role is Role.FOLLOWER  # it led long enough to commit its removal
+    assert follower.log.committed >= index
+    for _ in range(5):
+        net.tick_all(net.nodes[1].config.election_ticks)
+    assert net.nodes[1].role is Role.LEADER  # and the removed node no longer campaigns
 
 
 def test_an_uncommitted_membership_is_undone_when_its_entry_is_truncated() -> None:

@@ -56,6 +56,13 @@ def test_seeds() -> None:
         "repaired",
         "reads_confirmed",
         "reads_dropped",
+        "membership_add",
+        "membership_promote",
+        "membership_remove",
+        "membership_replace",
+        "membership_retired",
+        "membership_refused_change_in_progress",
+        "membership_refused_learner_behind",
     ):
         assert totals.get(key, 0) > 0, f"no {key} in {SEEDS} seeds: {totals}"
     assert sum(r.acked for r in results) > 50 * len(results)

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from node.raft import (
     CompactedError,
@@ -55,6 +55,8 @@ from node.raft import (
     raise_mark_after,
     run_sync,
 )
+
+from .sim_members import MembershipNemesis
 
 MAX_MESSAGES_PER_TICK = 20_000
 """More messages than this in one tick is a message storm: reported as a liveness failure
@@ -312,6 +314,11 @@ class Simulator:
         config: core tuning (id is filled in per node).
         brand_new: every node starts with a new, empty database (JOINING: the cluster forms
             only once all have asked each other); default: on odd seeds.
+        membership: run the membership nemesis (tests/sim/sim_members.py: nodes added,
+            promoted, removed and replaced; disk faults are off then); default: on seeds
+            that leave 2 modulo 3.
+        membership_pace: (changes per thousand ticks, percent of bursts of two) for the
+            membership nemesis; default tests/sim/sim_members.py's.
     """
 
     def __init__(
@@ -325,6 +332,8 @@ class Simulator:
         config: Config | None = None,
         propose_pct: int = 30,
         brand_new: bool | None = None,
+        membership: bool | None = None,
+        membership_pace: tuple[int, int] | None = None,
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
@@ -339,22 +348,12 @@ class Simulator:
             max_append_entries=16,
             max_inflight_appends=8,
             max_snapshot_chunk_bytes=256,
+            max_promote_lag_entries=8,
         )
         voters = tuple(NodeId(i) for i in range(1, nodes + 1))
         self.nodes: dict[NodeId, SimNode] = {}
         for nid in voters:
-            cfg = Config(
-                nid,
-                base.election_ticks,
-                base.heartbeat_ticks,
-                base.max_append_entries,
-                base.max_append_bytes,
-                base.max_inflight_appends,
-                base.max_snapshot_chunk_bytes,
-                base.max_committed_bytes_per_ready,
-                base.pre_vote,
-                base.check_quorum,
-            )
+            cfg = replace(base, id=nid)
             fresh = brand_new if brand_new is not None else seed % 2 == 1
             self.nodes[nid] = SimNode(
                 nid,
@@ -398,6 +397,10 @@ class Simulator:
         self.faults_injected = 0
         self.elections = 0
         self.counters: dict[str, int] = {}
+        with_members = membership if membership is not None else seed % 3 == 2
+        self.members = (
+            MembershipNemesis(self, seed, *(membership_pace or ())) if with_members else None
+        )
 
     # -- trace ------------------------------------------------------------------------------
     def _log(self, text: str) -> None:
@@ -416,9 +419,11 @@ class Simulator:
             while self.now < self.fault_ticks:
                 while sched and sched[0].at_tick <= self.now:
                     self._inject(sched.pop(0))
+                if self.members is not None:
+                    self.members.tick()
                 for due in [r for r in self.restarts if r[0] <= self.now]:
                     self.restarts.remove(due)
-                    if not self.nodes[due[1]].alive:
+                    if not self.nodes[due[1]].alive and self._may_restart(due[1]):
                         self.nodes[due[1]].start()
                         self._log(f"restart n{due[1]}")
                 self._step_tick(allow_proposals=True)
@@ -470,6 +475,9 @@ class Simulator:
                 self._log(f"n{sn.id} repaired: a voter again")
                 self._count("repaired")
         self._check_tick()
+
+    def _may_restart(self, nid: NodeId) -> bool:
+        return self.members is None or self.members.may_restart(nid)
 
     def _alive(self) -> list[SimNode]:
         return [sn for _, sn in sorted(self.nodes.items()) if sn.alive]
@@ -633,6 +641,8 @@ class Simulator:
                     "apply-order", f"n{sn.id} applied index {e.index}, expected {expected}"
                 )
             self._check_applied(sn, e.index, e.term, e.data)
+            if e.kind is EntryKind.CONFIG and self.members is not None:
+                self.members.committed_config(sn, e.index, e.data)
             sn.applied.append((e.index, e.term, e.data))
             pend = self.pending.pop((sn.id, e.index), None)
             if pend is not None and pend[0] == e.term:
@@ -713,7 +723,7 @@ class Simulator:
                 self.restarts.append((self.now + f.args[-1], victim.id))
         elif kind == "restart":
             sn = self.nodes[NodeId(f.args[0])]
-            if sn.alive:
+            if sn.alive or not self._may_restart(sn.id):
                 self.faults_injected -= 1
                 return
             sn.start()
@@ -726,7 +736,11 @@ class Simulator:
             if leader is None or leader.core is None:
                 self.faults_injected -= 1
                 return
-            transferee = self.rng.choice([i for i in ids if i != leader.id])
+            voters = [i for i in leader.core.voters if i != leader.id]
+            if not voters:
+                self.faults_injected -= 1
+                return
+            transferee = self.rng.choice(voters)
             leader.core.transfer_leadership(NodeId(transferee))
         elif kind == "compact":
             sn = self.nodes[NodeId(f.args[0])]
@@ -743,6 +757,8 @@ class Simulator:
     def _disk_fault(self, kind: str, sn: SimNode, restart_after: int) -> bool:
         """Crash `sn` and damage its disk; False (nothing done) when that would leave a
         majority of nodes with damaged storage, or there is nothing the mark could miss."""
+        if self.members is not None:
+            return False  # the majority rule below assumes a fixed membership
         damaged = sum(1 for other in self.nodes.values() if other.damaged and other is not sn)
         if damaged + 1 > (self.n - 1) // 2:
             return False
@@ -816,7 +832,7 @@ class Simulator:
         self.blocked = set()
         self.drop_pct = self.dup_pct = self.max_delay = self.crash_per_mille = 0
         for sn in self.nodes.values():
-            if not sn.alive:
+            if not sn.alive and self._may_restart(sn.id):
                 sn.start()
         self._log("heal all; restart all")
 
@@ -845,6 +861,8 @@ class Simulator:
                 self.leader_tip[sn.id] = (core.term, last, core.log.term(last))
             else:
                 self.leader_tip.pop(sn.id, None)
+        if self.members is not None:
+            self.members.check_tick()
 
     def _check_log_matching(self, sn: SimNode, entries: tuple[Entry, ...]) -> None:
         # Log matching (paper 5.3): an entry identified by (index, term) is the same entry
@@ -855,7 +873,7 @@ class Simulator:
                 prev_term = st.term(Index(e.index - 1))
             except (CompactedError, UnavailableError):
                 continue
-            ident = (prev_term, e.data if e.kind is EntryKind.NORMAL else b"\x00noop")
+            ident = (prev_term, e.data if e.kind is not EntryKind.NOOP else b"\x00noop")
             known = self.entry_identity.setdefault((e.index, e.term), ident)
             if known != ident:
                 raise Violation(
@@ -933,15 +951,25 @@ class Simulator:
             and sn.core.log.applied == target
             and sn.applied
             and sn.applied[-1][0] == target
-            for sn in self.nodes.values()
+            for sn in self._must_converge(leader)
         )
 
+    def _must_converge(self, leader: SimNode) -> list[SimNode]:
+        if self.members is None:
+            return list(self.nodes.values())
+        return [self.nodes[nid] for nid in self.members.must_converge(leader)]
+
     def _check_final(self) -> None:
-        # Every node applied the same log, and it holds every acknowledged proposal.
-        ref = self.nodes[NodeId(1)].applied
-        for sn in self.nodes.values():
+        # Every node (every member) applied the same log, and it holds every acknowledged
+        # proposal.
+        leader = self._leader()
+        nodes = self._must_converge(leader) if leader is not None else list(self.nodes.values())
+        ref = nodes[0].applied
+        for sn in nodes:
             if sn.applied != ref:
-                raise Violation("convergence", f"n{sn.id} and n1 applied different logs")
+                raise Violation(
+                    "convergence", f"n{sn.id} and n{nodes[0].id} applied different logs"
+                )
         by_index = {i: (t, d) for i, t, d in ref}
         for i, (term, data) in sorted(self.acked.items()):
             if by_index.get(i) != (term, data):
