@@ -8,7 +8,6 @@ Servers come from `--servers host:port,...` or `RAFTQ_SERVERS`, else the client 
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -17,18 +16,26 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 from click.core import ParameterSource
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from cluster.client import Client, Message, OutgoingMessage, SendResult, parse_servers
+from cluster.cli_common import (
+    _DATA_DIR,
+    _client,
+    _err,
+    _fail,
+    _out,
+    _print_json,
+    _resolve_servers,
+    _running_recorded,
+)
+from cluster.client import Client, Message, OutgoingMessage, SendResult
 from cluster.errors import RaftqError
 from cluster.launcher import (
-    CONFIG_NAME,
     PIDS_NAME,
     Launcher,
     LauncherError,
@@ -39,17 +46,11 @@ from cluster.launcher import (
     stop_recorded,
     write_pids,
 )
-from node.config import ClusterConfig, ConfigError, load
+from cluster.membership_cli import MEMBERSHIP_COMMANDS
+from node.config import ClusterConfig, ConfigError
 
-DEFAULT_DATA_DIR = Path("data/local")
-DEFAULT_SERVERS = ["127.0.0.1:7001", "127.0.0.1:7002", "127.0.0.1:7003"]
 BATCH = 100
 """Messages per `send_batch` in bulk sends (the node's batch limit)."""
-
-
-def _fail(message: str) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
-    raise click.exceptions.Exit(1)
 
 
 class _Main(click.Group):
@@ -62,41 +63,6 @@ class _Main(click.Group):
             _fail(f"{exc.code}: {exc.message}" if exc.message else exc.code)
         except (ConfigError, LauncherError) as exc:
             _fail(str(exc))
-
-
-def _out() -> Console:
-    # Not a terminal (a pipe, a test): wide enough that tables are not squeezed to 80 columns.
-    return Console(highlight=False, width=None if sys.stdout.isatty() else 160)
-
-
-def _err() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
-def _print_json(value: Any) -> None:
-    click.echo(json.dumps(value, indent=2, sort_keys=True, default=str))
-
-
-def _resolve_servers(ctx: click.Context, data_dir: Path | None = None) -> list[str]:
-    root = ctx.find_root()
-    text = root.params.get("servers")
-    if text:
-        try:
-            return parse_servers(text)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), ctx=root, param_hint="--servers") from None
-    path = (data_dir or DEFAULT_DATA_DIR) / CONFIG_NAME
-    if path.exists():
-        return load(path).client_addrs()
-    return list(DEFAULT_SERVERS)
-
-
-def _client(ctx: click.Context, data_dir: Path | None = None, **options: Any) -> Client:
-    timeout_s = ctx.find_root().params.get("timeout") or 15.0
-    options.setdefault("timeout_s", timeout_s)
-    options.setdefault("connect_timeout_s", min(2.0, timeout_s))
-    options.setdefault("request_timeout_s", min(10.0, timeout_s))
-    return Client(_resolve_servers(ctx, data_dir), **options)
 
 
 def _headers(values: tuple[str, ...]) -> dict[str, str]:
@@ -150,23 +116,9 @@ def main(argv: list[str] | None = None) -> None:
 # cluster
 # ---------------------------------------------------------------------------------------------
 
-_DATA_DIR = click.option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path), default=DEFAULT_DATA_DIR,
-    show_default=True, help="Directory of the local cluster (config, data, logs, pids).",
-)
-
-
 @cli.group()
 def cluster() -> None:
     """Run a local cluster on this host."""
-
-
-def _running_recorded(data_dir: Path) -> dict[int, RecordedNode]:
-    """Recorded nodes of this directory's cluster that still run, by node id."""
-    return {
-        n.node_id: n for n in read_pids(data_dir / PIDS_NAME)
-        if process_matches(n.pid, n.config_path, n.node_id)
-    }
 
 
 def _busy_client_ports(cfg: ClusterConfig, node_ids: list[int]) -> list[str]:
@@ -393,6 +345,12 @@ def cluster_down(data_dir: Path, timeout_s: float) -> None:
     pids_path.unlink(missing_ok=True)
 
 
+def _is_learner(row: dict[str, Any]) -> bool:
+    """A node_status row of a node that its own membership lists as a learner."""
+    learners = row.get("learners")
+    return isinstance(learners, list) and row.get("node_id") in learners
+
+
 @cluster.command("status")
 @_DATA_DIR
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -426,6 +384,8 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
         role = str(r.get("role", "?"))
         standing = str(r.get("standing", "voter"))
         health = "[green]ok[/]" if standing == "voter" else f"[yellow]{standing}[/]"
+        if _is_learner(r) and standing == "voter":
+            health = "[cyan]learner[/]"  # a member that does not vote (docs: Membership)
         if standing != "voter":
             until = ("it knows whether the cluster is new" if standing == "joining"
                      else "a leader has repaired it")
@@ -455,9 +415,10 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
     _out().print(table)
     for line in repairing:
         _out().print(f"[yellow]{line}[/]")
-    voters = sum(1 for r in rows if r["reachable"] and r.get("standing", "voter") == "voter")
-    if len(rows) - voters >= len(rows) // 2 + 1:
-        _err().print(f"[red]{len(rows) - voters} of {len(rows)} nodes are not voters (or not "
+    voting = [r for r in rows if not _is_learner(r)]
+    voters = sum(1 for r in voting if r["reachable"] and r.get("standing", "voter") == "voter")
+    if len(voting) - voters >= len(voting) // 2 + 1:
+        _err().print(f"[red]{len(voting) - voters} of {len(voting)} nodes are not voters (or not "
                      "reachable): no majority can elect a leader. If a majority lost its "
                      "disks, see docs/operations.md, \"Recovery\"[/]")
     for line in diverged:
@@ -480,12 +441,22 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
 @click.option("--force-voter", is_flag=True,
               help="Vote at once even if this node lost durable state (only to bring back a "
                    "cluster whose majority lost its disks; see docs/operations.md).")
-def node_cmd(config_path: Path, node_id: int, log_level: str, force_voter: bool) -> None:
+@click.option("--join", metavar="HOST:PORT",
+              help="Join a running cluster through this client address: a node without a "
+                   "database is admitted as a learner, then promoted to voter once caught up "
+                   "(with a database: it only asks to be promoted while it is a learner).")
+@click.option("--learner", is_flag=True, help="With --join: stay a learner (no promotion).")
+def node_cmd(config_path: Path, node_id: int, log_level: str, force_voter: bool,
+             join: str | None, learner: bool) -> None:
     """Run one node in the foreground (what `python -m node` runs)."""
     from node.main import main as node_main
 
+    if learner and not join:
+        raise click.UsageError("--learner applies only with --join")
     argv = ["--config", str(config_path), "--id", str(node_id), "--log-level", log_level]
-    raise click.exceptions.Exit(node_main(argv + (["--force-voter"] if force_voter else [])))
+    argv += ["--force-voter"] if force_voter else []
+    argv += ["--join", join, *(["--learner"] if learner else [])] if join else []
+    raise click.exceptions.Exit(node_main(argv))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -942,3 +913,9 @@ def leader_transfer(ctx: click.Context, to: int | None) -> None:
     with _client(ctx) as c:
         result = c.transfer_leadership(to)
     click.echo(f"leadership transferred from node {result.get('from')} to node {result.get('to')}")
+
+
+# The membership commands (members, add-node, remove-node, replace-node, promote-node) live
+# in their own module.
+for _command in MEMBERSHIP_COMMANDS:
+    cluster.add_command(_command)

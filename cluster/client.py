@@ -12,13 +12,15 @@ How a call is made:
   address redirects there at once (a new address is added to the known ones, as are the
   `nodes` a NOT_LEADER lists); `NOT_LEADER` without one (that node knows no leader: an election,
   or it is cut off) tries the next address at once too, once round the known nodes, then with
-  backoff; `UNAVAILABLE`, `BUSY`, a refused connection or one lost before the request was
-  written try the next address after an exponential backoff with jitter (tenacity), until the
-  call's deadline (`timeout_s`). Then `ClusterUnavailable`: nothing was executed.
+  backoff; `UNAVAILABLE`, `BUSY`, `CHANGE_IN_PROGRESS`, a refused connection or one lost before
+  the request was written try the next address after an exponential backoff with jitter
+  (tenacity), until the call's deadline (`timeout_s`). Then `ClusterUnavailable` (or
+  `ChangeInProgress` when that was the last answer): nothing was executed.
 * Idempotency. `send`, `send_batch` and `publish` give every message a deduplication id (the
   caller's, else a fresh uuid4 hex) kept across retries, so a retry never enqueues twice within
   the queue's deduplication window; they, the reads and `create_queue`, `create_topic`,
-  `subscribe`, `unsubscribe` are retried through unknown outcomes. The other writes (`receive`,
+  `subscribe`, `unsubscribe` and the membership changes (cluster/members.py says why they may
+  be) are retried through unknown outcomes. The other writes (`receive`,
   `ack`, `nack`, `change_visibility`, `purge_queue`, `delete_queue`, `delete_topic`, `redrive`,
   `transfer_leadership`) are never retried once the request may have reached the leader: a lost
   connection after the write, `OUTCOME_UNKNOWN` or `TIMEOUT` raise `OutcomeUnknownError`.
@@ -49,20 +51,34 @@ from tenacity.stop import stop_base
 from tenacity.wait import wait_base
 
 from cluster.errors import (
+    AlreadyMember,
     BadFrame,
     BadRequest,
     Busy,
+    ChangeInProgress,
     ClusterUnavailable,
     FrameTooLarge,
     InvalidReceipt,
     MessageTooLarge,
     NotLeader,
+    NotLearner,
     OutcomeUnknownError,
     QueueFull,
     QueueNotFound,
     RaftqError,
     Unavailable,
+    UnknownMember,
     error_from_wire,
+)
+from cluster.members import (
+    Member,
+    MemberChange,
+    Members,
+    add_member_args,
+    change_from_wire,
+    check_node_id,
+    members_from_wire,
+    reached,
 )
 from node.codec import HEADER_BYTES, FrameDecoder, WireError, encode_frame
 from node.config import ConfigError, parse_addr
@@ -73,6 +89,9 @@ __all__ = [
     "AsyncClient",
     "Client",
     "ConsumeStats",
+    "Member",
+    "MemberChange",
+    "Members",
     "Message",
     "OutgoingMessage",
     "PublishQueueResult",
@@ -506,16 +525,25 @@ class _Retry(Exception):
 
     `redirect`: sent to the leader a node named. `next_node`: the node knows no leader, so the
     next one is asked. `cut` marks an attempt stopped by the call's deadline: its reason says
-    less than the failure before it, which the final error reports instead.
+    less than the failure before it, which the final error reports instead. `refusal`: the
+    node's retryable error, when one made the attempt fail (raised itself at the deadline when
+    it is a `ChangeInProgress`).
     """
 
     def __init__(
-        self, reason: str, *, redirect: bool = False, next_node: bool = False, cut: bool = False
+        self,
+        reason: str,
+        *,
+        redirect: bool = False,
+        next_node: bool = False,
+        cut: bool = False,
+        refusal: RaftqError | None = None,
     ) -> None:
         super().__init__(reason)
         self.redirect = redirect
         self.next_node = next_node
         self.cut = cut
+        self.refusal = refusal
 
 
 class _Backoff(wait_base):
@@ -575,6 +603,7 @@ class _CallState:
     maybe_executed: bool = False
     attempts: int = 0
     last_reason: str = ""
+    last_refusal: RaftqError | None = None
 
 
 def _message_args(
@@ -845,10 +874,12 @@ class AsyncClient:
         timeout_s: float | None = None,
         extra_s: float = 0.0,
         dedup_ids: tuple[str, ...] = (),
+        state: _CallState | None = None,
     ) -> Any:
         timeout = self.timeout_s if timeout_s is None else timeout_s
         deadline = trio.current_time() + timeout + extra_s
-        state = _CallState()
+        if state is None:
+            state = _CallState()
         retrying = AsyncRetrying(
             sleep=trio.sleep,
             stop=_StopAtDeadline(deadline),
@@ -868,9 +899,17 @@ class AsyncClient:
                     except _Retry as exc:
                         if not exc.cut:
                             state.last_reason = str(exc)
+                            state.last_refusal = exc.refusal
                         raise
         except _Retry as exc:
             reason = state.last_reason if exc.cut and state.last_reason else str(exc)
+            refusal = state.last_refusal
+            if isinstance(refusal, ChangeInProgress) and not state.maybe_executed:
+                raise ChangeInProgress(
+                    refusal.code,
+                    f"{op}: {refusal.message or refusal.code} (still so after retrying for "
+                    f"{timeout:g} s; the operation was not executed)",
+                ) from None
             if state.maybe_executed:
                 raise OutcomeUnknownError(
                     None,
@@ -964,10 +1003,10 @@ class AsyncClient:
             # only after a few such answers in a row does the call back off.
             self._forget(addr)
             raise _Retry(f"{addr}: not the leader, no leader known", next_node=True)
-        if isinstance(err, (Unavailable, Busy)):
+        if isinstance(err, (Unavailable, Busy, ChangeInProgress)):
             if isinstance(err, Unavailable):
                 self._forget(addr)
-            raise _Retry(f"{addr}: {err}")
+            raise _Retry(f"{addr}: {err}", refusal=err)
         if isinstance(err, OutcomeUnknownError):  # OUTCOME_UNKNOWN or TIMEOUT
             if kind is _Kind.UNSAFE:
                 raise OutcomeUnknownError(
@@ -1074,6 +1113,102 @@ class AsyncClient:
         if not isinstance(result, dict):
             raise BadFrame(None, f"malformed reply to transfer_leadership: {result!r:.200}")
         return result
+
+    # -- membership (cluster/members.py; docs/operations.md, "Membership") ------------------
+
+    async def members(self, *, timeout_s: float | None = None) -> Members:
+        """The cluster's members, read from the leader (linearizable: `NOT_LEADER` or
+        `UNAVAILABLE` rather than an old membership). The client learns every member's client
+        address from it.
+
+        Returns:
+            A `Members`: leader id, term, commit index, membership index, max id, and per
+            member its role (voter or learner), addresses, match index, lag and state.
+        """
+        result = await self._request("members", None, _Kind.READ, timeout_s=timeout_s)
+        view = members_from_wire(result)
+        for addr in view.client_addrs():
+            self._learn_node(addr)
+        return view
+
+    async def add_member(
+        self,
+        raft_addr: str,
+        client_addr: str,
+        node_id: int | None = None,
+        *,
+        timeout_s: float | None = None,
+    ) -> MemberChange:
+        """Admit a new node as a learner (it receives the log; it does not vote).
+
+        Returns once the CONFIG entry is committed. The node itself must run (with an empty
+        database made from the cluster's membership: `raftq node --join` does both).
+
+        Args:
+            raft_addr: "host:port" where the other nodes reach it.
+            client_addr: "host:port" where clients reach it.
+            node_id: its id; None takes `members().max_id + 1` (read first, so that a retry
+                asks for the same id).
+            timeout_s: deadline in seconds, retries included; default the client's.
+
+        Raises:
+            AlreadyMember: the id is a member with other addresses (or was promoted).
+            IdRetired: the id was given before (ids are never reused).
+            ChangeInProgress: another change was still in flight at the deadline.
+            ValueError: an address is not host:port, or the id is not a positive integer.
+        """
+        args = add_member_args(raft_addr, client_addr, node_id)
+        if node_id is None:
+            args["id"] = (await self.members(timeout_s=timeout_s)).max_id + 1
+        return await self._change_member("add_member", args, timeout_s)
+
+    async def promote_member(
+        self, node_id: int, *, timeout_s: float | None = None
+    ) -> MemberChange:
+        """Make a learner a voter; returns once the CONFIG entry is committed.
+
+        Raises:
+            LearnerBehind: it has not caught up yet (or is being repaired): retry later.
+            NotLearner: it is a voter already. UnknownMember: no such member.
+            ChangeInProgress: another change was still in flight at the deadline.
+        """
+        return await self._change_member(
+            "promote_member", {"id": check_node_id(node_id)}, timeout_s
+        )
+
+    async def remove_member(
+        self, node_id: int, *, timeout_s: float | None = None
+    ) -> MemberChange:
+        """Take a voter or learner out of the cluster; returns once it is committed. Removing
+        the leader: it hands leadership over first, and the client asks the new leader.
+
+        Raises:
+            UnknownMember: no such member. LastVoter: it is the only voter.
+            NoQuorum: the voters left would have no active majority.
+            ChangeInProgress: another change was still in flight at the deadline.
+        """
+        return await self._change_member(
+            "remove_member", {"id": check_node_id(node_id)}, timeout_s
+        )
+
+    async def _change_member(
+        self, op: str, args: dict[str, Any], timeout_s: float | None
+    ) -> MemberChange:
+        state = _CallState()
+        try:
+            result = await self._request(
+                op, args, _Kind.IDEMPOTENT, timeout_s=timeout_s, state=state
+            )
+        except (AlreadyMember, NotLearner, UnknownMember):
+            if not state.maybe_executed:
+                raise
+            # An attempt whose outcome is unknown may have made the change: read what holds.
+            view = await self.members(timeout_s=timeout_s)
+            if not reached(op, args, view):
+                raise
+            log.info("raftq client: %s %s: already done (found on a retry)", op, args["id"])
+            return MemberChange(args["id"], view.membership_index, on_retry=True)
+        return change_from_wire(op, result)
 
     # -- queues ---------------------------------------------------------------------------
 
@@ -1821,6 +1956,10 @@ class Client:
     node_status = _blocking(AsyncClient.node_status)
     cluster_status = _blocking(AsyncClient.cluster_status)
     transfer_leadership = _blocking(AsyncClient.transfer_leadership)
+    members = _blocking(AsyncClient.members)
+    add_member = _blocking(AsyncClient.add_member)
+    promote_member = _blocking(AsyncClient.promote_member)
+    remove_member = _blocking(AsyncClient.remove_member)
 
     def create_queue(self, name: str, **options: Any) -> bool:
         """Create a queue; see `AsyncClient.create_queue`."""

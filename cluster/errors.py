@@ -20,16 +20,24 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = [
+    "AlreadyMember",
     "BadFrame",
     "BadRequest",
     "BatchTooLarge",
     "Busy",
+    "ChangeInProgress",
     "ClusterUnavailable",
     "FrameTooLarge",
+    "IdRetired",
     "InternalError",
     "InvalidReceipt",
+    "LastVoter",
+    "LearnerBehind",
+    "MembershipError",
     "MessageTooLarge",
+    "NoQuorum",
     "NotLeader",
+    "NotLearner",
     "OutcomeUnknownError",
     "QueueExists",
     "QueueFull",
@@ -38,6 +46,7 @@ __all__ = [
     "TopicExists",
     "TopicNotFound",
     "Unavailable",
+    "UnknownMember",
     "UnknownOperation",
     "error_from_wire",
 ]
@@ -223,6 +232,69 @@ class InternalError(RaftqError):
     code = "INTERNAL_ERROR"
 
 
+class MembershipError(RaftqError):
+    """A membership change (`add_member`, `promote_member`, `remove_member`) was refused.
+
+    The subclasses carry the stable codes of docs/protocol.md; none of them was executed.
+    """
+
+    code = "MEMBERSHIP_ERROR"
+
+
+class ChangeInProgress(MembershipError):
+    """Another membership change is not committed yet, or a new leader has not yet committed
+    an entry of its term (`CHANGE_IN_PROGRESS`). The client retries it with backoff until the
+    call's deadline, then raises it."""
+
+    code = "CHANGE_IN_PROGRESS"
+
+
+class LearnerBehind(MembershipError):
+    """`promote_member` of a learner that has not caught up yet, or is still being repaired
+    (`LEARNER_BEHIND`). Retryable, but left to the caller: wait for it to catch up."""
+
+    code = "LEARNER_BEHIND"
+
+
+class UnknownMember(MembershipError):
+    """No member has this id (`UNKNOWN_MEMBER`)."""
+
+    code = "UNKNOWN_MEMBER"
+
+
+class AlreadyMember(MembershipError):
+    """`add_member` of an id that is already a member, with other addresses or already a
+    voter (`ALREADY_MEMBER`)."""
+
+    code = "ALREADY_MEMBER"
+
+
+class IdRetired(MembershipError):
+    """`add_member` with an id given before (`ID_RETIRED`): ids of removed nodes are never
+    reused, so that a message from an old process can never pass for a new member's."""
+
+    code = "ID_RETIRED"
+
+
+class NotLearner(MembershipError):
+    """`promote_member` of a node that is already a voter (`NOT_LEARNER`)."""
+
+    code = "NOT_LEARNER"
+
+
+class LastVoter(MembershipError):
+    """`remove_member` of the cluster's only voter (`LAST_VOTER`)."""
+
+    code = "LAST_VOTER"
+
+
+class NoQuorum(MembershipError):
+    """The change would leave the voters without an active majority (`NO_QUORUM`): e.g.
+    removing a healthy voter while another one is down."""
+
+    code = "NO_QUORUM"
+
+
 _BY_CODE: dict[str, type[RaftqError]] = {
     cls.code: cls
     for cls in (
@@ -244,6 +316,14 @@ _BY_CODE: dict[str, type[RaftqError]] = {
         FrameTooLarge,
         BadFrame,
         InternalError,
+        ChangeInProgress,
+        LearnerBehind,
+        UnknownMember,
+        AlreadyMember,
+        IdRetired,
+        NotLearner,
+        LastVoter,
+        NoQuorum,
     )
 }
 _BY_CODE["TIMEOUT"] = OutcomeUnknownError

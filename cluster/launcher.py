@@ -10,6 +10,11 @@ by pid.
 survives restarts; `write_pids`/`read_pids` and `stop_recorded` are what `raftq cluster up
 --detach` and `raftq cluster down` use: `down` signals a recorded pid only after checking that it
 still runs that node's command line (`process_matches`), never by process name.
+
+Membership changes of a local cluster (`raftq cluster add-node/remove-node/replace-node`) edit its
+configuration with `local_base_port`, `new_local_node`, `with_node`, `without_node` and
+`write_config` (atomic: a temporary file renamed over the old one), and start a new node with
+`Launcher.start_node(..., join=ADDR)` (`raftq node --join`).
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
 
@@ -30,7 +37,16 @@ import trio
 
 from cluster.client import AsyncClient, Client
 from cluster.errors import RaftqError
-from node.config import ClusterConfig, ConfigError, format_addr, load, local_cluster, write
+from node.config import (
+    ClusterConfig,
+    ConfigError,
+    NodeConfig,
+    dumps,
+    format_addr,
+    load,
+    local_cluster,
+    write,
+)
 
 __all__ = [
     "CONFIG_NAME",
@@ -38,10 +54,16 @@ __all__ = [
     "Launcher",
     "LauncherError",
     "RecordedNode",
+    "local_base_port",
     "local_config",
+    "needs_join",
+    "new_local_node",
     "process_matches",
     "read_pids",
     "stop_recorded",
+    "with_node",
+    "without_node",
+    "write_config",
     "write_pids",
 ]
 
@@ -77,6 +99,142 @@ def local_config(
     if path.exists():
         return load(path), False
     return write(local_cluster(data_dir, nodes=nodes, base_port=base_port), path), True
+
+
+MAX_LOCAL_ID = 99
+"""Highest node id of a local cluster: client ports are base+id and raft ports base+100+id,
+so an id of 100 or more would take another node's raft port as its client port."""
+
+
+def write_config(cfg: ClusterConfig, path: Path) -> ClusterConfig:
+    """Write `cfg` to `path` atomically and return it with `path` set.
+
+    The text goes to a temporary file next to `path`, is flushed to disk, and is renamed over
+    `path`: a reader (a node starting, another `raftq` command) sees the old file or the new
+    one, never half of one.
+    """
+    path = path.resolve()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(dumps(cfg))
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):  # the rename itself, on power loss
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return replace(cfg, path=path)
+
+
+def local_base_port(cfg: ClusterConfig) -> int:
+    """The `--base-port` of a local cluster's configuration.
+
+    The port scheme of `local_cluster` (client port base+id, raft port base+100+id) gives each
+    entry that follows it a base; a replaced node keeps its predecessor's ports under a new id,
+    so the base most entries agree on is taken.
+
+    Raises:
+        LauncherError: no entry follows the scheme, or the entries are on several hosts.
+    """
+    hosts = {n.client_addr[0] for n in cfg.nodes.values()} | {
+        n.raft_addr[0] for n in cfg.nodes.values()}
+    bases = Counter(
+        n.client_addr[1] - nid for nid, n in cfg.nodes.items()
+        if n.raft_addr[1] == n.client_addr[1] + 100
+    )
+    if len(hosts) != 1 or not bases:
+        raise LauncherError(
+            f"{cfg.path or 'the configuration'} is not a local cluster's (client port "
+            "base+id, raft port base+100+id, one host): add nodes to it with raftq node --join"
+        )
+    return bases.most_common(1)[0][0]
+
+
+def _port_free(host: str, port: int) -> bool:
+    """Whether a node could listen on (host, port) now: as trio's listener, with SO_REUSEADDR
+    (connections of an earlier process in TIME_WAIT do not count)."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def new_local_node(cfg: ClusterConfig, node_id: int, *, check_free: bool = True) -> NodeConfig:
+    """The entry of a new node `node_id` of a local cluster (`initial = false`): the ports the
+    launcher's scheme gives that id on the cluster's host, data directory `n<id>` next to the
+    others'.
+
+    Raises:
+        LauncherError: the id is already in the file or too high for the scheme, a port is
+            another entry's, or (with `check_free`) something on this host already uses one.
+    """
+    if node_id in cfg.nodes:
+        raise LauncherError(f"node {node_id} is already in {cfg.path}")
+    if not 1 <= node_id <= MAX_LOCAL_ID:
+        raise LauncherError(
+            f"node id {node_id} is over {MAX_LOCAL_ID}, the highest the local port scheme has "
+            "room for (ids are never reused): add nodes with raftq node --join instead"
+        )
+    base = local_base_port(cfg)
+    host = next(iter(cfg.nodes.values())).client_addr[0]
+    client, raft = (host, base + node_id), (host, base + 100 + node_id)
+    taken = {n.client_addr for n in cfg.nodes.values()} | {n.raft_addr for n in cfg.nodes.values()}
+    for addr in (client, raft):
+        if addr in taken:
+            raise LauncherError(
+                f"{format_addr(addr)} is already used by another node of {cfg.path}")
+        if check_free and not _port_free(*addr):
+            raise LauncherError(
+                f"{format_addr(addr)} is in use on this host; the local port scheme gives it to "
+                f"node {node_id}: free it first"
+            )
+    base_dir = (cfg.path.parent if cfg.path is not None else Path.cwd()).resolve()
+    return NodeConfig(node_id, raft, client, base_dir / f"n{node_id}", initial=False)
+
+
+def needs_join(cfg: ClusterConfig) -> list[int]:
+    """Nodes added later (`initial = false`) of a cluster being created anew (no node has a
+    database yet): they are not in its first membership, so they must ask to be admitted
+    (`--join`). A node that lost its database in a cluster that exists needs no --join: it
+    comes back as a repairing member under its id (docs/operations.md, "Recovery").
+
+    A database counts as there when its RocksDB directory is (`<data_dir>/raft/CURRENT`):
+    nothing is opened or created.
+    """
+    later = [nid for nid, n in sorted(cfg.nodes.items()) if not n.initial]
+    if any((n.data_dir / "raft" / "CURRENT").exists() for n in cfg.nodes.values()):
+        return []
+    return later
+
+
+def with_node(cfg: ClusterConfig, node: NodeConfig) -> ClusterConfig:
+    """`cfg` with `node`'s entry added (or replacing the entry of the same id)."""
+    return replace(cfg, nodes={**cfg.nodes, node.id: node})
+
+
+def without_node(cfg: ClusterConfig, node_id: int) -> ClusterConfig:
+    """`cfg` without node `node_id`'s entry (and without other entries' `dial` for it).
+
+    Raises:
+        LauncherError: it is the last entry (a configuration needs one).
+    """
+    nodes = {
+        nid: replace(n, dial={p: a for p, a in n.dial.items() if p != node_id})
+        for nid, n in cfg.nodes.items() if nid != node_id
+    }
+    if not nodes:
+        raise LauncherError(f"node {node_id} is the only node of {cfg.path}")
+    return replace(cfg, nodes=nodes)
 
 
 @dataclass(frozen=True)
@@ -345,23 +503,38 @@ class Launcher:
     def start(self, *, wait: bool = True, timeout_s: float = 30.0) -> int | None:
         """Start every node not running, then (by default) wait until a leader serves.
 
+        In a cluster created anew, the nodes added later (`initial = false`) join through the
+        first initial node (`needs_join`).
+
         Returns:
             The leader's id when `wait`, else None.
 
         Raises:
             LauncherError: a node could not start, exited, or no leader within `timeout_s`.
         """
+        initial = [nid for nid in self.node_ids if self.config.nodes[nid].initial]
+        joining = needs_join(self.config) if initial else []
         for nid in self.node_ids:
             if not self.is_running(nid):
-                self.start_node(nid)
+                self.start_node(nid, join=self.addresses[initial[0]] if nid in joining else None)
         return self.wait_for_leader(timeout_s=timeout_s) if wait else None
 
-    def start_node(self, node_id: int, extra_args: Sequence[str] = ()) -> int:
+    def start_node(
+        self,
+        node_id: int,
+        extra_args: Sequence[str] = (),
+        *,
+        join: str | None = None,
+        learner: bool = False,
+    ) -> int:
         """Start one node (its data directory is reused: a restart).
 
         Args:
             node_id: the node.
             extra_args: more arguments for `python -m node` (e.g. `--force-voter`).
+            join: a running member's client address: `--join ADDR`, so that a node without a
+                database asks the cluster to admit it (a node with one ignores it).
+            learner: with `join`: `--learner`, it stays a learner (no promotion asked).
 
         Returns:
             Its pid.
@@ -378,6 +551,8 @@ class Launcher:
         old = self._logs.pop(node_id, None)
         if old is not None:
             old.close()
+        if join is not None:
+            extra_args = [*extra_args, "--join", join, *(["--learner"] if learner else [])]
         log = open(self.log_path(node_id), "ab")  # noqa: SIM115 - kept open while it runs
         try:
             proc = subprocess.Popen(

@@ -103,7 +103,8 @@ class DiskNemesis:
 
     @property
     def node_ids(self) -> list[int]:
-        return sorted(self.procs.nodes)
+        """The nodes that are members now."""
+        return self.procs.member_ids
 
     def _running_nodes(self) -> list[int]:
         return [i for i in self.node_ids if self.procs.running(i) and not self.procs.paused(i)]
@@ -125,6 +126,13 @@ class DiskNemesis:
         """Forget damaged nodes that are repaired (see the module docstring); record when on
         their faults. Returns the nodes still damaged."""
         for nid, dm in sorted(self.damaged.items()):
+            if nid not in self.node_ids:  # removed from the cluster: it no longer counts
+                del self.damaged[nid]
+                rec = self.record_of(dm.fault)
+                if rec is not None:
+                    rec.evidence["removed_before_repaired_after_s"] = round(
+                        self.clock_s() - dm.since_s, 3)
+                continue
             if not self.procs.running(nid) or self.procs.paused(nid):
                 continue
             if self.status_of is None:
@@ -299,7 +307,7 @@ class DiskNemesis:
 
         async def heal() -> None:
             rec.evidence["running_before_heal"] = self.procs.running(nid)
-            if not self.procs.running(nid):
+            if not self.procs.running(nid) and nid in self.node_ids:  # not if removed since
                 rec.evidence["restarted_at_heal"] = await self.procs.start(nid)
             rec.evidence["running_at_heal"] = self.procs.running(nid)
 

@@ -2,7 +2,8 @@
 one fault really did (`FaultRecord`).
 
 `jepsen_like.nemesis` draws schedules of faults from a seed and injects them (its docstring says
-what each kind and variant does); `jepsen_like.disk_nemesis` injects the disk faults for it.
+what each kind and variant does); `jepsen_like.disk_nemesis` injects the disk faults for it,
+`jepsen_like.membership_nemesis` the membership changes.
 """
 
 from __future__ import annotations
@@ -20,8 +21,11 @@ KINDS: dict[str, tuple[str, ...]] = {
     "delay": ("all",),
     "disk-corruption": ("flip-wal", "flip-sst", "truncate-wal", "cut-wal", "delete-wal"),
     "disk-loss": ("wipe",),
+    "membership": ("add", "remove", "remove-leader", "replace"),
 }
-"""Every nemesis kind and its variants."""
+"""Every nemesis kind and the variants a drawn schedule picks from. A `membership` variant may
+also end in `+kill-leader` (the leader is killed while the change is in flight; scenarios use
+them: `jepsen_like.membership_nemesis`)."""
 
 
 @dataclass(frozen=True)

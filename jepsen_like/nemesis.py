@@ -20,6 +20,7 @@ Kinds and variants:
 | `delay` | `all` | every link delayed by 50 to 150 ms |
 | `disk-corruption` | `flip-wal`, `flip-sst`, `truncate-wal`, `cut-wal`, `delete-wal` | SIGKILL one node, damage its database, start it; wiped and started again if it refuses its data |
 | `disk-loss` | `wipe` | SIGKILL one node, move its data directory away, start it |
+| `membership` | `add`, `remove`, `remove-leader`, `replace` (each also `+kill-leader`) | a node joins (learner, then voter), a member leaves, or one is replaced by a new id at its address; permanent (`jepsen_like.membership_nemesis`) |
 
 Disk faults (`jepsen_like.disk`) act on one running node at a time, and never on more nodes
 than a minority: at most (n - 1) // 2 nodes (one of three) may be damaged and not yet repaired
@@ -35,6 +36,10 @@ nemesis then applies the operator procedure, `wipe` and start again) or keeps ru
 `running`: it found its state lost and is repaired by its peers, or the damage hit nothing
 that mattered). Healed when the node runs again. The disk faults are the job of the
 `Nemesis`'s `DiskNemesis` (`jepsen_like.disk_nemesis`), which keeps the damaged nodes.
+
+Membership faults are the job of its `MembershipNemesis` (`jepsen_like.membership_nemesis`);
+after one, the nemesis acts on the nodes that are members then (`NodeProcs.member_ids`): a
+removed node is never restarted, partitioned or killed again.
 
 Partitions are grudges (node -> the nodes it must not hear from), as in Jepsen's nemesis.clj:
 `leader` isolates the leader both ways; `halves` splits the nodes into two random halves
@@ -57,6 +62,7 @@ import trio
 
 from jepsen_like.disk_nemesis import DISK_KINDS, DISK_OPS, Damaged, DiskNemesis, StatusOf
 from jepsen_like.faults import KINDS, Fault, FaultRecord
+from jepsen_like.membership_nemesis import MembershipNemesis
 from jepsen_like.procs import NodeProcs
 from jepsen_like.proxy import ProxyMesh
 
@@ -214,6 +220,7 @@ class Nemesis:
             it to see a restarted node serve and a damaged node repaired. Without it a
             restarted node is taken as started when it still runs after `settle_s`, and a
             damaged node as repaired once it runs.
+        membership: injects the `membership` faults (None: a schedule must have none).
 
     Attributes:
         disk: the `DiskNemesis` that injects the disk faults; it keeps the damaged nodes
@@ -231,6 +238,7 @@ class Nemesis:
         find_leader: LeaderFinder,
         clock_s: Callable[[], float],
         status_of: StatusOf | None = None,
+        membership: MembershipNemesis | None = None,
     ) -> None:
         self.procs = procs
         self.mesh = mesh
@@ -241,10 +249,12 @@ class Nemesis:
         self._started: dict[int, trio.Event] = {}
         self._by_index: dict[int, FaultRecord] = {}
         self.disk = DiskNemesis(procs, clock_s, self._by_index.get, status_of)
+        self.membership = membership
 
     @property
     def node_ids(self) -> list[int]:
-        return sorted(self.procs.nodes)
+        """The nodes that are members now (a membership fault changes them)."""
+        return self.procs.member_ids
 
     async def run(self, schedule: Sequence[Fault], t0_s: float) -> None:
         """Inject every fault at its time (relative to `t0_s` on `clock_s`), each in its own
@@ -320,6 +330,10 @@ class Nemesis:
             return self._delay(rec, rng)
         if kind in DISK_KINDS:
             return await self.disk.start(fault, rec, rng, targets)
+        if kind == "membership":
+            if self.membership is None:
+                raise ValueError("a membership fault needs the run's MembershipNemesis")
+            return await self.membership.start(fault, rec, rng)
         raise ValueError(f"unknown fault kind {kind!r}")
 
     async def _choose_nodes(self, variant: str, rec: FaultRecord, rng: random.Random) -> list[int]:
@@ -355,8 +369,9 @@ class Nemesis:
 
         async def heal() -> None:
             restarted = {}
+            members = self.node_ids
             for nid in rec.nodes:
-                if not self.procs.running(nid):
+                if not self.procs.running(nid) and nid in members:  # not if removed since
                     restarted[str(nid)] = await self.procs.start(nid)
             rec.evidence["restarted_pids"] = restarted
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import trio
 
-from cluster.launcher import Launcher
-from node.config import ClusterConfig
+from cluster.launcher import Launcher, LauncherError, with_node, without_node, write_config
+from node.config import ClusterConfig, NodeConfig, format_addr
 
 __all__ = ["REFUSAL_EXIT_CODE", "NodeProcess", "NodeProcs", "process_state"]
 
@@ -80,7 +80,57 @@ class NodeProcs:
     def __init__(self, config: ClusterConfig, log_dir: Path, log_level: str = "INFO") -> None:
         self.launcher = Launcher(config, log_dir=log_dir, node_args=["--log-level", log_level])
         self.nodes = {i: NodeProcess(i) for i in self.launcher.node_ids}
+        self.retired: set[int] = set()
+        """Nodes removed from the cluster by a membership fault: never started again."""
+        self.joining: dict[int, bool] = {}
+        """Nodes added by a membership fault and not yet seen as voters: started with --join
+        (and `--learner` when the value is true: the nemesis promotes it)."""
         self._reported: set[int] = set()
+
+    @property
+    def config(self) -> ClusterConfig:
+        """The configuration the nodes are started with (it changes with the membership)."""
+        return self.launcher.config
+
+    @property
+    def member_ids(self) -> list[int]:
+        """The nodes that belong to the cluster now (every node started, less the retired)."""
+        return sorted(set(self.nodes) - self.retired)
+
+    def client_addr(self, node_id: int) -> str:
+        """The node's client address, "host:port"."""
+        return format_addr(self.config.node(node_id).client_addr)
+
+    def add_node(self, node: NodeConfig, *, learner: bool = False) -> None:
+        """Write a new node's entry into the configuration file (atomically) and track it; it
+        is started with `--join` until `joining` no longer holds it.
+
+        Args:
+            node: its entry (`initial = false`).
+            learner: start it with `--learner` too (it does not ask to be promoted).
+        """
+        assert self.launcher.config.path is not None
+        self.launcher.config = write_config(with_node(self.launcher.config, node),
+                                            self.launcher.config.path)
+        self.nodes.setdefault(node.id, NodeProcess(node.id))
+        self.joining[node.id] = learner
+
+    def retire(self, node_id: int) -> None:
+        """A membership fault removed the node: take its entry out of the configuration file;
+        it is never started again (its process must be stopped already)."""
+        self.retired.add(node_id)
+        self.joining.pop(node_id, None)
+        cfg = self.launcher.config
+        if node_id in cfg.nodes and len(cfg.nodes) > 1:
+            assert cfg.path is not None
+            self.launcher.config = write_config(without_node(cfg, node_id), cfg.path)
+
+    def _join_addr(self, node_id: int) -> str | None:
+        """A running member's client address to join through (it redirects to the leader)."""
+        for nid in self.member_ids:
+            if nid != node_id and self.running(nid) and not self.paused(nid):
+                return self.client_addr(nid)
+        return None
 
     def running(self, node_id: int) -> bool:
         """The node has a process (paused or not)."""
@@ -103,12 +153,19 @@ class NodeProcs:
             node_id: the node.
             may_refuse: its data was damaged on purpose: an exit with status 2 and a refusal
                 line (`refusal_line`) is not a crash.
+
+        Raises:
+            LauncherError: the node is retired (or unknown, or already running).
         """
+        if node_id in self.retired:
+            raise LauncherError(f"node {node_id} was removed from the cluster: not started")
         try:
             offset = self.launcher.log_path(node_id).stat().st_size
         except OSError:
             offset = 0
-        pid = self.launcher.start_node(node_id)
+        join = self._join_addr(node_id) if node_id in self.joining else None
+        pid = self.launcher.start_node(node_id, join=join,
+                                       learner=join is not None and self.joining[node_id])
         np = self.nodes[node_id]
         np.pids.append(pid)
         np.log_offsets[pid] = offset
@@ -165,6 +222,18 @@ class NodeProcs:
         self.nodes[node_id].exits.append(code)
         return pid, code
 
+    async def stop(self, node_id: int, timeout_s: float = 5.0) -> tuple[int | None, int | None]:
+        """SIGTERM the node (a leader hands over first), SIGKILL after `timeout_s`, reap it.
+        Returns (pid, exit code), (None, None) when it was not running."""
+        pid = self.pid(node_id)
+        if pid is None:
+            return None, None
+        self.nodes[node_id].killed.add(pid)
+        code = await trio.to_thread.run_sync(
+            lambda: self.launcher.stop_node(node_id, timeout_s=timeout_s))
+        self.nodes[node_id].exits.append(code)
+        return pid, code
+
     def pause(self, node_id: int) -> int | None:
         """SIGSTOP the node. Returns the pid, or None when not running."""
         pid = self.pid(node_id)
@@ -211,9 +280,10 @@ class NodeProcs:
         return found
 
     async def ensure_running(self) -> list[int]:
-        """Resume paused nodes and start the ones that are down. Returns the ids started."""
+        """Resume paused nodes and start the ones that are down (not the retired). Returns the
+        ids started."""
         started = []
-        for nid in sorted(self.nodes):
+        for nid in self.member_ids:
             if self.running(nid):
                 if self.paused(nid):
                     self.resume(nid)

@@ -19,7 +19,9 @@ cluster passes through one proxy the harness controls:
 
 `ProxyMesh` holds the proxies of a whole cluster and applies partitions given as a grudge
 (Jepsen's term, jepsen/src/jepsen/nemesis.clj): node -> the nodes whose messages it must not
-receive.
+receive. A run with membership faults makes proxies for the ids of the nodes it may add, too
+(their targets are where those nodes will listen; `retarget` when a new id takes an old
+node's address).
 
 Traffic stays on 127.0.0.1.
 """
@@ -311,6 +313,13 @@ class ProxyMesh:
 
     def link(self, src: int, dst: int) -> LinkProxy:
         return self.proxies[(src, dst)]
+
+    def retarget(self, dst: int, target: tuple[str, int]) -> None:
+        """Forward the links towards `dst` to `target` from now on (a node that takes another
+        one's raft address: connections made from then on reach it)."""
+        for (_, j), p in self.proxies.items():
+            if j == dst:
+                p.target = target
 
     def cut_links(self, links: list[tuple[int, int]], *, silent: bool = False) -> int:
         """Cut each directed link (src, dst), closing (default) or in silence (`silent`).

@@ -41,6 +41,7 @@ FAULT_COLOURS = {
     "delay": "#7f7f7f",
     "disk-corruption": "#ff7f0e",
     "disk-loss": "#e377c2",
+    "membership": "#17becf",
 }
 
 

@@ -45,9 +45,17 @@ from cluster.errors import (
     RaftqError,
     Unavailable,
 )
+from cluster.members import Members
 from jepsen_like.checker import QueueSpec, check
 from jepsen_like.generator import EnqueueOp, Generator, ReceiveOp, Workload
 from jepsen_like.history import Delivery, History, Op, body_of, value_of
+from jepsen_like.membership_nemesis import (
+    MembershipNemesis,
+    check_membership,
+    final_members,
+    spare_ids_needed,
+    tell_clients,
+)
 from jepsen_like.nemesis import Fault, Nemesis, make_schedule
 from jepsen_like.procs import NodeProcs
 from jepsen_like.proxy import ProxyMesh
@@ -165,6 +173,8 @@ class RunOutcome:
         error: an error that stopped the run early, or None.
         crashes: node processes that exited although nothing stopped them, with the time
             (seconds since the start) and the end of their log.
+        final_members: the cluster's members at the end (`view_summary` of `members`), when
+            the run had membership faults.
     """
 
     options: RunOptions
@@ -181,6 +191,7 @@ class RunOutcome:
     workload_window_s: tuple[float, float] = (0.0, 0.0)
     pids: dict[str, list[int]] = field(default_factory=dict)
     crashes: list[dict[str, Any]] = field(default_factory=list)
+    final_members: dict[str, Any] | None = None
 
     @property
     def valid(self) -> bool:
@@ -309,6 +320,10 @@ class Run:
         self.mesh: ProxyMesh | None = None
         self.nemesis: Nemesis | None = None
         self.admin: AsyncClient | None = None
+        self.spare: dict[int, config_mod.NodeConfig] = {}
+        """Entries for the ids a membership fault may add (their links have proxies too)."""
+        self.clients: list[AsyncClient] = []
+        """Every client `_client` made (told of membership changes)."""
         self.phase = "setup"
 
     # -- clock ----------------------------------------------------------------------------
@@ -316,7 +331,9 @@ class Run:
         return self.history.now_ns() / 1e9
 
     # -- setup ----------------------------------------------------------------------------
-    async def _build_cluster(self) -> None:
+    async def _build_cluster(self, spare: int = 0) -> None:
+        """Bind the proxies, write the configuration; with `spare` ids beyond the initial
+        nodes prepared for membership faults (ports, proxies, entries in `self.spare`)."""
         o = self.opts
         for leftover in ("data", "cluster.toml", "history.jsonl"):
             if (o.out_dir / leftover).exists():
@@ -325,17 +342,19 @@ class Run:
                     "choose another --out or remove it"
                 )
         o.out_dir.mkdir(parents=True, exist_ok=True)
-        ids = list(range(1, o.nodes + 1))
-        ports = _free_ports(2 * o.nodes)
-        raft = {i: ("127.0.0.1", ports[2 * (i - 1)]) for i in ids}
-        client = {i: ("127.0.0.1", ports[2 * (i - 1) + 1]) for i in ids}
+        every = list(range(1, o.nodes + spare + 1))
+        ports = _free_ports(2 * len(every))
+        raft = {i: ("127.0.0.1", ports[2 * (i - 1)]) for i in every}
+        client = {i: ("127.0.0.1", ports[2 * (i - 1) + 1]) for i in every}
         self.mesh = ProxyMesh(raft)
         dial = await self.mesh.bind()
-        nodes = {
+        entries = {
             i: config_mod.NodeConfig(i, raft[i], client[i], (o.out_dir / "data" / f"n{i}"),
-                                     dial[i])
-            for i in ids
+                                     dial[i], initial=i <= o.nodes)
+            for i in every
         }
+        nodes = {i: entries[i] for i in every if i <= o.nodes}
+        self.spare = {i: entries[i] for i in every if i > o.nodes}
         cfg = config_mod.ClusterConfig(
             cluster_id=f"jepsen-{self.seed}",
             secret=f"jepsen-secret-{self.seed:012d}-{random.randrange(1 << 30)}".encode(),
@@ -355,7 +374,7 @@ class Run:
         `process` modulo the cluster size) on."""
         k = (process if first is None else first) % len(self.addrs)
         servers = self.addrs[k:] + self.addrs[:k]
-        return AsyncClient(
+        client = AsyncClient(
             servers,
             timeout_s=self.opts.op_timeout_s,
             connect_timeout_s=0.5,
@@ -366,10 +385,23 @@ class Run:
             rng=random.Random(f"{self.seed}/client/{process}"),
             open_stream=self.open_stream,
         )
+        self.clients.append(client)
+        return client
+
+    def _member_addrs(self) -> dict[int, str]:
+        """Client address of each node that is a member now, by id."""
+        assert self.procs is not None
+        return {nid: self.procs.client_addr(nid) for nid in self.procs.member_ids}
+
+    async def _members_changed(self, view: Members) -> int:
+        """After a membership change: new clients start from the members' addresses, and
+        every client made so far learns them (`tell_clients`)."""
+        self.addrs = [m.client_addr for m in view.members if m.client_addr]
+        return await tell_clients(self.clients)
 
     async def node_statuses(self, timeout_s: float = 1.0) -> list[dict[str, Any]]:
-        """Every node's `node_status` (or `{"node_id", "error"}`), asked in parallel."""
-        assert self.admin is not None and self.cfg is not None
+        """Every member's `node_status` (or `{"node_id", "error"}`), asked in parallel."""
+        assert self.admin is not None
         out: dict[int, dict[str, Any]] = {}
         admin = self.admin
 
@@ -381,14 +413,14 @@ class Run:
                 out[nid] = {"node_id": nid, "error": f"{type(exc).__name__}: {exc}"}
 
         async with trio.open_nursery() as nursery:
-            for nid, addr in zip(sorted(self.cfg.nodes), self.addrs, strict=True):
+            for nid, addr in self._member_addrs().items():
                 nursery.start_soon(ask, nid, addr)
         return [out[i] for i in sorted(out)]
 
     async def node_status_of(self, nid: int, timeout_s: float = 0.5) -> dict[str, Any] | None:
         """One node's `node_status` (no digest), None when it does not answer."""
-        assert self.admin is not None and self.cfg is not None
-        addr = config_mod.format_addr(self.cfg.node(nid).client_addr)
+        assert self.admin is not None and self.procs is not None
+        addr = self.procs.client_addr(nid)
         try:
             with trio.fail_after(timeout_s + 0.5):
                 return await self.admin.node_status(addr, timeout_s=timeout_s)
@@ -404,8 +436,8 @@ class Run:
         return int(max(leaders, key=lambda s: s.get("term", 0))["node_id"])
 
     async def wait_for_leader(self, timeout_s: float) -> int:
-        """Wait until a node leads and a majority of nodes name it. Raises TooSlowError."""
-        assert self.cfg is not None
+        """Wait until a node leads and a majority of the members name it. Raises
+        TooSlowError."""
         with trio.fail_after(timeout_s):
             while True:
                 sts = await self.node_statuses(0.5)
@@ -414,7 +446,7 @@ class Run:
                     lead = max(leaders, key=lambda s: s.get("term", 0))
                     agree = [s for s in sts if s.get("leader_id") == lead["node_id"]
                              and s.get("term") == lead["term"]]
-                    if len(agree) > len(self.cfg.nodes) // 2:
+                    if len(agree) > len(sts) // 2:
                         return int(lead["node_id"])
                 await trio.sleep(0.05)
 
@@ -729,15 +761,15 @@ class Run:
         o = self.opts
         out = self.outcome
         t = time.monotonic()
-        await self._build_cluster()
-        assert self.procs is not None and self.mesh is not None
-        procs, mesh = self.procs, self.mesh
         schedule = (
             list(o.schedule) if o.schedule is not None
             else make_schedule(o.nemeses, o.duration_s, random.Random(f"{self.seed}/nemesis"),
                                **o.schedule_opts)
         )
         out.schedule = schedule
+        await self._build_cluster(spare_ids_needed(schedule))
+        assert self.procs is not None and self.mesh is not None
+        procs, mesh = self.procs, self.mesh
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(mesh.run)
@@ -747,8 +779,12 @@ class Run:
                 async with AsyncClient(self.addrs, timeout_s=5.0, connect_timeout_s=0.5,
                                        request_timeout_s=1.0, backoff_max_s=0.3) as admin:
                     self.admin = admin
+                    membership = MembershipNemesis(
+                        procs, mesh, admin, self.spare, self.find_leader, self.clock_s,
+                        on_change=self._members_changed, initial_size=o.nodes,
+                    ) if self.spare else None
                     self.nemesis = Nemesis(procs, mesh, self.find_leader, self.clock_s,
-                                           status_of=self.node_status_of)
+                                           status_of=self.node_status_of, membership=membership)
                     if o.progress:
                         nursery.start_soon(self._progress)
                     await self.wait_for_leader(30)
@@ -775,6 +811,8 @@ class Run:
                     t = time.monotonic()
                     self.phase = "final"
                     out.final_statuses = await self._final_statuses()
+                    if membership is not None:
+                        out.final_members = await final_members(admin)
                     out.timings_s["final"] = time.monotonic() - t
                     out.proxies = {"totals": mesh.totals(), "links": mesh.stats()}
                 nursery.cancel_scope.cancel()
@@ -824,6 +862,9 @@ def check_outcome(out: RunOutcome) -> dict[str, Any]:
         "count": len(out.crashes),
         "crashes": out.crashes,
     }
+    if any(f.kind == "membership" for f in out.schedule) or any(
+            f.get("kind") == "membership" for f in out.faults):
+        res["membership"] = check_membership(out)
     if out.error is not None:
         res["run"] = {"valid": False, "error": out.error}
     out.check = res

@@ -16,6 +16,7 @@ every duplicate explained, dedup, FIFO, stale acks, delivery limit, final consis
 | `stale-ack` | nats-server#4786 | a consumer acks after its lease ended and the message went to another consumer: refused, and the message is not lost |
 | `poison` | RabbitMQ quorum queues' delivery-limit | a message nacked every time stops after `max_deliveries` and is in the dead-letter queue with reason `delivery_limit`, across restarts of all nodes |
 | `ring` | Jepsen's majorities ring | 5 nodes, majorities-ring partition for ten election timeouts: a leader stays or returns (sends succeed during the ring), nothing lost |
+| `membership-grow-shrink` | issue 12 | 3 -> 4 -> 5 -> 4 -> 3 voters while producers and consumers run, the leader SIGKILLed (and started again) during each change: every change made, nothing lost, nothing unexpected |
 """
 
 from __future__ import annotations
@@ -256,6 +257,46 @@ def check_ring(out: RunOutcome) -> dict[str, Any]:
                     election_timeout_s=election_s)
 
 
+def check_membership_grow_shrink(out: RunOutcome) -> dict[str, Any]:
+    """3 -> 5 -> 3 voters, a verified leader kill inside each change, work done meanwhile."""
+    problems: list[str] = []
+    fs = _require_faults(out, "membership", None, 4, problems)
+    sizes = ([len(fs[0]["evidence"]["members_before"]["voters"])] if fs else []) + [
+        len(f["evidence"]["members_after"]["voters"]) for f in fs]
+    n = out.options.nodes
+    cycle = [n + 1, n + 2, n + 1, n]  # once, or as many times as the script repeats it
+    want = [n] + cycle * max(1, len(_faults_of(out, "membership")) // 4)
+    if sizes != want:
+        problems.append(f"voters went {sizes}, not {want}")
+    kills_inside = 0
+    for f in fs:
+        ev = f["evidence"]
+        k = ev.get("leader_kill") or {}
+        if k.get("exit_code") != -9:
+            problems.append(f"fault {f['index']}: no leader killed by SIGKILL ({k})")
+            continue
+        if ev["change"] == "add":  # between the admission and the promotion
+            inside = ev["admitted_at_s"] <= k["at_s"] <= ev["voter_at_s"]
+        else:  # before the removal was confirmed
+            inside = k["at_s"] <= ev["removed_at_s"]
+        if not inside:
+            problems.append(f"fault {f['index']}: the leader kill at {k['at_s']} s was not "
+                            "inside the change")
+        kills_inside += inside
+        if "restarted_pid" not in k:
+            problems.append(f"fault {f['index']}: the killed leader was not started again "
+                            f"({k.get('restart')})")
+    during = 0
+    for f in fs:
+        ok = _ok_enqueues_between(out, f["start_s"], f["end_s"])
+        if ok == 0:
+            problems.append(f"fault {f['index']}: no send succeeded during the change")
+        during += ok
+    return _section("membership_grow_shrink", problems, voters=sizes,
+                    leader_kills_inside_changes=kills_inside,
+                    enqueues_ok_during_changes=during)
+
+
 POISON_WORKLOAD = Workload(
     queues=(
         QueueConf("jq"),
@@ -350,6 +391,19 @@ SCENARIOS: dict[str, Scenario] = {
             faults=(Fault("partition", "ring", 2.0, _RING_S, seed=3),),
             nodes=5,
             checks=(check_ring,),
+        ),
+        Scenario(
+            "membership-grow-shrink",
+            "3 -> 5 -> 3 voters under load, the leader killed during each change: nothing "
+            "lost (issue 12)",
+            duration_s=11,
+            faults=(  # one change after another (the nemesis queues a change behind the last)
+                Fault("membership", "add+kill-leader", 1.0, 0.3, seed=1),
+                Fault("membership", "add+kill-leader", 3.5, 0.3, seed=2),
+                Fault("membership", "remove+kill-leader", 6.0, 0.3, seed=3),
+                Fault("membership", "remove+kill-leader", 8.0, 0.3, seed=4),
+            ),
+            checks=(check_membership_grow_shrink,),
         ),
     )
 }

@@ -49,6 +49,9 @@ class NodeConfig:
         client_addr: where clients connect (host, port).
         data_dir: absolute path of the node's data directory.
         dial: per-peer overrides of the address this node dials (e.g. a fault-injection proxy).
+        initial: a voter of the membership a brand-new cluster is created with (TOML key
+            `initial`, default true); false for a node added later (admitted by `add_member`,
+            e.g. with `raftq node --join`), which a new database does not count as a member.
     """
 
     id: int
@@ -56,6 +59,7 @@ class NodeConfig:
     client_addr: tuple[str, int]
     data_dir: Path
     dial: dict[int, tuple[str, int]] = field(default_factory=dict)
+    initial: bool = True
 
 
 @dataclass(frozen=True)
@@ -115,12 +119,15 @@ class ClusterConfig:
         }
 
     def initial_membership(self) -> Membership:
-        """The membership a new database starts with: every node of the file a voter, with
-        its addresses (from then on the membership lives in the replicated log)."""
-        return Membership.of([NodeId(i) for i in self.nodes]).with_addresses(
+        """The membership a new database starts with: every `initial` node of the file a
+        voter, with its addresses (from then on the membership lives in the replicated log).
+        Nodes added later (`initial = false`) are not in it: they are admitted by the
+        cluster (`add_member`)."""
+        initial = {i: n for i, n in self.nodes.items() if n.initial}
+        return Membership.of([NodeId(i) for i in initial]).with_addresses(
             {
                 NodeId(i): (format_addr(n.raft_addr), format_addr(n.client_addr))
-                for i, n in self.nodes.items()
+                for i, n in initial.items()
             }
         )
 
@@ -194,12 +201,16 @@ def from_dict(raw: dict[str, Any], base_dir: Path, path: Path | None = None) -> 
             if not str(k).isdigit():
                 raise ConfigError(f"{w}: dial key {k!r} is not a node id")
             dial[int(k)] = parse_addr(v, f"{w}: dial {k}")
+        initial = entry.get("initial", True)
+        if type(initial) is not bool:
+            raise ConfigError(f"{w}: initial must be true or false, got {initial!r}")
         nodes[nid] = NodeConfig(
             id=nid,
             raft_addr=parse_addr(entry.get("raft_addr", ""), f"{w}: raft_addr"),
             client_addr=parse_addr(entry.get("client_addr", ""), f"{w}: client_addr"),
             data_dir=data_dir if data_dir.is_absolute() else (base_dir / data_dir).resolve(),
             dial=dial,
+            initial=initial,
         )
     cfg = ClusterConfig(
         cluster_id=cluster_id,
@@ -266,6 +277,8 @@ def dumps(cfg: ClusterConfig) -> str:
             f'client_addr = "{format_addr(n.client_addr)}"',
             f'data_dir = "{n.data_dir.as_posix()}"',
         ]
+        if not n.initial:
+            lines.append("initial = false")
         if n.dial:
             inner = ", ".join(f'"{k}" = "{format_addr(v)}"' for k, v in sorted(n.dial.items()))
             lines.append(f"dial = {{ {inner} }}")

@@ -6,8 +6,9 @@ proposals (`propose`, `submit`), linearizable reads (`read_index`), inbound mess
 channel `run` reads), lost peers, snapshot requests, and calls that must see the core (`transfer_leadership`, `status`), which
 run between two Readys, when no write is in progress. What others may read, the loop publishes:
 `view` (role, term, leader, standing: the node's one record of leadership outside the core,
-replaced whenever the core reports a new soft state) and `applied_index` (the last entry the
-application has applied: the one record of it outside the core and the machine). Each turn:
+replaced whenever the core reports a new soft state), `applied_index` (the last entry the
+application has applied: the one record of it outside the core and the machine) and
+`membership` (node/loop_members.py; membership changes are `propose_conf_change`). Each turn:
 
 1. feeds the pending ticks, lost peers, inbound messages, calls and proposals into the core;
 2. takes each `Ready` and follows its contract (node/raft/_ready.py) through the one Ready
@@ -48,15 +49,17 @@ from node.loop_api import (
     Proposal,
     ProposalFailed,
     Sender,
-    TransferFailed,
 )
 from node.loop_marks import MarkTracker
+from node.loop_members import MembershipTracker, loop_status, start_transfer
 from node.loop_reads import ReadTracker
 from node.raft import (
+    ConfChange,
     DurabilityMark,
     Entry,
     EntryKind,
     Index,
+    Membership,
     Message,
     NodeId,
     NotLeader,
@@ -121,6 +124,9 @@ class RaftLoop:
         blocking: how storage writes that may block run (see `BlockingRunner`).
         perf_clock: seconds, for timing synced writes (`time.perf_counter`; the simulator
             passes its virtual clock).
+        on_membership: called (from the loop's task; it must not block) with the membership
+            in effect whenever it, or the set of nodes the core still talks to
+            (`linked_ids`), changed: the node updates its transport's peers.
     """
 
     def __init__(
@@ -136,6 +142,7 @@ class RaftLoop:
         mark: DurabilityMark | None = None,
         blocking: BlockingRunner = trio.to_thread.run_sync,
         perf_clock: Callable[[], float] = time.perf_counter,
+        on_membership: Callable[[Membership], None] | None = None,
     ) -> None:
         self._core = core
         self.storage = storage
@@ -175,6 +182,7 @@ class RaftLoop:
             "marks_written": 0, "reads": 0, "reads_failed": 0,
         }
         self._reads = ReadTracker(self.stats)
+        self._members = MembershipTracker(core, on_membership)
         if marker is not None:
             self._marks = MarkTracker(
                 marker, mark if mark is not None else DurabilityMark(), core.log.storage,
@@ -218,6 +226,55 @@ class RaftLoop:
     def is_leader(self) -> bool:
         return self.view.role is Role.LEADER
 
+    @property
+    def membership(self) -> Membership:
+        """The membership in effect (the latest in the log, committed or not)."""
+        return self._members.membership
+
+    @property
+    def membership_changed(self) -> trio.Event:
+        """Set when `membership` next changes."""
+        return self._members.changed
+
+    @property
+    def linked_ids(self) -> frozenset[int]:
+        """The nodes the core still talks to: the members, and those a change not committed
+        yet removed (see node/loop_members.py)."""
+        return self._members.linked_ids
+
+    async def propose_conf_change(self, change: ConfChange) -> int:
+        """Propose a membership change and wait until its CONFIG entry is applied in this
+        leader's term (thesis 4.1: it is in effect from the moment it is appended; it is done
+        once committed). Not bounded in time here: the caller bounds it.
+
+        Returns:
+            The entry's log index.
+
+        Raises:
+            ConfChangeError: the core refused the change now (its `code` says why).
+            ProposalFailed: NOT_LEADER or UNAVAILABLE (a leadership transfer is under way, or
+                another leader's entry took the index: not done), OUTCOME_UNKNOWN (the leader
+                lost office before the entry committed: it may still).
+        """
+        prop = Proposal(b"")
+
+        def propose(core: RaftNode) -> int:
+            index = core.propose_conf_change(change)
+            prop.index, prop.term = index, core.term
+            self._waiting[index] = prop
+            return index
+
+        try:
+            index = await self.call(propose)
+        except NotLeader as exc:
+            raise ProposalFailed("NOT_LEADER", "not the leader", exc.leader_id) from None
+        except ProposalDropped:
+            raise ProposalFailed("UNAVAILABLE", "leadership transfer in progress") from None
+        await prop.done.wait()
+        if prop.error is not None:
+            raise prop.error
+        return index
+
     async def call(self, fn: Callable[[RaftNode], T]) -> T:
         """Run `fn(core)` in the loop, between two Readys (no write in progress), and return
         its result, or raise what it raised. Needs `run` to be running."""
@@ -241,38 +298,15 @@ class RaftLoop:
         answered within the last election timeout (thesis 3.10). Returns at once; the core
         abandons a transfer that did not happen within an election timeout.
 
-        Returns the chosen target, or None when this node does not lead or no peer answers.
+        Returns the chosen target (a voter), or None when this node does not lead or no voter
+        answers.
 
         Raises:
             ValueError: `target` is this node or not a voter of the cluster (from the core).
             TransferFailed: `target` has not answered this leader within an election timeout
                 (it is down or cut off), so the transfer could not happen.
         """
-
-        def transfer(core: RaftNode) -> int | None:
-            if not core.is_leader:
-                return None
-            chosen = target
-            if chosen is None:
-                peers = [
-                    (pr.match, pid)
-                    for pid, pr in core.progress.items()
-                    if pid != core.id and pr.counts and pr.recent_active
-                ]
-                if not peers:
-                    return None
-                chosen = max(peers)[1]
-            else:
-                pr = core.progress.get(NodeId(chosen))
-                if pr is not None and chosen != core.id and not pr.recent_active:
-                    raise TransferFailed(
-                        f"node {chosen} has not answered this leader within an election "
-                        "timeout (down or cut off)"
-                    )
-            core.transfer_leadership(NodeId(chosen))
-            return chosen
-
-        return await self.call(transfer)
+        return await self.call(lambda core: start_transfer(core, target))
 
     # -- tasks ----------------------------------------------------------------------------
     async def run(
@@ -361,6 +395,7 @@ class RaftLoop:
             batches, self._proposals = self._proposals, []
             for props in batches:
                 self._propose_now(props)
+        self._members.sync(core)
 
     def _propose_now(self, props: list[Proposal]) -> None:
         core = self._core
@@ -561,33 +596,9 @@ class RaftLoop:
 
         return await self.call(status)
 
-    def _status(self, core: RaftNode) -> dict[str, Any]:
-        s = core.status()
-        return {
-            "node_id": s.id,
-            "role": s.role.value,
-            "term": s.term,
-            "leader_id": s.leader_id,
-            "commit_index": s.commit_index,
-            "applied_index": self._applied_index,
-            "last_index": s.last_index,
-            "first_index": s.first_index,
-            "snapshot_index": s.first_index - 1,
-            "standing": s.standing.name.lower(),
-            "repair_reason": s.repair_reason,
-            "conflict": s.conflict,
-            "peers": {
-                str(pid): {
-                    "match_index": p.match_index,
-                    "next_index": p.next_index,
-                    "state": p.state,
-                    "recent_active": p.recent_active,
-                    "repairing": p.repairing,
-                    "repair_target": p.repair_target,
-                    "diverged": p.diverged,
-                }
-                for pid, p in sorted(s.peers.items())
-            },
-            "raft_stats": dict(self.stats),
-        }
+    async def membership_status(self) -> tuple[dict[str, Any], Membership]:
+        """The loop's status and the membership in effect, read in one step (`members`)."""
+        return await self.call(lambda core: (self._status(core), core.log.membership()))
 
+    def _status(self, core: RaftNode) -> dict[str, Any]:
+        return loop_status(core, self._applied_index, self.stats)

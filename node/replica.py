@@ -16,7 +16,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import trio
 
@@ -90,6 +90,9 @@ class Replica:
         perf_clock: seconds, for timing synced writes.
         transport_stats: the transport's counters, for `node_status`.
         force_voter: vote at once even if the node lost durable state (docs/operations.md).
+        on_membership: called by the Raft loop when the membership (or the set of nodes the
+            core talks to) changed, with the membership in effect; must not block (see
+            `RaftLoop`).
 
     Raises:
         StorageError: the latest snapshot does not decode, or the mark or database is damaged.
@@ -108,8 +111,9 @@ class Replica:
         clock_ms: Callable[[], int] = wall_clock_ms,
         blocking: BlockingRunner = trio.to_thread.run_sync,
         perf_clock: Callable[[], float] = time.perf_counter,
-        transport_stats: Callable[[], dict[str, int]] = dict,
+        transport_stats: Callable[[], dict[str, Any]] = dict,
         force_voter: bool = False,
+        on_membership: Callable[[Membership], None] | None = None,
     ) -> None:
         self.cfg = cfg
         self.node_id = node_id
@@ -139,6 +143,7 @@ class Replica:
             mark=mark,
             blocking=blocking,
             perf_clock=perf_clock,
+            on_membership=on_membership,
         )
         self.actors = ActorSystem(self.loop, clock_ms=clock_ms)
         self.app.sink = self.actors

@@ -21,9 +21,16 @@ from node import machine
 from node.actors import ActorSystem, Busy
 from node.app import QueueApp
 from node.codec import FrameDecoder, WireError, encode_frame
-from node.config import ClusterConfig, format_addr
+from node.config import ClusterConfig, format_addr, parse_addr
 from node.loop_api import ProposalFailed, ReadFailed, TransferFailed
+from node.raft import NodeId
 from node.raft_loop import RaftLoop
+from node.server_errors import RETRYABLE, RequestError
+from node.server_members import MEMBER_OPS, MemberOps
+
+__all__ = [
+    "MAX_WAIT_MS", "RETRYABLE", "ClientServer", "RequestError", "parse_request", "request_id_of",
+]
 
 logger = logging.getLogger("raftq.server")
 
@@ -44,36 +51,6 @@ fails the read with NOT_LEADER first. Past the bound: UNAVAILABLE."""
 CONFIRM_TIMEOUT_S = 0.5
 """`node_status` with `confirm`: longest wait for the leadership check (within the 1 s that
 `cluster_status` gives each node)."""
-
-RETRYABLE = {"NOT_LEADER", "UNAVAILABLE", "OUTCOME_UNKNOWN", "BUSY", "TIMEOUT"}
-
-
-class RequestError(Exception):
-    """An error reply: stable `code`, a message, the leader's client address when known and,
-    for NOT_LEADER, the client addresses of all the cluster's nodes (`nodes`), so that a
-    client that knew only this one can try the others."""
-
-    def __init__(
-        self, code: str, message: str, leader: str | None = None,
-        nodes: list[str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.leader = leader
-        self.nodes = nodes
-
-    def to_wire(self) -> dict[str, Any]:
-        wire: dict[str, Any] = {
-            "code": self.code,
-            "message": self.message,
-            "retryable": self.code in RETRYABLE,
-            "leader": self.leader,
-        }
-        if self.nodes is not None:
-            wire["nodes"] = self.nodes
-        return wire
-
 
 def request_id_of(frame: object) -> int | None:
     """The request id of a decoded frame: its integer `id`, else None."""
@@ -126,7 +103,7 @@ class ClientServer:
         loop: RaftLoop,
         app: QueueApp,
         actors: ActorSystem,
-        transport_stats: Callable[[], dict[str, int]] = dict,
+        transport_stats: Callable[[], dict[str, Any]] = dict,
         max_in_flight: int = 1024,
     ) -> None:
         self.node_id = node_id
@@ -137,6 +114,7 @@ class ClientServer:
         self.transport_stats = transport_stats
         self.max_in_flight = max_in_flight
         self.stats = {"connections": 0, "requests": 0, "errors": 0, "bad_frames": 0}
+        self.member_ops = MemberOps(self)
 
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         """Listen on this node's client address until cancelled."""
@@ -258,15 +236,37 @@ class ClientServer:
             limiter.release()
 
     # -- requests -------------------------------------------------------------------------------
+    def member_addr(self, node_id: int) -> tuple[str, str] | None:
+        """(raft, client) "host:port" of a node: the membership's (it travels in the log),
+        else the configuration file's, else None."""
+        addr = self.loop.membership.address(NodeId(node_id))
+        if addr is not None:
+            return addr
+        nc = self.cfg.nodes.get(node_id)
+        if nc is None:
+            return None
+        return format_addr(nc.raft_addr), format_addr(nc.client_addr)
+
+    def member_client_addrs(self) -> dict[int, str]:
+        """Client address of every member of the membership in effect that has one (the
+        configuration file's nodes when the membership has no members, which never happens
+        in a running cluster)."""
+        ids = [int(n) for n in self.loop.membership.members()] or sorted(self.cfg.nodes)
+        out = {}
+        for nid in ids:
+            addr = self.member_addr(nid)
+            if addr is not None:
+                out[nid] = addr[1]
+        return out
+
     def _leader_addr(self, leader_id: int | None = None) -> str | None:
         lid = self.loop.view.leader_id if leader_id is None else leader_id
-        if lid is None or lid not in self.cfg.nodes:
-            return None
-        return format_addr(self.cfg.nodes[lid].client_addr)
+        addr = None if lid is None else self.member_addr(lid)
+        return None if addr is None else addr[1]
 
     def _not_leader(self, leader_id: int | None = None, why: str = "") -> RequestError:
         """NOT_LEADER naming the leader this node knows of, or saying that it knows none;
-        with every node's client address either way."""
+        with every member's client address either way."""
         lid = self.loop.view.leader_id if leader_id is None else leader_id
         addr = self._leader_addr(lid)
         if addr is not None and lid != self.node_id:
@@ -277,13 +277,18 @@ class ClientServer:
                 f"node {self.node_id} is not the leader{why} and knows no leader (an election "
                 "may be under way, or this node is cut off): try the other nodes"
             )
-        nodes = [format_addr(nc.client_addr) for _, nc in sorted(self.cfg.nodes.items())]
+        nodes = list(self.member_client_addrs().values())
         return RequestError("NOT_LEADER", message, addr, nodes)
+
+    @property
+    def election_timeout_s(self) -> float:
+        """One (minimum) election timeout, in seconds."""
+        return self.cfg.election_ticks * self.cfg.tick_ms / 1000
 
     @property
     def read_timeout_s(self) -> float:
         """How long a read waits for leadership to be confirmed (see READ_TIMEOUT_ELECTIONS)."""
-        return READ_TIMEOUT_ELECTIONS * self.cfg.election_ticks * self.cfg.tick_ms / 1000
+        return READ_TIMEOUT_ELECTIONS * self.election_timeout_s
 
     async def _confirm_leadership(self, timeout_s: float) -> None:
         """Linearizable reads: return once the Raft loop confirmed that this node still leads
@@ -328,6 +333,8 @@ class ClientServer:
             return await self.cluster_status()
         if op == "transfer_leadership":
             return await self._transfer(args)
+        if op in MEMBER_OPS:
+            return await self.member_ops.dispatch(op, args)
         wait_ms = 0
         if op == "receive" and "wait_ms" in args:
             args = dict(args)
@@ -402,8 +409,10 @@ class ClientServer:
         """Hand leadership over and wait until this node no longer leads (at most two
         election timeouts), so that a success means it moved."""
         to = args.get("to")
-        if to is not None and (type(to) is not int or to not in self.cfg.nodes):
-            raise RequestError("BAD_REQUEST", "to must be a node id of this cluster")
+        if to is not None and (
+            type(to) is not int or not self.loop.membership.is_voter(NodeId(to))
+        ):
+            raise RequestError("BAD_REQUEST", "to must be the id of a voter of this cluster")
         if not self.loop.is_leader:
             raise self._not_leader()
         if to == self.node_id:
@@ -418,7 +427,7 @@ class ClientServer:
             if not self.loop.is_leader:
                 raise self._not_leader()
             raise RequestError("UNAVAILABLE", "no peer answered this leader recently")
-        wait_s = 2 * self.cfg.election_ticks * self.cfg.tick_ms / 1000
+        wait_s = 2 * self.election_timeout_s
         with trio.move_on_after(wait_s):
             while self.loop.is_leader:
                 await self.loop.role_changed.wait()
@@ -473,35 +482,52 @@ class ClientServer:
         return st
 
     async def cluster_status(self) -> dict[str, Any]:
-        """Every node's `node_status`, asked in parallel (1 s each), and the leader: the node
-        of the highest term whose leadership was confirmed by a heartbeat round just now
+        """Every member's `node_status`, asked in parallel (1 s each), and the leader: the
+        node of the highest term whose leadership was confirmed by a heartbeat round just now
         (`node_status` with `confirm`), so that a leader that was cut off and still believes
-        it leads is not reported as the leader. None when no node could confirm."""
+        it leads is not reported as the leader. None when no node could confirm. The members
+        are those of this node's membership; each row says whether it is a voter or a
+        learner (`membership_role`)."""
         found: dict[int, dict[str, Any]] = {}
+        membership = self.loop.membership
+        addrs = self.member_client_addrs()
 
-        async def ask(nid: int, nc: Any) -> None:
+        async def ask(nid: int) -> None:
+            addr = addrs.get(nid)
             if nid == self.node_id:
                 try:
                     found[nid] = await self.node_status(confirm=True)
                 except RequestError as exc:
                     found[nid] = {"node_id": nid, "error": f"{exc.code}: {exc.message}"}
                 return
+            if addr is None:
+                found[nid] = {"node_id": nid, "client_addr": None,
+                              "error": "no client address known for this member"}
+                return
             try:
                 with trio.fail_after(1.0):
                     found[nid] = await _ask(
-                        nc.client_addr, "node_status", self.cfg.max_frame_bytes, {"confirm": True}
+                        parse_addr(addr), "node_status", self.cfg.max_frame_bytes,
+                        {"confirm": True},
                     )
             except trio.TooSlowError:
-                found[nid] = {"node_id": nid, "client_addr": format_addr(nc.client_addr),
+                found[nid] = {"node_id": nid, "client_addr": addr,
                               "error": "no answer within 1 s (paused, hung or cut off)"}
             except (OSError, WireError, RequestError) as exc:
-                found[nid] = {"node_id": nid, "client_addr": format_addr(nc.client_addr),
+                found[nid] = {"node_id": nid, "client_addr": addr,
                               "error": f"{type(exc).__name__}: {exc}"}
 
+        ids = [int(n) for n in membership.members()] or sorted(self.cfg.nodes)
         async with trio.open_nursery() as nursery:
-            for nid, nc in sorted(self.cfg.nodes.items()):
-                nursery.start_soon(ask, nid, nc)
+            for nid in ids:
+                nursery.start_soon(ask, nid)
         nodes = [found[nid] for nid in sorted(found)]
+        for row in nodes:
+            nid = NodeId(row["node_id"])
+            row["membership_role"] = (
+                "voter" if membership.is_voter(nid)
+                else "learner" if membership.is_learner(nid) else None
+            )
         leaders = [n for n in nodes if n.get("role") == "leader" and n.get("leader_confirmed")]
         best = max(leaders, key=lambda n: n.get("term", 0)) if leaders else None
         return {

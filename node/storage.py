@@ -88,9 +88,15 @@ __all__ = [
     "DEFAULT_SNAPSHOT_CHUNK_BYTES",
     "FORMAT_VERSION",
     "CorruptStorageError",
+    "NoDatabase",
     "RocksStorage",
     "StorageError",
 ]
+
+
+class NoDatabase(StorageError):
+    """`RocksStorage.open(..., membership=None)` found no database to open (nothing was
+    created: a node joining a running cluster learns its membership first)."""
 
 
 DEFAULT_CACHE_MAX_BYTES = 64 * 1024 * 1024
@@ -169,7 +175,7 @@ class RocksStorage:
         *,
         cluster_id: str,
         node_id: int,
-        membership: Membership | tuple[int, ...],
+        membership: Membership | tuple[int, ...] | None,
         cache_max_bytes: int = DEFAULT_CACHE_MAX_BYTES,
         snapshot_chunk_bytes: int = DEFAULT_SNAPSHOT_CHUNK_BYTES,
     ) -> RocksStorage:
@@ -180,7 +186,8 @@ class RocksStorage:
             cluster_id: the cluster this node belongs to; recorded on creation, checked after.
             node_id: this node's id (>= 1); recorded on creation, checked after.
             membership: the initial cluster membership (or its voters), used only when the
-                database is created (it then lives in the snapshot meta at index 0).
+                database is created (it then lives in the snapshot meta at index 0); None to
+                open only a database that exists (`NoDatabase` otherwise).
             cache_max_bytes: budget of the in-memory log tail cache (`entry_size_bytes` units).
             snapshot_chunk_bytes: size of the values snapshot data is stored in.
 
@@ -188,6 +195,7 @@ class RocksStorage:
             The open storage.
 
         Raises:
+            NoDatabase: `membership` is None and the database holds nothing yet.
             StorageError: RocksDB cannot open the database (e.g. another process holds it), or
                 it belongs to another cluster or node, or has an unknown format.
             CorruptStorageError: RocksDB finds damage (a WAL record, an SST block, the
@@ -212,7 +220,7 @@ class RocksStorage:
             db.close()
             raise
         try:
-            self._load(cluster_id, node_id, _membership(membership))
+            self._load(cluster_id, node_id, None if membership is None else _membership(membership))
         except BaseException as exc:
             self.close()
             rio.clear_frames(exc)
@@ -320,9 +328,11 @@ class RocksStorage:
         except Exception as exc:
             raise self._read_error(record, exc) from None
 
-    def _load(self, cluster_id: str, node_id: int, membership: Membership) -> None:
+    def _load(self, cluster_id: str, node_id: int, membership: Membership | None) -> None:
         identity_value = self._get_meta(fmt.K_IDENTITY, "identity record")
         if identity_value is None:
+            if membership is None:
+                raise NoDatabase(f"database {self._path} holds nothing yet")
             self._create(cluster_id, node_id, membership)
             return
         try:

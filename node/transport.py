@@ -1,7 +1,11 @@
 """trio TCP between nodes: authenticated connections carrying Raft messages as cbor2 frames.
 
 Each node dials every peer and sends on that connection only; it receives on the connections its
-peers dial to it. So per pair of nodes there are two TCP connections, one per direction.
+peers dial to it. So per pair of nodes there are two TCP connections, one per direction. The
+peers change with the cluster's membership (`set_peers`: node/main.py calls it whenever the
+membership changes); a node may connect when it is a peer or one of the other ids accepted
+(`accept`: the node passes the members and the configuration file's nodes, so that a node
+being admitted can connect before this one dials it).
 
 - Sending: `Transport.send(msg)` never blocks. It encodes the message and puts the frame on the
   peer's bounded queue (a trio memory channel); when the queue is full (by messages or bytes) or
@@ -17,7 +21,7 @@ peers dial to it. So per pair of nodes there are two TCP connections, one per di
 
   with mac_X = HMAC-SHA256(secret, "raftq-transport-v1" | CBOR([X, cluster_id, client_id,
   server_id, nonce_c, nonce_s])) and X = "server" or "client". Either side may answer
-  `error {code, message}` and close. A wrong cluster id, an unknown node id, a bad MAC, a
+  `error {code, message}` and close. A wrong cluster id, a node id not accepted, a bad MAC, a
   malformed frame or a timeout closes the connection with one warning on logger
   `raftq.transport`. Frames before authentication are limited to `HANDSHAKE_MAX_FRAME_BYTES`.
 - Receiving: frames are decoded with `FrameDecoder` and `decode_raft_message`; a message must be
@@ -377,6 +381,7 @@ class Transport:
         backoff_min_s: float = 0.05,
         backoff_max_s: float = 1.0,
         on_peer_lost: Callable[[int], None] | None = None,
+        accept: Collection[int] = (),
     ) -> None:
         """Configure the transport; nothing starts before `run`.
 
@@ -397,6 +402,8 @@ class Transport:
             backoff_max_s: largest reconnection delay, seconds.
             on_peer_lost: called with a peer's id when its authenticated connection to this
                 node closes or breaks (not when this transport shuts down).
+            accept: more node ids allowed to connect to this node, besides `peers` (e.g. a
+                node being admitted that this one does not dial yet).
         """
         self.node_id = node_id
         self._on_peer_lost = on_peer_lost
@@ -429,6 +436,9 @@ class Transport:
         for peer_id, address in peers.items():
             if peer_id != node_id:
                 self._peers[peer_id] = _Peer(peer_id, address, queue_capacity)
+        self._accept: set[int] = {*self._peers, *accept} - {node_id}
+        # Inbound connections of accepted nodes that are not (or no longer) dialled peers.
+        self._inbound_scopes: dict[int, set[trio.CancelScope]] = {}
 
     # -- public surface -----------------------------------------------------------------------
 
@@ -447,21 +457,25 @@ class Transport:
         """Node id -> (host, port) of the current peers."""
         return {peer_id: peer.address for peer_id, peer in self._peers.items()}
 
-    def stats(self) -> dict[str, int]:
-        """Counters since start, for the node's status.
+    def stats(self) -> dict[str, Any]:
+        """Counters since start, and the peers now, for the node's status.
 
         Returns:
             `sent` and `received` messages; `dropped` messages (queue full, unknown peer, or
             lost with a broken connection); `connects` (outbound handshakes that succeeded);
             `handshake_failures` (either direction); `wire_errors` (connections closed for a
             bad frame or message); `refused_connections` (subset of handshake failures:
-            inbound ones); `queued` messages and `connected_peers` now.
+            inbound ones); `queued` messages and `connected_peers` now; `peers` (node id as a
+            string -> the "host:port" dialled) and `accepted` (node ids allowed to connect).
         """
-        out = dict(self._stats)
+        out: dict[str, Any] = dict(self._stats)
         out["queued"] = sum(
             p.queue_send.statistics().current_buffer_used for p in self._peers.values()
         )
         out["connected_peers"] = sum(p.connected for p in self._peers.values())
+        out["peers"] = {str(pid): f"{p.address[0]}:{p.address[1]}"
+                        for pid, p in sorted(self._peers.items())}
+        out["accepted"] = sorted(self._accept)
         return out
 
     def connected(self, peer_id: int) -> bool:
@@ -501,13 +515,23 @@ class Transport:
             return
         peer.queued_bytes += len(frame)
 
-    async def update_peers(self, peers: Mapping[int, tuple[str, int]]) -> None:
+    def accepted(self) -> set[int]:
+        """Node ids allowed to connect to this node (the peers and `accept`)."""
+        return set(self._accept)
+
+    def set_peers(
+        self, peers: Mapping[int, tuple[str, int]], accept: Collection[int] = ()
+    ) -> None:
         """Replace the set of peers: stop links to removed (or moved) ones, start new ones.
 
-        Messages queued to a removed peer are dropped; its inbound connections are closed.
+        Messages queued to a removed peer are dropped; its inbound connections are closed (it
+        may connect again while it is still accepted). Does not block: usable from the Raft
+        loop's membership callback.
 
         Args:
-            peers: node id -> (host, port) of the other nodes (this node's own id is ignored).
+            peers: node id -> (host, port) of the nodes to dial (this node's own id is ignored).
+            accept: more node ids allowed to connect, besides `peers`; connections of nodes
+                no longer accepted are closed.
         """
         wanted = {
             pid: (str(host), int(port))
@@ -524,8 +548,20 @@ class Transport:
             if peer_id not in self._peers:
                 peer = _Peer(peer_id, address, self._queue_capacity)
                 self._peers[peer_id] = peer
+                host, port = address
+                logger.info("node %d: peer %d at %s:%d", self.node_id, peer_id, host, port)
                 if self._nursery is not None:
                     self._nursery.start_soon(self._run_peer, peer)
+        self._accept = {*wanted, *accept} - {self.node_id}
+        for peer_id in [p for p in self._inbound_scopes if p not in self._accept]:
+            for scope in self._inbound_scopes.pop(peer_id):
+                scope.cancel()
+
+    async def update_peers(
+        self, peers: Mapping[int, tuple[str, int]], accept: Collection[int] = ()
+    ) -> None:
+        """`set_peers`, then a checkpoint (for callers in a task)."""
+        self.set_peers(peers, accept)
         await trio.lowlevel.checkpoint()
 
     async def run(
@@ -683,7 +719,7 @@ class Transport:
                         cluster_id=self.cluster_id,
                         node_id=self.node_id,
                         secret=self._secret,
-                        known_peers=self._peers,
+                        known_peers=self._accept,
                     )
             except (WireError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                 self._stats["handshake_failures"] += 1
@@ -695,13 +731,19 @@ class Transport:
                     _describe(exc),
                 )
                 return
-            peer = self._peers.get(peer_id)
-            if peer is None:  # removed while the handshake ran
+            if peer_id not in self._accept:  # removed while the handshake ran
                 return
+            peer = self._peers.get(peer_id)
+            # A peer's inbound connections close with it; an accepted node not dialled (one
+            # being admitted) has its own set, closed when it is no longer accepted.
+            scopes = (
+                peer.inbound_scopes if peer is not None
+                else self._inbound_scopes.setdefault(peer_id, set())
+            )
             where = f"peer {peer_id} at {where}"
             decoder.max_frame_bytes = self._max_frame_bytes
             with trio.CancelScope() as scope:
-                peer.inbound_scopes.add(scope)
+                scopes.add(scope)
                 try:
                     await self._receive_loop(stream, decoder, peer_id, where)
                 except WireError as exc:
@@ -714,7 +756,9 @@ class Transport:
                         "node %d: connection from %s lost: %s", self.node_id, where, _describe(exc)
                     )
                 finally:
-                    peer.inbound_scopes.discard(scope)
+                    scopes.discard(scope)
+                    if not scopes and self._inbound_scopes.get(peer_id) is scopes:
+                        del self._inbound_scopes[peer_id]
             if not scope.cancelled_caught and self._on_peer_lost is not None:
                 self._on_peer_lost(peer_id)
 

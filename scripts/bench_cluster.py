@@ -31,12 +31,20 @@ directory) with `cluster.launcher.Launcher`, and prints, for 1 KiB bodies:
   repaired node's log lines that say what it did (start, standing, snapshot installed) are
   printed under the table, in seconds after the restart. (Measured on a fresh cluster after the
   failover.)
+* catch-up of a new node: with a backlog of `--catchup-backlog` queued messages (filled with
+  `send_batch`) and 16 sends in flight, a fourth node is added as `raftq cluster add-node`
+  does (its entry in the configuration file, `--join`: admitted as a learner, promoted once
+  caught up); the time until it is a voter whose applied index reached the leader's, the bytes
+  its peers sent it and the messages per second over that time, and the confirmed sends per
+  second during the change against the 5 s before it. `--only catchup` runs just this, on its
+  own cluster.
 
 A confirmed send is one whose reply came: committed on a majority, fsynced and applied.
 Everything it started is stopped by pid at the end (also on Ctrl-C) and its data removed.
 
 Usage: scripts/bench cluster [--seconds S] [--backlog N] [--repair-backlog N] [--repair-load N]
-                             [--repair-fill batch|single] [--only repair|reads] [--quick]
+                             [--repair-fill batch|single] [--catchup-backlog N]
+                             [--only repair|reads|catchup] [--quick]
                              [--keep-data] [--json FILE]
        scripts/bench repair [options]       (the same as --only repair)
 """
@@ -55,6 +63,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
 
 from bench_peers.common import code_version  # noqa: E402
+from bench_peers.raftq_members import catch_up  # noqa: E402
 from bench_peers.raftq_peer import RaftqSystem  # noqa: E402
 from bench_peers.raftq_reads import stats_under_load  # noqa: E402
 
@@ -118,6 +127,35 @@ def repair_rows(
     return rows
 
 
+def catch_up_rows(system: RaftqSystem, backlog: int, load_in_flight: int = 16) -> list[
+    tuple[str, str, str]
+]:
+    """Fill `backlog` messages (send_batch), then add a new node under `load_in_flight` sends."""
+    f = system.fill(backlog, "batch")
+    r = catch_up(system, f["queue"], load_in_flight=load_in_flight)
+    detail = (
+        f"n{r['node']}: learner at {_fmt(r['learner_s'], ' s')}, applied = leader's at"
+        f" {_fmt(r['caught_up_s'], ' s')}, voter at {_fmt(r['voter_s'], ' s')};"
+        f" {_count(r['messages'])} msgs queued, {_count(r['entries'])} entries, received"
+        f" {_mb(r['received_bytes'])} ({_mb(r['bytes_per_s'])}/s),"
+        f" {_fmt(r['messages_per_s'], ' msgs/s')}; data dir {_mb(r['data_bytes'])}"
+    )
+    ratio = r["during_vs_before"]
+    load = (
+        f"{_fmt(r['sends_during_per_s'], '/s')} during the change,"
+        f" {_fmt(r['sends_before_per_s'], '/s')} in the 5 s before"
+        f" ({ratio * 100:.0f} %)" if ratio is not None else "no load"
+    )
+    if r["errors"]:
+        load += f", {r['errors']} errors"
+    if r["timed_out"]:
+        detail += "; TIMED OUT"
+    return [
+        (f"catch-up of a new node, {backlog:,} queued", _fmt(r["done_s"], " s"), detail),
+        (f"  sends during it ({load_in_flight} in flight)", load, ""),
+    ]
+
+
 def paced_row(system: RaftqSystem, rate_per_s: float, seconds_s: float) -> tuple[
     tuple[str, str, str], float | None
 ]:
@@ -164,6 +202,7 @@ def run(
     repair_backlog: int = 100_000,
     repair_load: int = 16,
     repair_fill: str = "batch",
+    catchup_backlog: int = 100_000,
     only: str | None = None,
     keep_data: bool = False,
     notes: list[str] | None = None,
@@ -181,6 +220,9 @@ def run(
             notes.append(f"data, config and node logs kept in {system.dir}")
         if only == "repair":
             rows.extend(repair_rows(system, repair_backlog, repair_load, notes, repair_fill))
+            return rows
+        if only == "catchup":
+            rows.extend(catch_up_rows(system, catchup_backlog))
             return rows
         if only == "reads":
             row, plain_per_s = paced_row(system, paced_rate_per_s, seconds_s)
@@ -220,6 +262,10 @@ def run(
             if keep_data:
                 notes.append(f"repair measured on a fresh cluster, kept in {system.dir}")
             rows.extend(repair_rows(system, repair_backlog, repair_load, notes, repair_fill))
+        if catchup_backlog > 0:
+            system.stop()
+            system.start()
+            rows.extend(catch_up_rows(system, catchup_backlog))
     finally:
         system.stop()
     return rows
@@ -238,9 +284,12 @@ def main() -> int:
     p.add_argument("--repair-fill", choices=("batch", "single"), default="batch",
                    help="backlog filled with send_batch (one entry per 100 messages: no snapshot)"
                         " or one send per message (the leader snapshots; the repair installs one)")
-    p.add_argument("--only", choices=("repair", "reads"),
+    p.add_argument("--catchup-backlog", type=int, default=100_000,
+                   help="messages queued when a new node is added (0: no catch-up rows)")
+    p.add_argument("--only", choices=("repair", "reads", "catchup"),
                    help="only this measurement (and the start); reads: the plain latency at"
-                        " --rate sends/s offered, then queue_stats latency at that rate")
+                        " --rate sends/s offered, then queue_stats latency at that rate;"
+                        " catchup: a new node added to a cluster holding --catchup-backlog")
     p.add_argument("--quick", action="store_true",
                    help="2 s measurements, backlogs 5,000")
     p.add_argument("--keep-data", action="store_true",
@@ -249,11 +298,14 @@ def main() -> int:
     args = p.parse_args()
     if args.quick:
         args.seconds, args.backlog, args.repair_backlog = 2.0, 5_000, 5_000
+        args.catchup_backlog = 5_000
     if args.only == "repair" and args.repair_backlog <= 0:
         p.error("--only repair needs --repair-backlog > 0")
     notes: list[str] = []
+    if args.only == "catchup" and args.catchup_backlog <= 0:
+        p.error("--only catchup needs --catchup-backlog > 0")
     rows = run(args.seconds, args.backlog, args.rate, args.repair_backlog, args.repair_load,
-               args.repair_fill, args.only, args.keep_data, notes)
+               args.repair_fill, args.catchup_backlog, args.only, args.keep_data, notes)
     from rich.console import Console
     from rich.table import Table
 

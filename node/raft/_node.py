@@ -418,8 +418,8 @@ class RaftNode(LeaderReplication, FollowerReplication):
         if lo > last:
             return
         for e in log.entries(lo, Index(last + 1)):
-            if e.term == self.term and e.kind is EntryKind.NORMAL:
-                self.dropped.append(e.index)
+            if e.term == self.term and e.kind is not EntryKind.NOOP:
+                self.dropped.append(e.index)  # proposals and membership changes
 
     def _become_follower(self, term: Term, leader_id: NodeId | None) -> None:
         self._reset(term)
@@ -560,8 +560,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
             self.election_elapsed = 0
             if self.standing is Standing.JOINING:
                 self._start_repair(
-                    f"empty database, but node {msg.from_id} leads term {msg.term}: "
-                    "this node lost its disk (or joined late)"
+                    self._joining_reason(f"node {msg.from_id} leads term {msg.term}")
                 )
             if isinstance(msg, AppendEntries):
                 self._handle_append_entries(msg)

@@ -49,13 +49,22 @@ class RepairRules(NodeState):
         if self.standing is not Standing.JOINING or msg.nonce != self._join_nonce:
             return  # an answer to an earlier question (or we are past joining)
         if not msg.empty:
-            self._start_repair(f"empty database, but node {msg.from_id} says the cluster "
-                               "exists (it holds Raft state or is repairing): this node "
-                               "lost its disk")
+            self._start_repair(self._joining_reason(
+                f"node {msg.from_id} says the cluster exists (it holds Raft state or is "
+                "repairing)"
+            ))
             return
         self._join_answers[msg.from_id] = msg
         if all(pid in self._join_answers for pid in self.voters if pid != self.id):
             self._bootstrap()
+
+    def _joining_reason(self, evidence: str) -> str:
+        """Why a JOINING node becomes REPAIRING: a new node being admitted, or a member that
+        lost its disk; either way the leader repairs it (catches it up) before it votes."""
+        if self.id not in self.log.membership().members():
+            return (f"new node joining an existing cluster ({evidence}): catching up from the "
+                    "leader before it may vote")
+        return f"empty database, but {evidence}: this node lost its disk (or joined late)"
 
     def _bootstrap(self) -> None:
         """Every other voter is empty too: the cluster is brand new; become a VOTER.

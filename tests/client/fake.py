@@ -19,6 +19,14 @@ scripted per op: `cluster.faults["enqueue"] = ["drop_after"]` makes the leader a
 enqueue and then close the connection without answering. Everything received is recorded for
 assertions.
 
+Membership (`members`, `add_member`, `promote_member`, `remove_member`, docs/protocol.md) is kept
+in `FakeCluster.roles` (id -> "voter" | "learner"), with the node/raft Membership rules: ids are
+never reused (`max_id`), one voter at least, a learner in `behind` is refused promotion
+(LEARNER_BEHIND), one in `silent` is shown as not answering the leader; removing the leader
+moves leadership to another fake node and answers NOT_LEADER (as a real leader hands over
+first). Every change commits at once as the next index.
+Added members have no listener (their client address is what the test gave).
+
 Fault actions (consumed in order by the leader, one per well-formed request of that op):
     drop_before: close the connection without executing.
     drop_after: execute, then close the connection without answering.
@@ -27,9 +35,12 @@ Fault actions (consumed in order by the leader, one per well-formed request of t
     timeout: answer TIMEOUT without executing.
     unavailable: answer UNAVAILABLE.
     busy: answer BUSY.
+    change_in_progress: answer CHANGE_IN_PROGRESS (membership ops).
+    no_quorum: answer NO_QUORUM (membership ops).
     not_leader_null: answer NOT_LEADER with leader null.
     hang: never answer.
     delay:<seconds>: wait (trio time), then execute and answer.
+    error:<CODE>: answer that error code without executing (e.g. error:ID_RETIRED).
 """
 
 from __future__ import annotations
@@ -49,7 +60,11 @@ from node.server import MAX_WAIT_MS, RequestError, parse_request, request_id_of
 EPOCH_MS = 1_700_000_000_000
 """`now_ms` at trio time 0 (a MockClock starts there): a plausible wall clock."""
 
-_REFUSALS = {"outcome_unknown", "timeout", "unavailable", "busy"}
+_REFUSALS = {"outcome_unknown", "timeout", "unavailable", "busy", "change_in_progress",
+             "no_quorum"}
+MEMBER_OPS = {"members", "add_member", "promote_member", "remove_member"}
+_MEMBER_ARGS = {"members": set(), "add_member": {"raft_addr", "client_addr", "id"},
+                "promote_member": {"id"}, "remove_member": {"id"}}
 _FAULTS = _REFUSALS | {"drop_before", "drop_after", "outcome_unknown_applied",
                        "not_leader_null", "hang"}
 
@@ -163,6 +178,16 @@ class FakeNode:
             return self.status(digest=args.get("digest") is True)
         if op == "cluster_status":
             return c.cluster_status()
+        if op in MEMBER_OPS:
+            c.check_member_args(op, args)
+            self._require_leader()
+            action = await self._fault_before(op)
+            result = c.member_op(self.id, op, args)
+            if action == "drop_after":
+                raise _Drop
+            if action == "outcome_unknown_applied":
+                raise RequestError("OUTCOME_UNKNOWN", "fake: lost office after proposing")
+            return result
         cmd: machine.Command | None = None
         wait_ms = 0
         if op == "transfer_leadership":
@@ -202,8 +227,11 @@ class FakeNode:
         action = faults.pop(0) if faults else None
         if action is None:
             return None
-        if action not in _FAULTS and not action.startswith("delay:"):
+        if action not in _FAULTS and not action.startswith(("delay:", "error:")):
             raise AssertionError(f"unknown fake fault {action!r}")
+        if action.startswith("error:"):
+            code = action.split(":", 1)[1]
+            raise RequestError(code, f"fake {code}")
         if action == "drop_before":
             raise _Drop
         if action in _REFUSALS:
@@ -257,6 +285,9 @@ class FakeNode:
             "commit_index": c.index, "applied_index": c.index, "last_index": c.index,
             "first_index": 1, "snapshot_index": 0, "standing": "voter", "peers": {},
             "machine_index": c.index, "transport": {},
+            "voters": sorted(i for i, r in c.roles.items() if r == "voter"),
+            "learners": sorted(i for i, r in c.roles.items() if r == "learner"),
+            "membership_index": c.membership_index,
         }
         if digest:
             st["digest"] = machine.digest(c.state)
@@ -284,6 +315,12 @@ class FakeCluster:
         self.applied: list[tuple[str, Any]] = []
         self.dedup_ids_seen: list[Any] = []
         self.polls_waiting = 0
+        self.roles: dict[int, str] = {i: "voter" for i in self.nodes}
+        self.member_addrs: dict[int, tuple[str, str]] = {}
+        self.max_id = n
+        self.membership_index = 0
+        self.behind: set[int] = set()
+        self.silent: set[int] = set()
         self._wakes: dict[str, trio.Event] = {}
         self._timer_at: int | None = None
         self._timer_changed = trio.Event()
@@ -410,6 +447,98 @@ class FakeCluster:
                 await ev.wait()
         finally:
             self.polls_waiting -= 1
+
+    # -- membership ---------------------------------------------------------------------------
+    def member_addr(self, node_id: int) -> tuple[str, str]:
+        """(raft, client) address of a member: a fake node's real client address."""
+        if node_id in self.member_addrs:
+            return self.member_addrs[node_id]
+        return f"127.0.0.1:{20000 + node_id}", self.nodes[node_id].addr
+
+    def check_member_args(self, op: str, args: dict[Any, Any]) -> None:
+        """BAD_REQUEST as node/server_members.py: unknown or missing arguments, bad types."""
+        known = _MEMBER_ARGS[op]
+        unknown = sorted(str(k) for k in args if k not in known)
+        if unknown:
+            raise RequestError("BAD_REQUEST", f"{op}: unknown arguments {unknown}")
+        needed = {"id"} if op in ("promote_member", "remove_member") else (
+            {"raft_addr", "client_addr"} if op == "add_member" else set())
+        if needed - set(args):
+            missing = sorted(needed - set(args))
+            raise RequestError("BAD_REQUEST", f"{op}: missing arguments {missing}")
+        if "id" in args and (type(args["id"]) is not int or args["id"] <= 0):
+            raise RequestError("BAD_REQUEST", f"{op}: id must be a positive integer")
+        for k in ("raft_addr", "client_addr"):
+            if k in args and (type(args[k]) is not str or ":" not in args[k]):
+                raise RequestError("BAD_REQUEST", f"{op}: {k} must be a \"host:port\" string")
+
+    def _commit_change(self) -> int:
+        self.index += 1
+        self.membership_index = self.index
+        self._poke()
+        return self.index
+
+    def members_result(self) -> dict[str, Any]:
+        rows = []
+        for nid, role in sorted(self.roles.items()):
+            raft, client = self.member_addr(nid)
+            leader = nid == self.leader_id
+            rows.append({
+                "id": nid, "role": role, "raft_addr": raft, "client_addr": client,
+                "match_index": self.index if nid not in self.behind else 0,
+                "lag": 0 if nid not in self.behind else self.index,
+                "state": None if leader else "replicate",
+                "recent_active": leader or nid not in self.silent,
+                "repairing": False, "leader": leader,
+            })
+        return {"leader_id": self.leader_id, "term": self.term, "commit_index": self.index,
+                "membership_index": self.membership_index, "max_id": self.max_id,
+                "members": rows}
+
+    def member_op(self, node_id: int, op: str, args: dict[Any, Any]) -> Any:
+        """A membership operation on the leader `node_id`, with the Membership rules."""
+        if op == "members":
+            return self.members_result()
+        nid = args.get("id")
+        if op == "add_member":
+            addrs = (args["raft_addr"], args["client_addr"])
+            if nid is None:
+                same = [i for i, r in self.roles.items()
+                        if r == "learner" and self.member_addrs.get(i) == addrs]
+                nid = same[0] if same else self.max_id + 1
+            if nid in self.roles:
+                if self.roles[nid] == "learner" and self.member_addr(nid) == addrs:
+                    return {"node_id": nid, "index": self.membership_index}
+                raise RequestError("ALREADY_MEMBER", f"node {nid} is already a member")
+            if nid <= self.max_id:
+                raise RequestError("ID_RETIRED", f"node id {nid} was given before; ids are "
+                                   f"never reused: use {self.max_id + 1} or higher")
+            self.roles[nid] = "learner"
+            self.member_addrs[nid] = addrs
+            self.max_id = nid
+            return {"node_id": nid, "index": self._commit_change()}
+        if nid not in self.roles:
+            raise RequestError("UNKNOWN_MEMBER", f"node {nid} is not a member")
+        if op == "promote_member":
+            if self.roles[nid] == "voter":
+                raise RequestError("NOT_LEARNER", f"node {nid} is already a voter")
+            if nid in self.behind:
+                raise RequestError("LEARNER_BEHIND", f"learner {nid} has not caught up yet")
+            self.roles[nid] = "voter"
+            return {"node_id": nid, "index": self._commit_change()}
+        assert op == "remove_member", op
+        voters = [i for i, r in self.roles.items() if r == "voter"]
+        if voters == [nid]:
+            raise RequestError("LAST_VOTER", f"node {nid} is the last voter: a cluster needs one")
+        if nid == node_id:  # the leader hands over first, then redirects
+            self.term += 1
+            self.leader_id = next(i for i in sorted(voters) if i != nid and i in self.nodes)
+            new = self.nodes[self.leader_id]
+            raise RequestError("NOT_LEADER", f"node {nid} handed leadership over to be removed",
+                               new.addr, self.node_addrs())
+        del self.roles[nid]
+        self.member_addrs.pop(nid, None)
+        return {"node_id": nid, "index": self._commit_change()}
 
     # -- recording ----------------------------------------------------------------------------
     def _record(self, node_id: int, op: str, args: dict[Any, Any]) -> None:

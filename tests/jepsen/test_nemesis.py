@@ -115,6 +115,10 @@ class FakeProcs:
     def data_dir(self, nid: int) -> Path:
         return self.tmp / f"n{nid}"
 
+    @property
+    def member_ids(self) -> list[int]:
+        return sorted(self.nodes)
+
     def running(self, nid: int) -> bool:
         return nid in self.live
 

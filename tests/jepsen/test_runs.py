@@ -147,6 +147,75 @@ def test_disk_loss_run(tmp_path: Path) -> None:
     assert out.check["total_queue"]["acknowledged_count"] > 500
 
 
+def _assert_membership_faults(out: RunOutcome) -> None:
+    """Every membership fault changed the members as its record says, and the final checks
+    asked exactly the final members."""
+    fs = [f for f in out.faults if f["kind"] == "membership"]
+    assert fs and all(f["verified"] for f in fs), fs
+    for f in fs:
+        ev = f["evidence"]
+        before = set(ev["members_before"]["voters"])
+        after = set(ev["members_after"]["voters"])
+        assert after - before == set(ev["changed"]["added"])
+        assert before - after == set(ev["changed"]["removed"])
+        if ev["change"] in ("add", "replace"):
+            assert ev["added"] in after and ev["added"] not in before
+        if ev["change"] != "add":
+            assert ev["removed"] in before and ev["removed"] not in after
+            assert str(ev["removed"]) in out.pids  # it ran, and was stopped
+    final = out.check["membership"]["final_members"]
+    assert final["voters"] == fs[-1]["evidence"]["members_after"]["voters"]
+    assert sorted(int(s["node_id"]) for s in out.final_statuses or []) == final["voters"]
+    assert out.check["consistency"]["valid"] and out.check["membership"]["valid"]
+
+
+def test_membership_nemesis_short_run(tmp_path: Path) -> None:
+    """Nodes join, leave and are replaced while the workload runs (seed 10 draws an add, a
+    replace and a removal); the final checks are over the final members."""
+    out = _run_valid(RunOptions(
+        out_dir=tmp_path / "membership", nemeses=("membership",), duration_s=NEMESIS_S,
+        seed=_seed(10), progress=False, plots=False,
+    ))
+    _assert_membership_faults(out)
+    if "RAFTQ_JEPSEN_SEED" not in os.environ:
+        assert [f["evidence"]["change"] for f in out.faults] == ["add", "replace", "remove"]
+    assert out.check["total_queue"]["acknowledged_count"] > 500
+
+
+def test_partitions_cut_the_links_of_added_nodes(tmp_path: Path) -> None:
+    """A node added (or put in another's place) during the run is reached through the run's
+    proxies: partitions cut its links as any other's."""
+    schedule = [
+        Fault("membership", "add", 1.0, 0.3, seed=1),
+        Fault("partition", "halves", 5.0, 2.5, seed=2),
+        Fault("membership", "replace", 8.5, 0.3, seed=3),
+        Fault("partition", "halves", 13.0, 2.5, seed=5),
+    ]
+    out = _run_valid(RunOptions(
+        out_dir=tmp_path / "mp", schedule=schedule, duration_s=17.0, seed=_seed(17),
+        progress=False, plots=False,
+    ))
+    _assert_membership_faults(out)
+    added = [f["evidence"]["added"] for f in out.faults if f["kind"] == "membership"]
+    parts = [f for f in out.faults if f["kind"] == "partition"]
+    assert len(parts) == 2 and all(p["verified"] for p in parts)
+    for p, new in zip(parts, added, strict=True):
+        assert any(new in link for link in p["links"]), (new, p["links"])  # its links cut
+    links = out.proxies["links"]
+    for new in added:  # its traffic went through the proxies both ways
+        assert sum(v["accepted"] for k, v in links.items() if k.startswith(f"{new}->")) > 0
+        assert sum(v["accepted"] for k, v in links.items() if k.endswith(f"->{new}")) > 0
+
+
+@pytest.mark.extended
+def test_membership_with_every_other_nemesis(tmp_path: Path) -> None:
+    out = _run_valid(RunOptions(
+        out_dir=tmp_path / "mall", nemeses=("membership", "kill", "pause", "partition"),
+        duration_s=60.0, seed=_seed(18), progress=False, plots=False,
+    ))
+    _assert_membership_faults(out)
+
+
 @pytest.mark.parametrize("name", ["partition-halves", "isolate-then-kill-leader",
                                   "kill-leader-mid-send", "ring"])
 def test_scenario(tmp_path: Path, name: str) -> None:

@@ -11,13 +11,17 @@ from typing import Any
 import trio
 import trio.testing
 
-from node.loop_api import ReadFailed
+from node.loop_api import ProposalFailed, ReadFailed
 from node.loop_marks import MARK_REFRESH_S
 from node.raft import (
+    ChangeKind,
+    ConfChange,
+    ConfChangeError,
     Config,
     DurabilityMark,
     Entry,
     Index,
+    Membership,
     MemoryStorage,
     Message,
     NodeId,
@@ -247,4 +251,67 @@ async def test_calls_run_between_readys_and_transfer_refuses_without_leadership(
             assert str(exc) == "refused"
         else:
             raise AssertionError("the call's error did not reach the caller")
+        nursery.cancel_scope.cancel()
+
+
+class DropNetwork:
+    """A network to nowhere: messages to the learner that never runs are lost."""
+
+    def __init__(self) -> None:
+        self.sent: list[Message] = []
+
+    def send(self, msg: Message) -> None:
+        self.sent.append(msg)
+
+
+async def test_membership_changes_through_the_loop(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    disk = MemoryDisk()
+    core = RaftNode(Config(NodeId(1)), disk.store, random.Random(1))
+    app = CountingApp()
+    seen: list[Membership] = []
+    net = DropNetwork()
+    loop = RaftLoop(core, disk, net, app, tick_s=0.01, snapshot_entries=10**9,
+                    blocking=run_inline, perf_clock=trio.current_time, on_membership=seen.append)
+    assert loop.membership.voters == (1,) and loop.linked_ids == {1}
+    send, receive = trio.open_memory_channel[Message](10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(loop.run, receive)
+        add = ConfChange(ChangeKind.ADD_LEARNER, NodeId(2), "127.0.0.1:1", "127.0.0.1:2")
+        try:
+            await loop.propose_conf_change(add)
+        except ProposalFailed as exc:
+            assert exc.code == "NOT_LEADER"
+        else:
+            raise AssertionError("a follower proposed a membership change")
+        with trio.fail_after(5):
+            await wait_leading(loop)
+        changed = loop.membership_changed
+        index = await loop.propose_conf_change(add)
+        # Applied in this term: the callback saw the learner; the app saw no CONFIG entry.
+        assert loop.applied_index >= index and changed.is_set()
+        assert loop.membership.learners == (2,) and loop.linked_ids == {1, 2}
+        assert seen[-1].learners == (2,) and seen[-1].address(NodeId(2)) == (
+            "127.0.0.1:1", "127.0.0.1:2")
+        assert app.applied == []
+        st = await loop.status()
+        assert st["voters"] == [1] and st["learners"] == [2]
+        assert st["membership_index"] == index and st["peers"]["2"]["learner"] is True
+        # A learner that never answered is not promoted; it cannot take leadership either.
+        try:
+            await loop.propose_conf_change(ConfChange(ChangeKind.PROMOTE, NodeId(2)))
+        except ConfChangeError as exc:
+            assert exc.code == "LEARNER_BEHIND"
+        else:
+            raise AssertionError("a learner that never answered was promoted")
+        assert await loop.transfer_leadership() is None
+        removed = await loop.propose_conf_change(ConfChange(ChangeKind.REMOVE, NodeId(2)))
+        assert removed > index and loop.membership.members() == (1,)
+        with trio.fail_after(5):
+            # Once the removal is committed and the removed node had its farewell heartbeats
+            # (node/raft/_conf_change.py), the loop lets it go (virtual time: ticks must pass).
+            while loop.linked_ids != {1}:
+                await trio.sleep(0.01)
+        assert seen[-1].members() == (1,)
         nursery.cancel_scope.cancel()
