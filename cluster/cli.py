@@ -36,6 +36,7 @@ from cluster.cli_common import (
 from cluster.client import Client, Message, OutgoingMessage, SendResult
 from cluster.errors import RaftqError
 from cluster.launcher import (
+    CONFIG_NAME,
     PIDS_NAME,
     Launcher,
     LauncherError,
@@ -47,7 +48,7 @@ from cluster.launcher import (
     write_pids,
 )
 from cluster.membership_cli import MEMBERSHIP_COMMANDS
-from node.config import ClusterConfig, ConfigError
+from node.config import ClusterConfig, ConfigError, format_addr, load
 
 BATCH = 100
 """Messages per `send_batch` in bulk sends (the node's batch limit)."""
@@ -356,16 +357,34 @@ def _is_learner(row: dict[str, Any]) -> bool:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.pass_context
 def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
-    """Each node's role, term, indexes and health, asked of each node directly."""
+    """Each node's role, term, indexes and health, asked of each node directly (the nodes of
+    --servers or cluster.toml, and every member of the replicated membership)."""
     servers = _resolve_servers(ctx, data_dir)
+    path = data_dir / CONFIG_NAME
+    ids: dict[str, int] = {}
+    if path.exists():
+        ids = {format_addr(n.client_addr): nid for nid, n in load(path).nodes.items()}
     rows: list[dict[str, Any]] = []
     with Client(servers, timeout_s=2.0, connect_timeout_s=0.5, request_timeout_s=1.5) as c:
-        for addr in servers:
+
+        def ask(addr: str) -> None:
             try:
                 st = c.node_status(addr, timeout_s=1.5, confirm=True)
                 rows.append({"addr": addr, "reachable": True, **st})
             except RaftqError as exc:
-                rows.append({"addr": addr, "reachable": False, "error": str(exc)})
+                rows.append({"addr": addr, "reachable": False, "error": str(exc),
+                             "node_id": ids.get(addr)})
+
+        for addr in servers:
+            ask(addr)
+        try:  # members the file does not know (joined from another host, or added since)
+            view = c.members(timeout_s=2.0)
+        except RaftqError:
+            view = None
+        for m in view.members if view is not None else ():
+            if m.client_addr and m.client_addr not in servers:
+                ids.setdefault(m.client_addr, m.id)
+                ask(m.client_addr)
     if as_json:
         _print_json(rows)
         return
@@ -379,7 +398,9 @@ def cluster_status(ctx: click.Context, data_dir: Path, as_json: bool) -> None:
     diverged: list[str] = []
     for r in rows:
         if not r["reachable"]:
-            table.add_row("?", r["addr"], "", "[red]unreachable[/]", "", "", "", "", "", "")
+            nid = r.get("node_id")
+            table.add_row("?" if nid is None else str(nid), r["addr"], "", "[red]unreachable[/]",
+                          "", "", "", "", "", "")
             continue
         role = str(r.get("role", "?"))
         standing = str(r.get("standing", "voter"))

@@ -171,8 +171,8 @@ def _port_free(host: str, port: int) -> bool:
 
 def new_local_node(cfg: ClusterConfig, node_id: int, *, check_free: bool = True) -> NodeConfig:
     """The entry of a new node `node_id` of a local cluster (`initial = false`): the ports the
-    launcher's scheme gives that id on the cluster's host, data directory `n<id>` next to the
-    others'.
+    launcher's scheme gives that id on the cluster's host (or, when another entry holds them,
+    the scheme's lowest pair no entry uses), data directory `n<id>` next to the others'.
 
     Raises:
         LauncherError: the id is already in the file or too high for the scheme, a port is
@@ -189,6 +189,16 @@ def new_local_node(cfg: ClusterConfig, node_id: int, *, check_free: bool = True)
     host = next(iter(cfg.nodes.values())).client_addr[0]
     client, raft = (host, base + node_id), (host, base + 100 + node_id)
     taken = {n.client_addr for n in cfg.nodes.values()} | {n.raft_addr for n in cfg.nodes.values()}
+    if client in taken or raft in taken:
+        # A replaced node keeps its old ports under a new id, so the id's own ports may be
+        # another entry's: take the scheme's lowest pair that no entry uses.
+        for k in range(1, MAX_LOCAL_ID + 1):
+            pair = (host, base + k), (host, base + 100 + k)
+            if not (pair[0] in taken or pair[1] in taken) and (
+                not check_free or (_port_free(*pair[0]) and _port_free(*pair[1]))
+            ):
+                client, raft = pair
+                break
     for addr in (client, raft):
         if addr in taken:
             raise LauncherError(

@@ -14,12 +14,15 @@ a node not caught up in time) print as `error: message`, also with status 1.
 
 from __future__ import annotations
 
+import fcntl
+import functools
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import click
 from rich.table import Table
@@ -61,6 +64,36 @@ _POLL_S = 0.2
 # ---------------------------------------------------------------------------------------------
 # helpers
 # ---------------------------------------------------------------------------------------------
+
+
+LOCK_NAME = ".membership.lock"
+"""File in the data directory that `add-node`, `remove-node` and `replace-node` hold (flock)
+while they run: two at once would both pick the membership's next id and rewrite
+cluster.toml from what each read before the other's change."""
+
+
+def _one_at_a_time(fn: Callable[..., None]) -> Callable[..., None]:
+    """Run the command holding the local cluster's membership lock (`LOCK_NAME`); fail at once
+    when another membership command of this data directory holds it."""
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> None:
+        data_dir = Path(kwargs["data_dir"]).resolve()
+        if not data_dir.is_dir():
+            fn(*args, **kwargs)  # no local cluster: nothing local to protect
+            return
+        with open(data_dir / LOCK_NAME, "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _fail(f"another membership command (add-node, remove-node, replace-node) is "
+                      f"running on {data_dir}; run one at a time")
+            try:
+                fn(*args, **kwargs)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    return run
 
 
 def _note(text: str) -> None:
@@ -360,6 +393,7 @@ _WAIT = click.option(
 @_WAIT
 @_MAX_LAG
 @click.pass_context
+@_one_at_a_time
 def cluster_add_node(ctx: click.Context, data_dir: Path, learner: bool, timeout_s: float,
                      max_lag: int) -> None:
     """Start a new node of the local cluster and admit it: learner, catch-up, promotion.
@@ -406,6 +440,7 @@ def cluster_add_node(ctx: click.Context, data_dir: Path, learner: bool, timeout_
 @click.argument("node_id", metavar="ID", type=click.IntRange(min=1))
 @_DATA_DIR
 @click.pass_context
+@_one_at_a_time
 def cluster_remove_node(ctx: click.Context, node_id: int, data_dir: Path) -> None:
     """Remove member ID from the cluster; in a local cluster, also stop its process and take
     its entry out of cluster.toml (its data directory is left in place).
@@ -454,6 +489,7 @@ def cluster_remove_node(ctx: click.Context, node_id: int, data_dir: Path) -> Non
 @_WAIT
 @_MAX_LAG
 @click.pass_context
+@_one_at_a_time
 def cluster_replace_node(ctx: click.Context, node_id: int, data_dir: Path, timeout_s: float,
                          max_lag: int) -> None:
     """Replace node ID of the local cluster (lost its disk, or broken) by a new node with a new

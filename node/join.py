@@ -186,10 +186,14 @@ async def join_cluster(
     client_addr: tuple[str, int],
     join_addr: str,
     *,
+    others: Sequence[str] = (),
     timeout_s: float = 60.0,
 ) -> Membership:
     """Have the cluster at `join_addr` admit this node as a learner and return the membership
-    to create its database with (this node a learner of it).
+    to create its database with (this node a learner of it). `others`: more client addresses
+    of the cluster to try (the configuration file's other nodes), so that the join goes on
+    when the node at `join_addr` dies meanwhile. A retry after a lost answer is safe: the
+    cluster answers a second `add_member` of the same id and addresses with success.
 
     Raises:
         JoinError: the cluster refused (e.g. ID_RETIRED, ALREADY_MEMBER) or did not answer
@@ -199,9 +203,10 @@ async def join_cluster(
             "client_addr": format_addr(client_addr)}
     logger.info("joining the cluster at %s as node %d (raft %s, clients %s)",
                 join_addr, node_id, args["raft_addr"], args["client_addr"])
-    added = await ask_leader([join_addr], "add_member", args, timeout_s=timeout_s)
+    addrs = list(dict.fromkeys([join_addr, *others]))
+    added = await ask_leader(addrs, "add_member", args, timeout_s=timeout_s)
     logger.info("admitted as a learner (membership entry %s)", _field(added, "index"))
-    result = await ask_leader([join_addr], "members", timeout_s=timeout_s)
+    result = await ask_leader(addrs, "members", timeout_s=timeout_s)
     membership = membership_from_members(result)
     if not membership.is_learner(NodeId(node_id)):
         raise JoinError(

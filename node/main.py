@@ -22,6 +22,7 @@ import logging
 import random
 import signal
 import sys
+from functools import partial
 from typing import Any
 
 import trio
@@ -314,8 +315,11 @@ def main(argv: list[str] | None = None) -> int:
                 logger.info("node %d already has a database: already a member, not joining "
                             "again (--join %s changes nothing)", args.id, args.join)
             else:
+                others = [config_mod.format_addr(n.client_addr) for nid, n in sorted(cfg.nodes.items())
+                          if nid != args.id]
                 membership = trio.run(
-                    join_cluster, args.id, nc.raft_addr, nc.client_addr, args.join
+                    partial(join_cluster, others=others),
+                    args.id, nc.raft_addr, nc.client_addr, args.join,
                 )
         node = Node(cfg, args.id, force_voter=args.force_voter, membership=membership,
                     promote=bool(args.join) and not args.learner, join_addr=args.join)

@@ -178,8 +178,11 @@ def test_local_config_helpers(tmp_path: Path) -> None:
     replaced = with_node(without_node(grown, 2), replace(grown.nodes[2], id=5, initial=False))
     assert local_base_port(replaced) == 31000
     assert new_local_node(replaced, 6, check_free=False).client_addr == ("127.0.0.1", 31006)
-    with pytest.raises(LauncherError, match="already used by another node"):
-        new_local_node(replaced, 2, check_free=False)  # node 5 has 31002
+    # Node 5 holds id 2's ports (31002, 31102): a new node 2 gets the lowest free pair instead.
+    moved = new_local_node(replaced, 2, check_free=False)
+    assert (moved.client_addr, moved.raft_addr) == (("127.0.0.1", 31005), ("127.0.0.1", 31105))
+    busy = with_node(replaced, new_local_node(replaced, 6, check_free=False))
+    assert new_local_node(busy, 7, check_free=False).client_addr == ("127.0.0.1", 31007)
     with pytest.raises(LauncherError, match="already in"):
         new_local_node(replaced, 5, check_free=False)
     with pytest.raises(LauncherError, match=f"over {MAX_LOCAL_ID}"):
