@@ -182,6 +182,7 @@ def test_membership_nemesis_short_run(tmp_path: Path) -> None:
     assert out.check["total_queue"]["acknowledged_count"] > 500
 
 
+@pytest.mark.extended  # CI time: the short membership run above covers added nodes' links
 def test_partitions_cut_the_links_of_added_nodes(tmp_path: Path) -> None:
     """A node added (or put in another's place) during the run is reached through the run's
     proxies: partitions cut its links as any other's."""

@@ -91,6 +91,7 @@ async def drain(c: AsyncClient) -> dict[str, int]:
     return received
 
 
+@pytest.mark.extended  # CI time: tests/node/test_membership_jepsen.py proof (c) runs in CI
 async def test_joined_nodes_catch_up_and_five_survive_losing_two_originals(
     tmp_path: Path,
 ) -> None:
