@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Any
@@ -169,10 +169,18 @@ def _port_free(host: str, port: int) -> bool:
     return True
 
 
-def new_local_node(cfg: ClusterConfig, node_id: int, *, check_free: bool = True) -> NodeConfig:
+def new_local_node(
+    cfg: ClusterConfig,
+    node_id: int,
+    *,
+    check_free: bool = True,
+    members_addrs: Collection[tuple[str, int]] = (),
+) -> NodeConfig:
     """The entry of a new node `node_id` of a local cluster (`initial = false`): the ports the
     launcher's scheme gives that id on the cluster's host (or, when another entry holds them,
     the scheme's lowest pair no entry uses), data directory `n<id>` next to the others'.
+    `members_addrs`: addresses the cluster's members hold that the file may not list (nodes
+    joined from elsewhere); they count as taken too.
 
     Raises:
         LauncherError: the id is already in the file or too high for the scheme, a port is
@@ -189,6 +197,7 @@ def new_local_node(cfg: ClusterConfig, node_id: int, *, check_free: bool = True)
     host = next(iter(cfg.nodes.values())).client_addr[0]
     client, raft = (host, base + node_id), (host, base + 100 + node_id)
     taken = {n.client_addr for n in cfg.nodes.values()} | {n.raft_addr for n in cfg.nodes.values()}
+    taken |= set(members_addrs)
     if client in taken or raft in taken:
         # A replaced node keeps its old ports under a new id, so the id's own ports may be
         # another entry's: take the scheme's lowest pair that no entry uses.

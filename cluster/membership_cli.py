@@ -51,7 +51,7 @@ from cluster.launcher import (
     write_pids,
 )
 from cluster.members import Member, Members
-from node.config import ClusterConfig, format_addr, load
+from node.config import ClusterConfig, format_addr, load, parse_addr
 
 CAUGHT_UP_LAG = 100
 """Default `--max-lag`: a new node counts as caught up once the leader's commit index is at
@@ -415,7 +415,8 @@ def cluster_add_node(ctx: click.Context, data_dir: Path, learner: bool, timeout_
             _note(f"dropping node {node_id}'s entry from {cfg.path}: it was never "
                   "admitted (an earlier add-node did not finish)")
             cfg = without_node(cfg, node_id)
-        node = new_local_node(cfg, node_id)
+        held = [parse_addr(a) for m in view.members for a in (m.client_addr, m.raft_addr) if a]
+        node = new_local_node(cfg, node_id, members_addrs=held)
         if node.data_dir.exists() and any(node.data_dir.iterdir()):
             moved = _aside(node.data_dir, "never-admitted")
             _note(f"moved the leftover data directory of node {node_id} (never admitted) "

@@ -183,6 +183,11 @@ def test_local_config_helpers(tmp_path: Path) -> None:
     assert (moved.client_addr, moved.raft_addr) == (("127.0.0.1", 31005), ("127.0.0.1", 31105))
     busy = with_node(replaced, new_local_node(replaced, 6, check_free=False))
     assert new_local_node(busy, 7, check_free=False).client_addr == ("127.0.0.1", 31007)
+    # A member joined from elsewhere (not in the file) holding id 7's ports counts as taken too.
+    elsewhere = [("127.0.0.1", 31007), ("127.0.0.1", 31107)]
+    assert new_local_node(
+        busy, 7, check_free=False, members_addrs=elsewhere
+    ).client_addr == ("127.0.0.1", 31005)
     with pytest.raises(LauncherError, match="already in"):
         new_local_node(replaced, 5, check_free=False)
     with pytest.raises(LauncherError, match=f"over {MAX_LOCAL_ID}"):
