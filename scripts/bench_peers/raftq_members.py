@@ -18,7 +18,7 @@ from typing import Any
 import trio
 
 from bench_peers.common import body, rate_window
-from bench_peers.raftq_peer import RaftqSystem, dir_bytes, tcp_bytes_received
+from bench_peers.raftq_peer import RaftqSystem, dir_bytes, keep_sending, tcp_bytes_received
 from cluster.client import AsyncClient
 from cluster.errors import RaftqError
 from cluster.launcher import new_local_node, with_node, write_config
@@ -84,18 +84,10 @@ async def _catch_up(
         load_q = await system._new_queue(c, "catchup-load") if load_in_flight else None
         nursery = await stack.enter_async_context(trio.open_nursery())
 
-        async def worker(pc: AsyncClient) -> None:
-            assert load_q is not None
-            while not stop_load.is_set():
-                try:
-                    await pc.send(load_q, payload)
-                except RaftqError as exc:  # counted; the load goes on
-                    errors.append(type(exc).__name__)
-                    continue
-                dones.append(time.monotonic())
-
         for i in range(load_in_flight):
-            nursery.start_soon(worker, clients[i % producers])
+            assert load_q is not None
+            nursery.start_soon(keep_sending, clients[i % producers], load_q, payload,
+                               stop_load, dones, errors)
         t_load = time.monotonic()
         if load_in_flight:
             await trio.sleep(before_s)

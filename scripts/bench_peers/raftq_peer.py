@@ -521,18 +521,10 @@ class RaftqSystem:
             load_q = await self._new_queue(c, "repair-load") if load_in_flight else None
             nursery = await stack.enter_async_context(trio.open_nursery())
 
-            async def worker(pc: AsyncClient) -> None:
-                assert load_q is not None
-                while not stop_load.is_set():
-                    try:
-                        await pc.send(load_q, payload)
-                    except RaftqError as exc:  # counted; the load goes on
-                        errors.append(type(exc).__name__)
-                        continue
-                    sends.append(time.monotonic())
-
             for i in range(load_in_flight):
-                nursery.start_soon(worker, clients[i % producers])
+                assert load_q is not None
+                nursery.start_soon(keep_sending, clients[i % producers], load_q, payload,
+                                   stop_load, sends, errors)
             if load_in_flight:
                 await trio.sleep(1.0)
             launcher.kill(follower)
@@ -617,6 +609,26 @@ class RaftqSystem:
             out.update({"load_in_flight": load_in_flight, "sends": len(during),
                         "sends_per_s": len(during) / repair_s, "errors": len(errors)})
         return out
+
+
+async def keep_sending(
+    client: AsyncClient,
+    queue: str,
+    payload: bytes,
+    stop: trio.Event,
+    done_at_s: list[float],
+    errors: list[str],
+) -> None:
+    """Send `payload` to `queue` one at a time until `stop` is set: the background load of
+    the repair and catch-up measurements. Each confirmed send's time (monotonic seconds) goes
+    to `done_at_s`; a failed one's error class name to `errors` (the load goes on)."""
+    while not stop.is_set():
+        try:
+            await client.send(queue, payload)
+        except RaftqError as exc:
+            errors.append(type(exc).__name__)
+            continue
+        done_at_s.append(time.monotonic())
 
 
 def tcp_bytes_received(port: int) -> int | None:
