@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 
 import trio
 
@@ -33,23 +33,62 @@ __all__ = [
     "ProposalFailed",
     "ReadFailed",
     "Sender",
+    "SnapshotJob",
+    "SnapshotWriter",
+    "StagedSnapshot",
     "TransferFailed",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class StagedSnapshot:
+    """A snapshot's data, written to storage under `index`, not yet the node's snapshot."""
+
+    index: Index
+    size_bytes: int
+    chunk_count: int
+
+
+class SnapshotWriter(Protocol):
+    """Where a snapshot's data is written, piece by piece (node/snapshot_store.py)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def finish(self) -> StagedSnapshot: ...
+
+    def abort(self) -> None: ...
+
+
+class SnapshotJob(Protocol):
+    """Writes one snapshot of the application (node/app.py's SnapshotJob): `write_machine`
+    while the state must not change, then `write_bodies` while applies go on."""
+
+    def write_machine(self, out: SnapshotWriter) -> None: ...
+
+    def write_bodies(self, out: SnapshotWriter) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class Application(Protocol):
     """What the Raft loop drives: the replicated state machine and its side effects."""
 
-    def apply(self, entry: Entry) -> Any:
-        """Apply one committed NORMAL entry; returns the reply for its proposer."""
+    def apply(self, entry: Entry, reply_wanted: bool) -> Any:
+        """Apply one committed NORMAL entry; returns the reply for its proposer (complete
+        only when `reply_wanted`: nobody waits for the reply otherwise)."""
         ...
 
-    def restore(self, data: bytes) -> None:
-        """Replace the whole state with a snapshot's data."""
+    def flush(self, applied_index: int) -> None:
+        """The end of an apply step: make what the applies since the last call wrote one
+        atomic write, with `applied_index`."""
         ...
 
-    def snapshot(self) -> bytes:
-        """Serialise the whole state (at the last applied index)."""
+    def restore(self, data: bytes | BinaryIO, index: int) -> None:
+        """Replace the whole state with a snapshot's data (the snapshot at `index`)."""
+        ...
+
+    def snapshot_job(self) -> SnapshotJob:
+        """A job writing a snapshot of the state at the last applied index."""
         ...
 
     def on_leadership(self, leading: bool) -> None:
@@ -156,7 +195,9 @@ class Persister(Protocol):
 
     def persist(self, ready: Ready) -> None: ...
 
-    def save_snapshot(self, index: Index, data: bytes, membership: Membership) -> None: ...
+    def begin_snapshot(self, index: Index) -> SnapshotWriter: ...
+
+    def commit_snapshot(self, staged: StagedSnapshot, membership: Membership) -> None: ...
 
 
 class Sender(Protocol):

@@ -49,6 +49,8 @@ from node.loop_api import (
     Proposal,
     ProposalFailed,
     Sender,
+    SnapshotWriter,
+    StagedSnapshot,
 )
 from node.loop_marks import MarkTracker
 from node.loop_members import MembershipTracker, loop_status, start_transfer
@@ -166,7 +168,7 @@ class RaftLoop:
         self._snapshot_requested = False
         self._snapshotting = False
         self._deferred: list[Entry | Snapshot] = []
-        self._serialized: tuple[int, bytes] | None = None
+        self._serialized: StagedSnapshot | None = None
         self._nursery: trio.Nursery | None = None
         self._sync_s = 0.0  # moving average of a synced write's duration
         self._marks: MarkTracker | None = None  # set below, once `stats` exists
@@ -434,6 +436,7 @@ class RaftLoop:
             self._apply_or_defer(rd.snapshot)
         for e in rd.committed_entries:
             self._apply_or_defer(e)
+        self.app.flush(self._applied_index)
         for index in rd.dropped:
             p = self._waiting.pop(index, None)
             if p is not None:
@@ -482,7 +485,7 @@ class RaftLoop:
             self._apply(item)
 
     def _restore(self, snap: Snapshot) -> None:
-        self.app.restore(snap.data)
+        self.app.restore(snap.data, snap.meta.index)
         self.stats["snapshots_installed"] += 1
         self._applied_index = snap.meta.index
         self._fail_waiting_up_to(snap.meta.index)
@@ -490,13 +493,13 @@ class RaftLoop:
 
     def _apply(self, e: Entry) -> None:
         reply: Any = None
+        p = self._waiting.pop(e.index, None)
         if e.kind is EntryKind.NORMAL:
-            reply = self.app.apply(e)
+            reply = self.app.apply(e, p is not None and p.term == e.term)
             self.stats["entries_applied"] += 1
         self._applied_index = e.index
         self._applied_since_snapshot += 1
         self._log_bytes_since_snapshot += len(e.data)
-        p = self._waiting.pop(e.index, None)
         if p is None:
             return
         if p.term == e.term:
@@ -535,13 +538,13 @@ class RaftLoop:
 
     async def _maybe_snapshot(self) -> None:
         if self._serialized is not None:
-            index, data = self._serialized
+            staged = self._serialized
             self._serialized = None
             # Between Readys: no persist is running, so the storage is ours.
-            await self._blocking(self.storage.save_snapshot, Index(index), data,
-                                 self._core.membership_at(Index(index)))
+            await self._blocking(self.storage.commit_snapshot, staged,
+                                 self._core.membership_at(staged.index))
             self.stats["snapshots_taken"] += 1
-            logger.info("snapshot at index %d (%d bytes)", index, len(data))
+            logger.info("snapshot at index %d (%d bytes)", staged.index, staged.size_bytes)
             return
         if self._snapshotting or self._nursery is None:
             return
@@ -558,24 +561,43 @@ class RaftLoop:
         self._nursery.start_soon(self._serialize, self._applied_index)
 
     async def _serialize(self, index: int) -> None:
-        """Serialise the state at `index` in a worker thread; applies wait meanwhile."""
-        data: bytes | None = None
+        """Write a snapshot of the state at `index` in a worker thread, in two parts: the
+        machine's items while applies are held back (the state must not change), then the
+        bodies, from a frozen view of the body store, while applies go on. The loop makes it
+        the node's snapshot between two Readys (`_maybe_snapshot`)."""
+        staged: StagedSnapshot | None = None
+        stage: SnapshotWriter | None = None
+        job = self.app.snapshot_job()
         try:
-            data = await self._blocking(self.app.snapshot)
+            stage = self.storage.begin_snapshot(Index(index))
+            await self._blocking(job.write_machine, stage)
         except Exception:
-            logger.exception("serialising a snapshot at index %d failed", index)
+            logger.exception("writing a snapshot at index %d failed", index)
+            job.close()
+            if stage is not None:
+                stage.abort()
+            stage = None
         finally:
             self._snapshotting = False
             deferred, self._deferred = self._deferred, []
             for item in deferred:
                 self._apply_or_defer(item)
+            self.app.flush(self._applied_index)
             self._reads.release(self._applied_index)
-        if data is not None:
-            self._serialized = (index, data)
-            self._applied_since_snapshot = 0
-            self._log_bytes_since_snapshot = 0
-            self._last_snapshot_bytes = len(data)
-            self._wake.set()
+        if stage is None:
+            return
+        try:
+            await self._blocking(job.write_bodies, stage)
+            staged = await self._blocking(stage.finish)
+        except Exception:
+            logger.exception("writing the bodies of a snapshot at index %d failed", index)
+            stage.abort()
+            return
+        self._serialized = staged
+        self._applied_since_snapshot = 0
+        self._log_bytes_since_snapshot = 0
+        self._last_snapshot_bytes = staged.size_bytes
+        self._wake.set()
 
     # -- status ---------------------------------------------------------------------------
     async def status(

@@ -22,9 +22,10 @@ import trio
 
 from node import machine
 from node.actors import ActorSystem, wall_clock_ms
-from node.app import QueueApp
+from node.app import QueueApp, load_state
+from node.bodies import BodyStore
 from node.config import ClusterConfig
-from node.loop_api import BlockingRunner, Sender
+from node.loop_api import BlockingRunner, Sender, SnapshotWriter, StagedSnapshot
 from node.raft import (
     DurabilityMark,
     HardState,
@@ -33,6 +34,7 @@ from node.raft import (
     Message,
     RaftNode,
     Ready,
+    SnapshotMeta,
     Standing,
     Storage,
     assess_durability,
@@ -51,6 +53,7 @@ class ReplicaStorage(Storage, Protocol):
     Attributes:
         created: the database was created empty by this open (a new node, or a lost disk).
         path: where it lives (for messages).
+        bodies: the message bodies (node/bodies.py), in the same database.
     """
 
     created: bool
@@ -58,9 +61,18 @@ class ReplicaStorage(Storage, Protocol):
     @property
     def path(self) -> Path: ...
 
+    @property
+    def bodies(self) -> BodyStore: ...
+
     def persist(self, ready: Ready) -> None: ...
 
-    def save_snapshot(self, index: Index, data: bytes, membership: Membership) -> None: ...
+    def snapshot_meta(self) -> SnapshotMeta: ...
+
+    def snapshot_reader(self) -> Any: ...  # a binary file (read, readable, seekable)
+
+    def begin_snapshot(self, index: Index) -> SnapshotWriter: ...
+
+    def commit_snapshot(self, staged: StagedSnapshot, membership: Membership) -> None: ...
 
 
 class MarkKeeper(Protocol):
@@ -122,16 +134,18 @@ class Replica:
         self.force_voter = force_voter
         self.inbound = inbound
         mark, repair_reason = self._check_durability()
-        snap = storage.snapshot()
+        index = storage.snapshot_meta().index
         try:
-            state = machine.restore(snap.data) if snap.meta.index > 0 else machine.new_state()
+            if index > 0:
+                state = load_state(storage.snapshot_reader(), index, storage.bodies)
+            else:
+                state = machine.new_state()
         except machine.SnapshotError as exc:
             raise StorageError(
-                f"database {storage.path}: snapshot at index {snap.meta.index} does not "
-                f"decode: {exc}"
+                f"database {storage.path}: snapshot at index {index} does not decode: {exc}"
             ) from None
         core = RaftNode(cfg.raft_config(node_id), storage, rng, repair_reason=repair_reason)
-        self.app = QueueApp(state)
+        self.app = QueueApp(state, storage.bodies)
         self.loop = RaftLoop(
             core,
             storage,

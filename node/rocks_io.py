@@ -16,7 +16,14 @@ from pathlib import Path
 
 from rocksdict import DBRecoveryMode, Options, Rdict, ReadOptions
 
-from node.storage_format import CF_LOG, CF_META, CF_SNAPSHOT, CorruptStorageError, StorageError
+from node.storage_format import (
+    CF_BODIES,
+    CF_LOG,
+    CF_META,
+    CF_SNAPSHOT,
+    CorruptStorageError,
+    StorageError,
+)
 
 DAMAGED = (
     "the node's disk is damaged: move its data directory away and restart it, "
@@ -103,7 +110,7 @@ def db_options() -> Options:
 
 
 def family_options() -> dict[str, Options]:
-    return {name: Options(raw_mode=True) for name in (CF_META, CF_LOG, CF_SNAPSHOT)}
+    return {name: Options(raw_mode=True) for name in (CF_META, CF_LOG, CF_SNAPSHOT, CF_BODIES)}
 
 
 def read_options() -> ReadOptions:

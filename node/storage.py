@@ -81,6 +81,8 @@ from node.raft._types import (
     Standing,
     Term,
 )
+from node.rocks_bodies import RocksBodies
+from node.snapshot_store import SnapshotReader, SnapshotStage, StagedSnapshot, chunk_range
 from node.storage_format import FORMAT_VERSION, CorruptStorageError, StorageError
 
 __all__ = [
@@ -163,6 +165,8 @@ class RocksStorage:
         self._cache: list[Entry] = []  # the last len(_cache) entries of the log
         self._cache_bytes = 0
         self._configs: dict[int, Entry] = {}  # the CONFIG entries after the snapshot, by index
+        self._snap_chunk_count = 0
+        self._bodies: RocksBodies | None = None
         self.created = False
         """True when `open` created the database (it held nothing)."""
 
@@ -221,6 +225,7 @@ class RocksStorage:
             raise
         try:
             self._load(cluster_id, node_id, None if membership is None else _membership(membership))
+            self._bodies = RocksBodies(db, path)
         except BaseException as exc:
             self.close()
             rio.clear_frames(exc)
@@ -237,6 +242,9 @@ class RocksStorage:
             return
         self._db = None
         # Column family objects keep RocksDB open: drop them before closing it.
+        if self._bodies is not None:
+            self._bodies.close()
+            self._bodies = None
         del self._meta, self._log, self._snapshot_cf, self._h_meta, self._h_log, self._h_snapshot
         db.close()
 
@@ -255,6 +263,17 @@ class RocksStorage:
     def path(self) -> Path:
         """Directory of the database."""
         return self._path
+
+    @property
+    def bodies(self) -> RocksBodies:
+        """The message bodies (node/rocks_bodies.py), in this database.
+
+        Raises:
+            StorageError: the database is closed.
+        """
+        if self._bodies is None:
+            raise StorageError(f"database {self._path} is closed")
+        return self._bodies
 
     def flush(self) -> None:
         """Write the memtables of every column family to SST files, and wait.
@@ -403,13 +422,23 @@ class RocksStorage:
         except fmt.Bad as exc:
             raise self._corrupt("snapshot meta", str(exc)) from None
         # Read every chunk once to check it; the data is loaded again on first snapshot().
+        # Chunks under another index were left by a snapshot being written when the node
+        # stopped (node/snapshot_store.py): they are deleted, if their checksums hold.
         seen = total = 0
+        leftovers: set[int] = set()
         for key, value in self._scan_snapshot(meta.index, whole=True):
             record = f"snapshot {meta.index} chunk {seen}"
             if len(key) != fmt.CHUNK_KEY.size:
                 raise self._corrupt(record, f"malformed key {key!r:.40}")
             index, number = fmt.CHUNK_KEY.unpack(key)
-            if index != meta.index or number >= chunk_count:
+            if index != meta.index:
+                try:
+                    fmt.unseal(key, value)
+                except fmt.Bad as exc:
+                    raise self._corrupt(f"snapshot {index} chunk {number}", str(exc)) from None
+                leftovers.add(index)
+                continue
+            if number >= chunk_count:
                 raise self._corrupt(f"snapshot {index} chunk {number}", "stray chunk")
             if number != seen:
                 raise self._corrupt(record, "missing")
@@ -424,6 +453,12 @@ class RocksStorage:
             raise self._corrupt(
                 f"snapshot {meta.index}", f"data is {total} bytes, meta says {size_bytes}"
             )
+        if leftovers:
+            batch = WriteBatch(raw_mode=True)
+            for index in leftovers:
+                batch.delete_range(*chunk_range(index), self._h_snapshot)
+            self._write(batch, sync=False)
+        self._snap_chunk_count = chunk_count
         self._snap_size_bytes = size_bytes
         return meta
 
@@ -671,6 +706,7 @@ class RocksStorage:
             self._snap_meta = snap_meta
             self._snap_data = snap.data
             self._snap_size_bytes = len(snap.data)
+            self._snap_chunk_count = -(-len(snap.data) // self._snapshot_chunk_bytes)
             self._terms = array("q")
             self._cache = []
             self._cache_bytes = 0
@@ -723,35 +759,79 @@ class RocksStorage:
     ) -> None:
         """Store the application's snapshot at applied `index` and compact the log up to it.
 
-        Entries <= `index` are deleted; the snapshot meta keeps the term of `index`. Written in
-        one synced batch (data split into `snapshot_chunk_bytes` values). Does nothing when
-        `index` is not newer than the current snapshot.
-
-        Args:
-            index: last applied log index the snapshot covers.
-            data: the application's snapshot bytes (any size that fits in memory).
-            membership: the cluster membership in effect at `index`
-                (`RaftNode.membership_at(index)`), or just its voters.
+        `begin_snapshot(index)`, the data written, then `commit_snapshot` (see there).
 
         Raises:
             ValueError: index > last_index().
             StorageError: RocksDB failed to write; the in-memory state is unchanged.
         """
         self._require_open()
+        if index <= self._snap_meta.index:
+            return
+        if index > self.last_index():
+            raise ValueError(f"snapshot index {index} past last index {self.last_index()}")
+        stage = self.begin_snapshot(index)
+        stage.write(data)
+        self.commit_snapshot(stage.finish(), membership)
+
+    def begin_snapshot(self, index: Index) -> SnapshotStage:
+        """Start writing the data of a snapshot at applied `index` (node/snapshot_store.py).
+
+        The stage touches only its own keys: it may be written from a worker thread while the
+        loop goes on using this storage.
+
+        Raises:
+            StorageError: the database is closed, or RocksDB failed.
+        """
+        self._require_open()
+        assert self._db is not None
+        return SnapshotStage(self._db, self._h_snapshot, self._path, index,
+                             self._snapshot_chunk_bytes)
+
+    def commit_snapshot(
+        self, staged: StagedSnapshot, membership: Membership | tuple[NodeId, ...]
+    ) -> None:
+        """Make a staged snapshot the node's snapshot and compact the log up to its index.
+
+        Entries <= `staged.index` are deleted; the snapshot meta keeps the term of that index.
+        One synced batch (which also makes the stage's unsynced chunk writes durable). When
+        `staged.index` is not newer than the current snapshot (a snapshot from the leader came
+        meanwhile), the staged chunks are deleted instead.
+
+        Args:
+            staged: what `SnapshotStage.finish` returned.
+            membership: the cluster membership in effect at `staged.index`
+                (`RaftNode.membership_at(index)`), or just its voters.
+
+        Raises:
+            ValueError: `staged.index` > last_index().
+            StorageError: RocksDB failed to write; the in-memory state is unchanged.
+        """
+        self._require_open()
+        index = staged.index
         offset = self._snap_meta.index
         if index <= offset:
+            if index != offset:
+                batch = WriteBatch(raw_mode=True)
+                batch.delete_range(*chunk_range(index), self._h_snapshot)
+                self._write(batch, sync=False)
             return
         if index > self.last_index():
             raise ValueError(f"snapshot index {index} past last index {self.last_index()}")
         meta = SnapshotMeta(index, self.term(index), _membership(membership))
         batch = WriteBatch(raw_mode=True)
-        self._put_snapshot(batch, meta, data)
+        record = fmt.encode_snapshot_record(meta, staged.size_bytes, staged.chunk_count)
+        batch.put(fmt.K_SNAPSHOT, fmt.seal(fmt.K_SNAPSHOT, record), self._h_meta)
+        lo, hi = chunk_range(index)
+        batch.delete_range(b"", lo, self._h_snapshot)
+        batch.delete_range(hi, b"\xff" * (fmt.CHUNK_KEY.size + 1), self._h_snapshot)
         batch.delete_range(fmt.log_key(0), fmt.log_key(index + 1), self._h_log)
         self._write(batch, sync=True)
 
         self._snap_meta = meta
-        self._snap_data = data
-        self._snap_size_bytes = len(data)
+        self._snap_data = None  # read again on first snapshot()
+        self._snap_size_bytes = staged.size_bytes
+        self._snap_chunk_count = staged.chunk_count
         del self._terms[: index - offset]
         for i in [i for i in self._configs if i <= index]:
             del self._configs[i]
@@ -760,6 +840,30 @@ class RocksStorage:
             dropped = self._cache[: index + 1 - cache_first]
             del self._cache[: index + 1 - cache_first]
             self._cache_bytes -= sum(map(entry_size_bytes, dropped))
+
+    def snapshot_reader(self) -> SnapshotReader:
+        """A file reading the latest snapshot's data from the database, a chunk at a time.
+
+        Raises (when read):
+            CorruptStorageError: a chunk fails its checksum or is missing.
+        """
+        self._require_open()
+        index = self._snap_meta.index
+
+        def read_chunk(number: int) -> bytes:
+            key = fmt.CHUNK_KEY.pack(index, number)
+            try:
+                value = cast("bytes | None", self._snapshot_cf.get(key, None, self._ro))
+            except Exception as exc:
+                raise self._read_error(f"snapshot {index} chunk {number}", exc) from None
+            if value is None:
+                raise self._corrupt(f"snapshot {index} chunk {number}", "missing")
+            try:
+                return bytes(fmt.unseal(key, value))
+            except fmt.Bad as exc:
+                raise self._corrupt(f"snapshot {index} chunk {number}", str(exc)) from None
+
+        return SnapshotReader(read_chunk, self._snap_size_bytes, self._snap_chunk_count)
 
     def _put_snapshot(self, batch: WriteBatch, meta: SnapshotMeta, data: bytes) -> int:
         """Add a snapshot (meta and data chunks, replacing any older one) to `batch`."""

@@ -1,14 +1,17 @@
 """The record format of a node's RocksDB database: keys, values, checksums, errors.
 
-On-disk layout (one RocksDB database per node, raw bytes keys and values, three column families):
+On-disk layout (one RocksDB database per node, raw bytes keys and values, four column families):
 
-- `meta`: `b"identity"` -> CBOR `{"format": 1, "cluster_id": str, "node_id": int}`;
+- `meta`: `b"identity"` -> CBOR `{"format": 2, "cluster_id": str, "node_id": int}`;
   `b"hard_state"` -> CBOR `[term, vote | null, commit, standing]` (format 1 databases written
   before standing existed hold 3 items: a VOTER);
-  `b"snapshot"` -> CBOR `[index, term, [voter, ...], size_bytes, chunk_count]`.
+  `b"snapshot"` -> CBOR `[index, term, [voter, ...], size_bytes, chunk_count]`;
+  `b"bodies"` -> CBOR `[applied_index, generation]` (node/rocks_bodies.py).
 - `log`: key = 8-byte big-endian log index; value = 8-byte big-endian term, 1-byte kind, data.
 - `snapshot`: key = 8-byte big-endian snapshot index + 4-byte big-endian chunk number;
   value = up to `snapshot_chunk_bytes` of snapshot data.
+- `bodies`: key = 4-byte big-endian generation + 8-byte big-endian body key; value = the
+  message body (node/rocks_bodies.py). Only the generation named in `b"bodies"` is live.
 
 Every value starts with a 4-byte big-endian CRC32 (zlib) of the key followed by the rest of the
 value, so a flipped bit, or a value under the wrong key, is caught (`unseal` raises `Bad`).
@@ -35,18 +38,22 @@ from node.raft._types import (
     Term,
 )
 
-FORMAT_VERSION = 1
-"""Version of the on-disk layout, recorded in the identity record."""
+FORMAT_VERSION = 2
+"""Version of the on-disk layout, recorded in the identity record (2: message bodies in their
+own column family, snapshots as a stream of items)."""
 CF_META = "meta"
 CF_LOG = "log"
 CF_SNAPSHOT = "snapshot"
+CF_BODIES = "bodies"
 K_IDENTITY = b"identity"
 K_HARD_STATE = b"hard_state"
 K_SNAPSHOT = b"snapshot"
+K_BODIES = b"bodies"
 CRC = Struct(">I")
 LOG_KEY = Struct(">Q")
 ENTRY_HEAD = Struct(">IQB")  # crc, term, kind
 CHUNK_KEY = Struct(">QI")  # snapshot index, chunk number
+BODY_KEY = Struct(">IQ")  # generation, body key
 MAX_INDEX = 2**63 - 1
 LOG_KEY_END = LOG_KEY.pack(MAX_INDEX + 1)  # sorts after every log key
 KINDS = {kind.value: kind for kind in EntryKind}

@@ -10,6 +10,8 @@ See docs/semantics.md for the meaning of every command.
 from ._apply import Reply as Reply
 from ._apply import apply as apply
 from ._apply import state_enter as state_enter
+from ._bodies import BodyMissing as BodyMissing
+from ._bodies import fill_bodies as fill_bodies
 from ._commands import DEFAULT_DLQ as DEFAULT_DLQ
 from ._commands import Ack as Ack
 from ._commands import ChangeVisibility as ChangeVisibility
@@ -58,6 +60,7 @@ from ._commands import queue_of as queue_of
 from ._effects import ArmTimer as ArmTimer
 from ._effects import Effect as Effect
 from ._effects import ReleaseCursor as ReleaseCursor
+from ._effects import StoreBodies as StoreBodies
 from ._effects import WakeWaiters as WakeWaiters
 from ._errors import BAD_REQUEST as BAD_REQUEST
 from ._errors import BATCH_TOO_LARGE as BATCH_TOO_LARGE
@@ -83,10 +86,13 @@ from ._queries import query_queue_options as query_queue_options
 from ._queries import query_queue_stats as query_queue_stats
 from ._queries import query_ready as query_ready
 from ._queries import query_total_messages as query_total_messages
+from ._snapshot import SNAPSHOT_FORMAT_VERSION as SNAPSHOT_FORMAT_VERSION
+from ._snapshot import body_keys as body_keys
 from ._snapshot import digest as digest
 from ._snapshot import restore as restore
+from ._snapshot import restore_items as restore_items
 from ._snapshot import snapshot as snapshot
-from ._snapshot import snapshot_chunks as snapshot_chunks
+from ._snapshot import snapshot_items as snapshot_items
 from ._state import MachineState as MachineState
 from ._state import new_state as new_state
 from ._wire import OPERATIONS as OPERATIONS

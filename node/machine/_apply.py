@@ -8,7 +8,8 @@ Every apply runs in the same order on every replica:
 4. run the command;
 5. fire timers the command made due at once (a lease of 0 ms);
 6. collect effects: `WakeWaiters` for queues with newly deliverable messages,
-   `ArmTimer` when the earliest due time changed, `ReleaseCursor` when no message is held.
+   `StoreBodies` for bodies stored and dropped, `ArmTimer` when the earliest due time
+   changed, `ReleaseCursor` when no message is held.
 """
 
 from __future__ import annotations
@@ -20,12 +21,13 @@ from typing import Any, Final
 from . import _commands as C
 from . import _errors as E
 from . import _limits as L
-from ._effects import ArmTimer, Effect, ReleaseCursor
+from ._effects import ArmTimer, Effect, ReleaseCursor, StoreBodies
 from ._options import dead_letter_options
 from ._queries import query_list_queues, query_list_topics, query_queue_stats
 from ._state import DELAYED, INFLIGHT, READY, T_DELAY, T_LEASE, MachineState, Queue
 from ._store import (
     admit,
+    admit_body,
     clean_dedup,
     clean_timer_top,
     dead_letter,
@@ -73,6 +75,7 @@ def _delete_queue(s: MachineState, c: C.DeleteQueue, now: int) -> Reply:
         return _not_found(c.name)
     del s.queues_by_uid[q.uid]
     s.total_messages -= len(q.messages)
+    s.body_drops.extend(m.body_key for m in q.messages.values())
     for subscribers in s.topics.values():
         subscribers.pop(c.name, None)
     return {"queue": c.name, "deleted": len(q.messages)}
@@ -85,6 +88,7 @@ def _purge_queue(s: MachineState, c: C.PurgeQueue, now: int) -> Reply:
     n = len(q.messages)
     q.purged += n
     s.total_messages -= n
+    s.body_drops.extend(m.body_key for m in q.messages.values())
     q.messages = {}
     q.ready = []
     q.arrivals.clear()
@@ -133,12 +137,11 @@ def _store_one(s: MachineState, q: Queue, m: Any, now: int) -> tuple[int, bool] 
     if not make_room(s, q, now, forward=True):
         return _full(q)
     delay = m.delay_ms
-    mid = admit(
+    mid = admit_body(
         s,
         q,
         m.body,
         dict(m.headers) if m.headers else None,
-        None,
         q.options.delay_ms if delay is None else delay,
         m.ttl_ms,
         m.group,
@@ -235,7 +238,7 @@ def _receive(s: MachineState, c: C.Receive, now: int) -> Reply:
         out.append(
             {
                 "message_id": mid,
-                "body": m.body,
+                "body_key": m.body_key,
                 "headers": dict(m.headers) if m.headers else {},
                 "delivery_count": count,
                 "first_enqueued_ms": m.first_ms,
@@ -353,10 +356,10 @@ def _redrive(s: MachineState, c: C.Redrive, now: int) -> Reply:
         plan.append((mid, t))
     for mid, t in plan:
         m = msgs[mid]
-        remove(s, d, mid, m)
+        remove(s, d, mid, m, keep_body=True)
         d.redriven += 1
         make_room(s, t, now, forward=False)
-        admit(s, t, m.body, m.headers, m.first_ms, 0, None, m.group, now)
+        admit(s, t, m.body_key, m.size_bytes, m.headers, m.first_ms, 0, None, m.group, now)
     return {"moved": len(plan), "remaining": len(msgs)}
 
 
@@ -468,13 +471,17 @@ def apply(
 
     Returns:
         `(state, reply, effects)`: the reply is plain CBOR-encodable data or an
-        `ErrorReply`; effects are `WakeWaiters`, `ArmTimer` and `ReleaseCursor`
-        values, each idempotent. Never raises.
+        `ErrorReply` (a receive's messages carry `body_key` where the body goes: see
+        `fill_bodies`); effects are `WakeWaiters`, `ArmTimer` and `ReleaseCursor` values,
+        each idempotent, and at most one `StoreBodies` (what every replica writes to its
+        body store). Never raises.
     """
     try:
         return _apply(meta, command, state)
     except Exception as exc:  # pragma: no cover - a bug; never expected
         state.woken.clear()
+        state.body_puts.clear()
+        state.body_drops.clear()
         return state, E.ErrorReply(E.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"), []
 
 
@@ -508,6 +515,10 @@ def _apply(meta: C.Meta, cmd: object, s: MachineState) -> tuple[MachineState, Re
     if woken:
         effects.extend(woken.values())
         woken.clear()
+    if s.body_puts or s.body_drops:
+        effects.append(StoreBodies(tuple(s.body_puts), tuple(s.body_drops)))
+        s.body_puts.clear()
+        s.body_drops.clear()
     if timers:
         after = timers[0][0]
         if after != before:

@@ -1,7 +1,9 @@
 """Effects: what `apply` asks the node to do, as data (after ra_machine effects).
 
-Only the leader realises effects, and each one is idempotent, because a new
-leader re-issues them on taking office (`state_enter`).
+Only the leader realises `WakeWaiters`, `ArmTimer` and `ReleaseCursor`, and each one is
+idempotent, because a new leader re-issues them on taking office (`state_enter`).
+`StoreBodies` is different: it is part of the state (message bodies live in the node's body
+store, not in `MachineState`), so every replica realises it, in log order.
 """
 
 from __future__ import annotations
@@ -47,5 +49,21 @@ class ReleaseCursor:
     index: int
 
 
-Effect = WakeWaiters | ArmTimer | ReleaseCursor
+@dataclass(frozen=True, slots=True)
+class StoreBodies:
+    """Write these bodies to the body store and delete those keys (every replica, in order).
+
+    Keys are never reused, so a key is always put before it is dropped: a driver that
+    gathers the writes of many entries may put them all, then drop them all.
+
+    Attributes:
+        puts: `(body_key, body)` pairs of new messages.
+        drops: body keys no message refers to any more.
+    """
+
+    puts: tuple[tuple[int, bytes], ...]
+    drops: tuple[int, ...]
+
+
+Effect = WakeWaiters | ArmTimer | ReleaseCursor | StoreBodies
 """Any effect the machine returns."""

@@ -1,23 +1,32 @@
-"""Snapshot, restore and digest of the machine state.
+"""Snapshot, restore and digest of the machine state (format 2: a stream of CBOR items).
 
-The snapshot holds the logical state only: queues sorted by name, messages in id
-order, live deduplication ids, topics; the heaps and deques are rebuilt on restore
-(stale heap entries are not state). Encoding is canonical CBOR, so equal states give
-equal bytes and `digest` can compare replicas.
+The snapshot holds the logical state only: queues sorted by name, messages in id order, live
+deduplication ids, topics; the heaps and deques are rebuilt on restore (stale heap entries are
+not state). It holds no message body: bodies live in the node's body store, and a node's
+snapshot appends them after the machine's items (node/snapshots.py). Encoding is canonical
+CBOR, so equal states give equal bytes and `digest` can compare replicas.
 
-Format (version 1), a CBOR array:
-`[1, clock_ms, next_message_id, next_queue_uid, last_index, last_term, queues, topics]`
-with each queue `[uid, name, options, totals, retain_mid, retain_at_ms, messages, dedup]`,
-each message `[id, body, headers, arrived_ms, first_ms, delivery_count, status, due_ms,
-expire_ms, group]`, each dedup entry `[dedup_id, message_id, expires_ms]`, and each
-topic `[name, [queue, ...]]`.
+The snapshot is a sequence of top-level CBOR items, so that it can be written and read a
+piece at a time (a large state never exists as one byte string or one decoded list):
+
+1. header `[2, clock_ms, next_message_id, next_queue_uid, last_index, last_term, n_queues,
+   n_topics]`;
+2. per queue, sorted by name: `[uid, name, options, totals, retain_mid, retain_at_ms,
+   n_messages, n_dedup]`, then the messages in id order in arrays of at most
+   `SNAPSHOT_SLICE`, then the live dedup entries the same way;
+3. the topics, in arrays of at most `SNAPSHOT_SLICE`, sorted by name.
+
+A message is `[id, body_key, size_bytes, headers, arrived_ms, first_ms, delivery_count,
+status, due_ms, expire_ms, group]`, a dedup entry `[dedup_id, message_id, expires_ms]`, a
+topic `[name, [queue, ...]]`. Counts come first, so a reader knows where the machine's items
+end (and a node's body items begin) without a terminator.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from heapq import heapify
 from typing import Any, Final
 
@@ -43,13 +52,18 @@ from ._state import (
     TimerEntry,
 )
 
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+SNAPSHOT_FORMAT_VERSION: Final = FORMAT_VERSION
+
+SNAPSHOT_SLICE: Final = 2048
+"""Messages (or dedup entries, or topics) per item."""
 
 
 def _message_item(m: Message, mid: int) -> list[Any]:
     return [
         mid,
-        m.body,
+        m.body_key,
+        m.size_bytes,
         m.headers,
         m.arrived_ms,
         m.first_ms,
@@ -61,64 +75,62 @@ def _message_item(m: Message, mid: int) -> list[Any]:
     ]
 
 
-def _array_header(n: int) -> bytes:
-    """The canonical CBOR head of an array of `n` items (RFC 8949, 3.1, major type 4)."""
-    if n < 24:
-        return bytes([0x80 + n])
-    if n < 1 << 8:
-        return bytes([0x98, n])
-    if n < 1 << 16:
-        return b"\x99" + n.to_bytes(2, "big")
-    if n < 1 << 32:
-        return b"\x9a" + n.to_bytes(4, "big")
-    return b"\x9b" + n.to_bytes(8, "big")
-
-
 def _dumps(obj: object) -> bytes:
     return cbor2.dumps(obj, canonical=True)
 
 
-SNAPSHOT_SLICE: Final = 2048
-"""Messages encoded per cbor2 call by `snapshot_chunks`."""
-
-
-def _queue_chunks(q: Queue, clock_ms: int) -> Iterator[bytes]:
-    yield _array_header(8)
-    for v in (q.uid, q.name, q.options.to_list(), q.totals(), q.retain_mid, q.retain_at_ms):
-        yield _dumps(v)
-    yield _array_header(len(q.messages))
-    batch: list[list[Any]] = []
-    for mid, m in q.messages.items():
-        batch.append(_message_item(m, mid))
+def _slices(items: Iterator[Any]) -> Iterator[bytes]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
         if len(batch) == SNAPSHOT_SLICE:
-            yield _dumps(batch)[len(_array_header(len(batch))) :]
+            yield _dumps(batch)
             batch = []
     if batch:
-        yield _dumps(batch)[len(_array_header(len(batch))) :]
-    yield _dumps([[did, q.dedup[did], exp] for exp, did in q.dedup_order if exp > clock_ms])
+        yield _dumps(batch)
 
 
-def snapshot_chunks(state: MachineState) -> Iterator[bytes]:
-    """The bytes of `snapshot(state)`, in pieces of at most a few thousand messages each.
+def _queue_items(q: Queue, clock_ms: int) -> Iterator[bytes]:
+    dedup = [(did, q.dedup[did], exp) for exp, did in q.dedup_order if exp > clock_ms]
+    yield _dumps(
+        [q.uid, q.name, q.options.to_list(), q.totals(), q.retain_mid, q.retain_at_ms,
+         len(q.messages), len(dedup)]
+    )
+    yield from _slices(_message_item(m, mid) for mid, m in q.messages.items())
+    yield from _slices(list(d) for d in dedup)
 
-    Concatenated they equal `snapshot(state)` (canonical CBOR is the concatenation of the
-    array head and its items' encodings). Between pieces the encoder returns to Python, so a
-    worker thread encoding a large state lets other threads run. The state must not change
-    until the iterator is exhausted.
+
+def snapshot_items(state: MachineState) -> Iterator[bytes]:
+    """The snapshot as a sequence of canonical CBOR items (each a complete encoding).
+
+    Between items the encoder returns to Python, so a worker thread encoding a large state lets
+    other threads run. The state must not change until the iterator is exhausted.
     """
     s = state
-    yield _array_header(8)
-    for v in (FORMAT_VERSION, s.clock_ms, s.next_message_id, s.next_queue_uid, s.last_index,
-              s.last_term):
-        yield _dumps(v)
-    yield _array_header(len(s.queues))
+    yield _dumps(
+        [FORMAT_VERSION, s.clock_ms, s.next_message_id, s.next_queue_uid, s.last_index,
+         s.last_term, len(s.queues), len(s.topics)]
+    )
     for name in sorted(s.queues):
-        yield from _queue_chunks(s.queues[name], s.clock_ms)
-    yield _dumps([[name, list(s.topics[name])] for name in sorted(s.topics)])
+        yield from _queue_items(s.queues[name], s.clock_ms)
+    yield from _slices([name, list(s.topics[name])] for name in sorted(s.topics))
+
+
+def body_keys(state: MachineState) -> list[int]:
+    """Every body key the state refers to, ascending (what a node's snapshot stores bodies of).
+
+    Raises:
+        SnapshotError: two messages refer to one body (never made by `apply`).
+    """
+    keys = sorted(m.body_key for q in state.queues.values() for m in q.messages.values())
+    for a, b in zip(keys, keys[1:], strict=False):
+        if a == b:
+            raise SnapshotError(f"body key {a} is referred to twice")
+    return keys
 
 
 def snapshot(state: MachineState) -> bytes:
-    """Encode the state as canonical CBOR bytes.
+    """Encode the state as canonical CBOR bytes (the items of `snapshot_items`, joined).
 
     Args:
         state: The state (not changed).
@@ -126,12 +138,16 @@ def snapshot(state: MachineState) -> bytes:
     Returns:
         Bytes that `restore` turns back into an equal state; equal states give equal bytes.
     """
-    return b"".join(snapshot_chunks(state))
+    return b"".join(snapshot_items(state))
 
 
 def digest(state: MachineState) -> str:
-    """Hex SHA-256 of `snapshot(state)`: equal for replicas in the same state."""
-    return hashlib.sha256(snapshot(state)).hexdigest()
+    """Hex SHA-256 of `snapshot(state)`: equal for replicas in the same state (bodies are not
+    in the machine's state: a node's digest adds them, node/snapshots.py)."""
+    h = hashlib.sha256()
+    for item in snapshot_items(state):
+        h.update(item)
+    return h.hexdigest()
 
 
 def _need(ok: bool, what: str) -> None:
@@ -153,10 +169,25 @@ def _list(v: object, n: int | None = None) -> list[Any]:
     return v
 
 
-def _restore_queue(s: MachineState, item: object, timers: list[TimerEntry]) -> None:
-    uid, name, opts_raw, totals, retain_mid, retain_at, messages, dedup = _list(item, 8)
+def _slice_items(next_item: Callable[[], object], count: int) -> Iterator[Any]:
+    """Yield `count` entries read from as many slice items as they take."""
+    left = count
+    while left > 0:
+        batch = _list(next_item())
+        _need(0 < len(batch) <= min(left, SNAPSHOT_SLICE), "slice length")
+        left -= len(batch)
+        yield from batch
+
+
+def _restore_queue(
+    s: MachineState, next_item: Callable[[], object], timers: list[TimerEntry]
+) -> None:
+    uid, name, opts_raw, totals, retain_mid, retain_at, n_messages, n_dedup = _list(
+        next_item(), 8
+    )
     _need(_is_int(uid) and uid < s.next_queue_uid and uid not in s.queues_by_uid, "queue uid")
     _need(L.is_valid_name(name) and name not in s.queues, "queue name")
+    _need(_is_int(n_messages) and _is_int(n_dedup), "queue counts")
     options = options_from_list(opts_raw)
     _need(options is not None and options_problem(options) is None, "queue options")
     assert options is not None
@@ -166,11 +197,14 @@ def _restore_queue(s: MachineState, item: object, timers: list[TimerEntry]) -> N
     for key, value in zip(TOTAL_NAMES, totals, strict=True):
         setattr(q, key, value)
     last = 0
-    for raw in _list(messages):
-        mid, body, headers, arrived, first, count, status, due, expire, group = _list(raw, 10)
-        _need(_is_int(mid) and last < mid < s.next_message_id, "message id order")
+    next_mid = s.next_message_id
+    for raw in _slice_items(next_item, n_messages):
+        mid, key, size, headers, arrived, first, count, status, due, expire, group = _list(
+            raw, 11
+        )
+        _need(_is_int(mid) and last < mid < next_mid, "message id order")
         last = mid
-        _need(type(body) is bytes, "body")
+        _need(_is_int(key) and 0 < key <= mid and _is_int(size), "body key")
         _need(
             headers is None
             or (
@@ -184,7 +218,7 @@ def _restore_queue(s: MachineState, item: object, timers: list[TimerEntry]) -> N
         _need((due is None) == (status == READY) and _opt_int(due), "due time")
         _need(_opt_int(expire), "expiry")
         _need(group is None or type(group) is str, "group")
-        m = Message(body, headers or None, arrived, first, count, status, due, expire, group)
+        m = Message(key, size, headers or None, arrived, first, count, status, due, expire, group)
         q.messages[mid] = m
         if status == READY:
             q.n_ready += 1
@@ -197,10 +231,10 @@ def _restore_queue(s: MachineState, item: object, timers: list[TimerEntry]) -> N
         if expire is not None:
             timers.append((expire, T_EXPIRE, uid, mid, X_TTL))
         if q.fifo:
-            key = L.DEFAULT_GROUP if group is None else group
-            g = q.groups.get(key)
+            gkey = L.DEFAULT_GROUP if group is None else group
+            g = q.groups.get(gkey)
             if g is None:
-                g = q.groups[key] = deque()
+                g = q.groups[gkey] = deque()
                 if status == READY:
                     q.ready.append(mid)
             g.append(mid)
@@ -215,10 +249,10 @@ def _restore_queue(s: MachineState, item: object, timers: list[TimerEntry]) -> N
     q.retain_at_ms = retain_at
     if retain_mid is not None:
         timers.append((retain_at, T_EXPIRE, uid, retain_mid, X_RETAIN))
-    for raw in _list(dedup):
+    for raw in _slice_items(next_item, n_dedup):
         did, mid, expires = _list(raw, 3)
         _need(type(did) is str and did not in q.dedup, "dedup id")
-        _need(_is_int(mid) and mid < s.next_message_id and _is_int(expires), "dedup entry")
+        _need(_is_int(mid) and mid < next_mid and _is_int(expires), "dedup entry")
         q.dedup[did] = mid
         q.dedup_order.append((expires, did))
     s.queues[name] = q
@@ -227,7 +261,7 @@ def _restore_queue(s: MachineState, item: object, timers: list[TimerEntry]) -> N
 
 
 def restore(data: bytes) -> MachineState:
-    """Rebuild a state from `snapshot` bytes.
+    """Rebuild a state from `snapshot` bytes (all of them: trailing bytes are refused).
 
     Args:
         data: Bytes made by `snapshot`.
@@ -238,23 +272,69 @@ def restore(data: bytes) -> MachineState:
     Raises:
         SnapshotError: The bytes are not a valid snapshot of a known version.
     """
+    decoder = cbor2.CBORDecoder(_Reader(data))  # type: ignore[arg-type]  # a file's read
+    state = restore_items(decoder.decode)
     try:
-        item = cbor2.loads(data)
-    except Exception as exc:
-        raise SnapshotError(f"corrupt snapshot: {type(exc).__name__}: {exc}") from exc
+        decoder.decode()
+    except cbor2.CBORDecodeEOF:
+        return state
+    except cbor2.CBORDecodeError:
+        pass
+    raise SnapshotError("corrupt snapshot: bytes after the last item")
+
+
+class _Reader:
+    """The `read` of a file over bytes in memory (for cbor2's decoder)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._view = memoryview(data)
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        at = self._at
+        end = len(self._view) if n < 0 else min(len(self._view), at + n)
+        self._at = end
+        return bytes(self._view[at:end])
+
+
+def restore_items(next_item: Callable[[], object]) -> MachineState:
+    """Rebuild a state from the items of `snapshot_items`, read one at a time.
+
+    Args:
+        next_item: returns the next decoded item (e.g. `cbor2.CBORDecoder(fp).decode`); it is
+            called exactly as many times as the snapshot has items, so the caller's stream
+            may go on after them.
+
+    Returns:
+        A new state equal to the one snapshotted.
+
+    Raises:
+        SnapshotError: an item is missing, malformed or of an unknown format version (also
+            when `next_item` raises).
+    """
     try:
-        return _restore(item)
+        return _restore(next_item)
     except SnapshotError:
         raise
     except Exception as exc:
         raise SnapshotError(f"corrupt snapshot: {type(exc).__name__}: {exc}") from exc
 
 
-def _restore(item: object) -> MachineState:
-    fields = _list(item)
+def _restore(next_item: Callable[[], object]) -> MachineState:
+    fields = _list(next_item())
     _need(len(fields) >= 1 and fields[0] == FORMAT_VERSION, "unknown format version")
-    _, clock, next_mid, next_uid, last_index, last_term, queues, topics = _list(item, 8)
-    _need(all(_is_int(v) for v in (clock, next_mid, next_uid, last_index, last_term)), "header")
+    _, clock, next_mid, next_uid, last_index, last_term, n_queues, n_topics = _list(fields, 8)
+    _need(
+        all(_is_int(v) for v in (clock, next_mid, next_uid, last_index, last_term, n_queues,
+                                 n_topics)),
+        "header",
+    )
     s = MachineState()
     s.clock_ms = clock
     s.next_message_id = next_mid
@@ -262,9 +342,9 @@ def _restore(item: object) -> MachineState:
     s.last_index = last_index
     s.last_term = last_term
     timers: list[TimerEntry] = []
-    for raw in _list(queues):
-        _restore_queue(s, raw, timers)
-    for raw in _list(topics):
+    for _ in range(n_queues):
+        _restore_queue(s, next_item, timers)
+    for raw in _slice_items(next_item, n_topics):
         name, subscribers = _list(raw, 2)
         _need(L.is_valid_name(name) and name not in s.topics, "topic name")
         subs = _list(subscribers)

@@ -49,8 +49,13 @@ or `X_TTL` / `X_RETAIN` for an expiry."""
 class Message:
     """One stored message (slotted to keep the per-message overhead small).
 
+    The body is not here: it lives in the node's body store (on disk) under `body_key`, and
+    `apply` says what to write there (`StoreBodies`). A message keeps its body key when it
+    moves (dead-lettering, redrive), so a move writes no body.
+
     Attributes:
-        body: The body bytes.
+        body_key: Key of the body in the body store (the id it was first enqueued with).
+        size_bytes: Body size in bytes.
         headers: str to str map, or None when empty.
         arrived_ms: When it entered this queue (retention counts from here).
         first_ms: When it was first enqueued anywhere (kept through dead-lettering).
@@ -62,7 +67,8 @@ class Message:
     """
 
     __slots__ = (
-        "body",
+        "body_key",
+        "size_bytes",
         "headers",
         "arrived_ms",
         "first_ms",
@@ -75,7 +81,8 @@ class Message:
 
     def __init__(
         self,
-        body: bytes,
+        body_key: int,
+        size_bytes: int,
         headers: dict[str, str] | None,
         arrived_ms: int,
         first_ms: int,
@@ -85,7 +92,8 @@ class Message:
         expire_ms: int | None,
         group: str | None,
     ) -> None:
-        self.body = body
+        self.body_key = body_key
+        self.size_bytes = size_bytes
         self.headers = headers
         self.arrived_ms = arrived_ms
         self.first_ms = first_ms
@@ -196,6 +204,8 @@ class MachineState:
         timers_limit: compaction threshold of `timers`.
         total_messages: messages held in all queues.
         woken: scratch for one apply: queues that got deliverable messages.
+        body_puts: scratch for one apply: bodies to store, `(body_key, body)`.
+        body_drops: scratch for one apply: body keys no message refers to any more.
     """
 
     __slots__ = (
@@ -211,6 +221,8 @@ class MachineState:
         "timers_limit",
         "total_messages",
         "woken",
+        "body_puts",
+        "body_drops",
     )
 
     def __init__(self) -> None:
@@ -226,6 +238,8 @@ class MachineState:
         self.timers_limit = COMPACT_SLACK
         self.total_messages = 0
         self.woken: dict[str, WakeWaiters] = {}
+        self.body_puts: list[tuple[int, bytes]] = []
+        self.body_drops: list[int] = []
 
 
 def new_state() -> MachineState:

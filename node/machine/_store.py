@@ -109,7 +109,8 @@ def arm_retention(s: MachineState, q: Queue) -> None:
 def admit(
     s: MachineState,
     q: Queue,
-    body: bytes,
+    body_key: int | None,
+    size_bytes: int,
     headers: dict[str, str] | None,
     first_ms: int | None,
     delay_ms: int,
@@ -119,10 +120,14 @@ def admit(
 ) -> int:
     """Store a new message in `q` (capacity already checked) and return its new id.
 
+    The body is not stored here: a new body is recorded by `admit_body`; a moved message
+    passes the body key it keeps.
+
     Args:
         s: State.
         q: Target queue.
-        body: Body bytes.
+        body_key: Body key of a moved message, or None for a new body (its key is the new id).
+        size_bytes: Body size in bytes.
         headers: Headers or None.
         first_ms: First-enqueued time to keep, or None for `now`.
         delay_ms: Delay before it becomes visible (0 for none).
@@ -135,12 +140,14 @@ def admit(
     """
     mid = s.next_message_id
     s.next_message_id = mid + 1
+    bkey = mid if body_key is None else body_key
     retention = q.options.retention_ms
     expire = now + ttl_ms if ttl_ms is not None and ttl_ms < retention else None
     if delay_ms > 0:
         due = now + delay_ms
         m = Message(
-            body,
+            bkey,
+            size_bytes,
             headers,
             now,
             now if first_ms is None else first_ms,
@@ -153,7 +160,16 @@ def admit(
         q.n_delayed += 1
     else:
         m = Message(
-            body, headers, now, now if first_ms is None else first_ms, 0, READY, None, expire, group
+            bkey,
+            size_bytes,
+            headers,
+            now,
+            now if first_ms is None else first_ms,
+            0,
+            READY,
+            None,
+            expire,
+            group,
         )
         q.n_ready += 1
     q.messages[mid] = m
@@ -181,10 +197,43 @@ def admit(
     return mid
 
 
-def remove(s: MachineState, q: Queue, mid: int, m: Message) -> None:
-    """Take a message out of its queue for good (acked, dead-lettered, expired, moved)."""
+_SIZES: dict[int, int] = {}
+"""One int object per body size seen (an int above 256 costs 32 bytes per message otherwise):
+a cache of values, not state; every replica decides the same with or without it."""
+_SIZES_MAX = 4096
+
+
+def admit_body(
+    s: MachineState,
+    q: Queue,
+    body: bytes,
+    headers: dict[str, str] | None,
+    delay_ms: int,
+    ttl_ms: int | None,
+    group: str | None,
+    now: int,
+) -> int:
+    """`admit` a message with a new body, and record the body for the body store."""
+    size = len(body)
+    shared = _SIZES.get(size)
+    if shared is None:
+        shared = size
+        if len(_SIZES) < _SIZES_MAX:
+            _SIZES[size] = size
+    mid = admit(s, q, None, shared, headers, None, delay_ms, ttl_ms, group, now)
+    s.body_puts.append((mid, body))
+    return mid
+
+
+def remove(s: MachineState, q: Queue, mid: int, m: Message, keep_body: bool = False) -> None:
+    """Take a message out of its queue for good (acked, dead-lettered, expired, moved).
+
+    Its body is dropped from the body store unless `keep_body` (the caller moves it).
+    """
     msgs = q.messages
     del msgs[mid]
+    if not keep_body:
+        s.body_drops.append(m.body_key)
     status = m.status
     if status == READY:
         q.n_ready -= 1
@@ -248,19 +297,27 @@ def dead_letter(
         now: Current time in ms.
         forward: Whether to copy it into the dead-letter queue (if one exists).
     """
-    remove(s, q, mid, m)
+    remove(s, q, mid, m, keep_body=True)
     if reason == L.REASON_EXPIRED:
         q.expired += 1
     else:
         q.dead_lettered += 1
+    if not _forward_copy(s, q, mid, m, reason, now, forward):
+        s.body_drops.append(m.body_key)
+
+
+def _forward_copy(
+    s: MachineState, q: Queue, mid: int, m: Message, reason: str, now: int, forward: bool
+) -> bool:
+    """Enqueue the dead-letter copy of `m` (its body moves with it); False when not forwarded."""
     if not forward:
-        return
+        return False
     name = q.options.dead_letter_queue
     if name is None:
-        return
+        return False
     d = s.queues.get(name)
     if d is None or d is q:
-        return
+        return False
     headers = dict(m.headers) if m.headers else {}
     headers[L.H_REASON] = reason
     headers[L.H_QUEUE] = q.name
@@ -268,8 +325,9 @@ def dead_letter(
     headers[L.H_TIME] = str(now)
     headers[L.H_MESSAGE_ID] = str(mid)
     if not make_room(s, d, now, forward=False):
-        return
-    admit(s, d, m.body, headers, m.first_ms, 0, None, m.group, now)
+        return False
+    admit(s, d, m.body_key, m.size_bytes, headers, m.first_ms, 0, None, m.group, now)
+    return True
 
 
 def make_room(s: MachineState, q: Queue, now: int, forward: bool) -> bool:

@@ -54,8 +54,10 @@ from typing import Any
 import trio
 
 from node import machine
+from node.bodies import MemoryBodies
 from node.codec import FrameDecoder, WireError, encode_frame
 from node.server import MAX_WAIT_MS, RequestError, parse_request, request_id_of
+from node.snapshots import node_digest
 
 EPOCH_MS = 1_700_000_000_000
 """`now_ms` at trio time 0 (a MockClock starts there): a plausible wall clock."""
@@ -290,7 +292,7 @@ class FakeNode:
             "membership_index": c.membership_index,
         }
         if digest:
-            st["digest"] = machine.digest(c.state)
+            st["digest"] = node_digest(c.state, c.bodies.get_many)
         return st
 
 
@@ -309,6 +311,7 @@ class FakeCluster:
         self.term = 1
         self.index = 0
         self.state = machine.new_state()
+        self.bodies = MemoryBodies()  # kept outside the state, as a node keeps them
         self.max_frame_bytes = 8 << 20
         self.faults: dict[str, list[str]] = defaultdict(list)
         self.requests: list[tuple[int, str, Any]] = []
@@ -412,7 +415,9 @@ class FakeCluster:
         meta = machine.Meta(self.index, self.term, self.now_ms())
         self.state, reply, effects = machine.apply(meta, cmd, self.state)
         for eff in effects:
-            if isinstance(eff, machine.WakeWaiters):
+            if isinstance(eff, machine.StoreBodies):
+                self.bodies.write(eff.puts, eff.drops, self.index)
+            elif isinstance(eff, machine.WakeWaiters):
                 ev = self._wakes.pop(eff.queue, None)
                 if ev is not None:
                     ev.set()
@@ -420,6 +425,8 @@ class FakeCluster:
                 self._timer_at = eff.at_ms
                 self._timer_changed.set()
         self._poke()
+        if isinstance(cmd, machine.Receive) and isinstance(reply, dict):
+            reply = machine.fill_bodies(reply, self.bodies.get_many)
         return reply
 
     async def _timer_task(self) -> None:

@@ -58,7 +58,7 @@ ENTRIES = 3000
 BATCH = 10  # entries per persist: one WAL record each
 ENTRY_BYTES = 150  # about 1.8 KiB a batch, 540 KiB of WAL in all
 BLOCK = 32 * 1024  # WAL and MANIFEST block size
-FAMILIES = ("meta", "log", "snapshot")
+FAMILIES = ("meta", "log", "snapshot", "bodies")
 
 
 def write_log(store: RocksStorage, first: int, last: int) -> None:

@@ -1,12 +1,50 @@
-"""A tiny driver for scenario tests: applies commands with a controllable clock."""
+"""A tiny driver for scenario tests: applies commands with a controllable clock.
+
+Bodies are kept as a node keeps them, outside the state: `Bodies` realises the machine's
+`StoreBodies` effects in a dict and fills receive replies from it.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import node.machine as m
 
 T0 = 1_700_000_000_000
+
+
+class Bodies:
+    """The simplest body store: a dict from body key to body."""
+
+    def __init__(self) -> None:
+        self.by_key: dict[int, bytes] = {}
+
+    def realise(self, effects: list[m.Effect]) -> list[m.Effect]:
+        """Apply the `StoreBodies` among `effects`; return the other effects."""
+        rest: list[m.Effect] = []
+        for e in effects:
+            if isinstance(e, m.StoreBodies):
+                for key, body in e.puts:
+                    assert key not in self.by_key, f"body key {key} stored twice"
+                    self.by_key[key] = body
+                for key in e.drops:
+                    del self.by_key[key]
+            else:
+                rest.append(e)
+        return rest
+
+    def get_many(self, keys: Sequence[int]) -> list[bytes | None]:
+        return [self.by_key.get(k) for k in keys]
+
+    def fill(self, reply: Any) -> Any:
+        if isinstance(reply, m.ErrorReply):
+            return reply
+        return m.fill_bodies(reply, self.get_many)
+
+    def check(self, state: m.MachineState) -> None:
+        """The store holds exactly the bodies the state refers to."""
+        assert sorted(self.by_key) == m.body_keys(state)
 
 
 class Harness:
@@ -17,6 +55,7 @@ class Harness:
         self.index = 0
         self.now_ms = now_ms
         self.effects: list[m.Effect] = []
+        self.bodies = Bodies()
 
     def advance(self, ms: int) -> None:
         self.now_ms += ms
@@ -24,10 +63,12 @@ class Harness:
     def run(self, cmd: object, now_ms: int | None = None) -> Any:
         self.index += 1
         meta = m.Meta(self.index, 1, self.now_ms if now_ms is None else now_ms)
-        self.state, reply, self.effects = m.apply(meta, cmd, self.state)
+        self.state, reply, effects = m.apply(meta, cmd, self.state)
+        self.effects = self.bodies.realise(effects)
         problems = m.check_invariants(self.state)
         assert not problems, problems
-        return reply
+        self.bodies.check(self.state)
+        return self.bodies.fill(reply)
 
     def ok(self, cmd: object) -> Any:
         reply = self.run(cmd)

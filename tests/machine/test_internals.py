@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import node.machine as m
 from node.machine._state import COMPACT_SLACK, INFLIGHT, READY
 
@@ -11,8 +13,9 @@ from .harness import Harness
 def _fast(h: Harness, cmd: object) -> object:
     """Apply without the O(n) invariant check (for bulk steps)."""
     h.index += 1
-    h.state, reply, h.effects = m.apply(m.Meta(h.index, 1, h.now_ms), cmd, h.state)
-    return reply
+    h.state, reply, effects = m.apply(m.Meta(h.index, 1, h.now_ms), cmd, h.state)
+    h.effects = h.bodies.realise(effects)
+    return h.bodies.fill(reply)
 
 
 def test_stale_lease_timers_are_compacted() -> None:
@@ -153,3 +156,19 @@ def test_bad_queue_names_in_receive_and_ack() -> None:
     h = Harness()
     h.err(m.make_receive("bad name", "c"), m.BAD_REQUEST)
     h.err(m.make_ack("bad name", "1:1"), m.BAD_REQUEST)
+
+
+def test_bodies_move_with_dead_letters_and_a_missing_body_is_reported() -> None:
+    h = Harness()
+    h.create(max_deliveries=1, visibility_timeout_ms=0)
+    mid = h.put(body=b"payload")
+    first = h.get()[0]
+    assert first["body"] == b"payload" and "body_key" not in first
+    h.advance(1)
+    h.get()  # the second delivery attempt dead-letters it: the body moves, nothing is written
+    assert h.state.queues["q.dlq"].messages[mid + 1].body_key == mid
+    assert sorted(h.bodies.by_key) == [mid]
+    reply = {"messages": [{"message_id": mid + 1, "body_key": mid}]}
+    with pytest.raises(m.BodyMissing, match=f"no body under key {mid}"):
+        m.fill_bodies(reply, lambda keys: [None for _ in keys])
+    assert m.fill_bodies({"messages": 3}, lambda keys: []) == {"messages": 3}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import io
 from typing import Any
 
 import cbor2
@@ -103,23 +105,43 @@ def test_snapshot_of_empty_state_round_trips() -> None:
 
 
 def _good() -> list[Any]:
+    """The items of a snapshot of the first 16 steps of SCRIPT."""
     state = m.new_state()
     now = T0
     for i, (dt, cmd) in enumerate(SCRIPT[:16]):
         now += dt
         state, _, _ = m.apply(m.Meta(i + 1, 1, now), cmd, state)
-    item = cbor2.loads(m.snapshot(state))
-    assert isinstance(item, list)
-    return item
+    decoder = cbor2.CBORDecoder(io.BytesIO(m.snapshot(state)))
+    items = []
+    while True:
+        try:
+            items.append(decoder.decode())
+        except cbor2.CBORDecodeEOF:
+            return items
+
+
+GOOD = _good()
+Q = next(i for i, item in enumerate(GOOD) if len(item) == 8 and item[1] == "q")
+"""Index of queue q's header item; its messages follow, then its dedup entries."""
+READY_MESSAGE = next(i for i, msg in enumerate(GOOD[Q + 1]) if msg[7] == 0)
 
 
 def _corrupt(path: tuple[int, ...], value: Any) -> bytes:
-    item = _good()
-    target = item
+    items = copy.deepcopy(GOOD)
+    target = items
     for p in path[:-1]:
         target = target[p]
     target[path[-1]] = value
-    return cbor2.dumps(item)
+    return b"".join(cbor2.dumps(item) for item in items)
+
+
+def _items(items: list[Any]) -> bytes:
+    return b"".join(cbor2.dumps(item) for item in items)
+
+
+def test_the_corrupt_cases_start_from_a_good_snapshot() -> None:
+    assert m.restore(_items(GOOD)) is not None
+    assert GOOD[Q][6] == len(GOOD[Q + 1]) >= 2 and GOOD[Q][7] == len(GOOD[Q + 2]) == 2
 
 
 @pytest.mark.parametrize(
@@ -130,31 +152,40 @@ def _corrupt(path: tuple[int, ...], value: Any) -> bytes:
         cbor2.dumps("snapshot"),
         cbor2.dumps([2]),
         cbor2.dumps([1, 0]),
-        _corrupt((1,), -1),
-        _corrupt((6, 0), [1, 2]),
-        _corrupt((6, 0, 0), 10**6),  # uid beyond the counter
-        _corrupt((6, 0, 1), "bad name"),
-        _corrupt((6, 0, 2), [1]),
-        _corrupt((6, 0, 2, 0), -1),
-        _corrupt((6, 0, 3), [1, 2]),
-        _corrupt((6, 0, 3, 0), "x"),
-        _corrupt((6, 0, 4), "x"),
-        _corrupt((6, 0, 4), None),
-        _corrupt((6, 0, 6), "messages"),
-        _corrupt((6, 0, 6, 0), [1, 2, 3]),
-        _corrupt((6, 0, 6, 0, 0), 10**9),
-        _corrupt((6, 0, 6, 0, 1), "body"),
-        _corrupt((6, 0, 6, 0, 2), {"a": 1}),
-        _corrupt((6, 0, 6, 0, 3), -5),
-        _corrupt((6, 0, 6, 0, 6), 7),
-        _corrupt((6, 0, 6, 1, 7), 5),  # a due time on a ready message
-        _corrupt((6, 0, 6, 0, 8), "x"),
-        _corrupt((6, 0, 6, 0, 9), 5),
-        _corrupt((6, 0, 7), [[1, 2, 3]]),
-        _corrupt((6, 0, 7), [["d", "x", 3]]),
-        _corrupt((7,), [["t", ["nope"]]]),
-        _corrupt((7,), [["bad topic", []]]),
-        _corrupt((7,), 5),
+        _corrupt((0, 0), 1),  # format 1 (bodies inside) is not read
+        _corrupt((0, 1), -1),
+        _corrupt((0, 6), 99),  # more queues than there are
+        _corrupt((Q,), [1, 2]),
+        _corrupt((Q, 0), 10**6),  # uid beyond the counter
+        _corrupt((Q, 1), "bad name"),
+        _corrupt((Q, 2), [1]),
+        _corrupt((Q, 2, 0), -1),
+        _corrupt((Q, 3), [1, 2]),
+        _corrupt((Q, 3, 0), "x"),
+        _corrupt((Q, 4), "x"),
+        _corrupt((Q, 4), None),
+        _corrupt((Q, 6), 1),  # fewer messages than the slice holds
+        _corrupt((Q, 6), "many"),
+        _corrupt((Q + 1,), "messages"),
+        _corrupt((Q + 1, 0), [1, 2, 3]),
+        _corrupt((Q + 1, 0, 0), 10**9),
+        _corrupt((Q + 1, 0, 1), "body"),
+        _corrupt((Q + 1, 0, 1), 10**9),  # a body key past the message's id
+        _corrupt((Q + 1, 0, 1), 0),
+        _corrupt((Q + 1, 0, 2), -1),
+        _corrupt((Q + 1, 0, 3), {"a": 1}),
+        _corrupt((Q + 1, 0, 4), -5),
+        _corrupt((Q + 1, 0, 7), 7),
+        _corrupt((Q + 1, READY_MESSAGE, 8), 5),  # a due time on a ready message
+        _corrupt((Q + 1, 0, 9), "x"),
+        _corrupt((Q + 1, 0, 10), 5),
+        _corrupt((Q + 2,), [[1, 2, 3]]),
+        _corrupt((Q + 2,), [["d", "x", 3]]),
+        _corrupt((-1,), [["t", ["nope"]]]),
+        _corrupt((-1,), [["bad topic", []]]),
+        _corrupt((-1,), 5),
+        _items(GOOD[:-1]),  # cut short
+        _items(GOOD + [[1]]),  # an item after the end
     ],
     ids=lambda data: str(hash(data) % 10_000),
 )

@@ -24,7 +24,7 @@ from hypothesis.stateful import (
 
 import node.machine as m
 
-from .harness import T0
+from .harness import T0, Bodies
 from .model import Model
 
 QUEUES = ["a", "b", "c"]
@@ -68,6 +68,7 @@ class MachineVsModel(RuleBasedStateMachine):
         super().__init__()
         self.state = m.new_state()
         self.twin = m.new_state()  # the same commands, never snapshotted
+        self.bodies = Bodies()  # bodies are kept outside the state, as a node keeps them
         self.model = Model()
         self.now = T0
         self.index = 0
@@ -84,6 +85,8 @@ class MachineVsModel(RuleBasedStateMachine):
         self.state, reply, effects = m.apply(meta, cmd, self.state)
         self.twin, twin_reply, twin_effects = m.apply(meta, cmd, self.twin)
         assert (reply, effects) == (twin_reply, twin_effects)
+        effects = self.bodies.realise(effects)
+        reply = self.bodies.fill(reply)
         expected = self.model.apply(cmd, now)
         if isinstance(expected, m.ErrorReply):
             assert isinstance(reply, m.ErrorReply), (cmd, reply, expected)
@@ -258,6 +261,10 @@ class MachineVsModel(RuleBasedStateMachine):
     def structure_holds(self) -> None:
         problems = m.check_invariants(self.state)
         assert not problems, problems
+
+    @invariant()
+    def bodies_are_those_of_the_state(self) -> None:
+        self.bodies.check(self.state)
 
     @invariant()
     def same_digest_as_without_snapshots(self) -> None:

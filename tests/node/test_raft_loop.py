@@ -11,7 +11,7 @@ from typing import Any
 import trio
 import trio.testing
 
-from node.loop_api import ProposalFailed, ReadFailed
+from node.loop_api import ProposalFailed, ReadFailed, StagedSnapshot
 from node.loop_marks import MARK_REFRESH_S
 from node.raft import (
     ChangeKind,
@@ -30,6 +30,7 @@ from node.raft import (
     Role,
 )
 from node.raft_loop import RaftLoop
+from tests.sim.sim_io import MemoryStage, StagedMemory
 
 
 async def run_inline(fn: Callable[..., Any], *args: Any) -> Any:
@@ -54,8 +55,26 @@ class MemoryDisk:
         if rd.hard_state is not None:
             self.store.set_hard_state(rd.hard_state)
 
-    def save_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None:
-        self.store.create_snapshot(index, data, voters)
+    def begin_snapshot(self, index: Index) -> MemoryStage:
+        return MemoryStage(index)
+
+    def commit_snapshot(self, staged: StagedSnapshot, membership: Membership) -> None:
+        assert isinstance(staged, StagedMemory)
+        self.store.create_snapshot(staged.index, staged.data, membership)
+
+
+class _Job:
+    def __init__(self, app: SlowSnapshotApp) -> None:
+        self.app = app
+
+    def write_machine(self, out: MemoryStage) -> None:
+        out.write(self.app.snapshot())
+
+    def write_bodies(self, out: MemoryStage) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 class SlowSnapshotApp:
@@ -67,12 +86,18 @@ class SlowSnapshotApp:
         self.serialising = threading.Event()
         self.snapshot_of: list[bytes] | None = None
 
-    def apply(self, entry: Entry) -> Any:
+    def apply(self, entry: Entry, reply_wanted: bool) -> Any:
         self.applied.append(entry.data)
         return len(self.applied)
 
-    def restore(self, data: bytes) -> None:
+    def flush(self, applied_index: int) -> None:
+        pass
+
+    def restore(self, data: object, index: int) -> None:
         raise AssertionError("single node: never restores")
+
+    def snapshot_job(self) -> _Job:
+        return _Job(self)
 
     def snapshot(self) -> bytes:
         self.serialising.set()

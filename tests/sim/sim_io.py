@@ -7,6 +7,7 @@ mock clock; every random choice comes from the `random.Random` the simulator han
 from __future__ import annotations
 
 import heapq
+import io
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -16,7 +17,9 @@ from pathlib import Path
 import cbor2
 import trio
 
+from node.bodies import MemoryBodies
 from node.codec import decode_raft_message, encode_raft_message
+from node.loop_api import StagedSnapshot
 from node.raft import (
     DurabilityMark,
     Entry,
@@ -28,11 +31,40 @@ from node.raft import (
     NodeId,
     Ready,
     Snapshot,
+    SnapshotMeta,
     Standing,
     Term,
 )
 
-__all__ = ["SimDisk", "SimMarks", "SimNetwork"]
+__all__ = ["MemoryStage", "SimDisk", "SimMarks", "SimNetwork"]
+
+
+class MemoryStage:
+    """A snapshot being written (the loop's `SnapshotWriter`), kept in memory."""
+
+    def __init__(self, index: Index) -> None:
+        self.index = index
+        self.parts: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.parts.append(bytes(data))
+
+    def finish(self) -> StagedSnapshot:
+        data = b"".join(self.parts)
+        self.parts = [data]
+        return StagedMemory(self.index, len(data), 1, data)
+
+    def abort(self) -> None:
+        self.aborted = True
+        self.parts = []
+
+
+@dataclass(frozen=True, slots=True)
+class StagedMemory(StagedSnapshot):
+    """A staged snapshot with its data (an in-memory storage commits it from here)."""
+
+    data: bytes = b""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,6 +104,7 @@ class SimDisk:
                  jump: Callable[[float], None] | None = None) -> None:
         self.path = Path(f"sim/n{node_id}/raft")
         self.mem = MemoryStorage(voters, Standing.JOINING)  # a new database starts JOINING
+        self.bodies = MemoryBodies()  # in the same "database": synced with the log
         self.created = True
         self.skip_fsync = skip_fsync
         self._durable = self._capture()
@@ -111,6 +144,12 @@ class SimDisk:
     def snapshot(self) -> Snapshot:
         return self.mem.snapshot()
 
+    def snapshot_meta(self) -> SnapshotMeta:
+        return self.mem.snapshot().meta
+
+    def snapshot_reader(self) -> io.BytesIO:
+        return io.BytesIO(self.mem.snapshot().data)
+
     # -- the loop's writes -------------------------------------------------------------------
     def persist(self, rd: Ready) -> None:
         if rd.snapshot is not None:
@@ -123,8 +162,14 @@ class SimDisk:
         elif rd.entries or rd.hard_state is not None or rd.snapshot is not None:
             self.unsynced_writes += 1
 
-    def save_snapshot(self, index: Index, data: bytes, membership: Membership) -> None:
-        self.mem.create_snapshot(index, data, membership)
+    def begin_snapshot(self, index: Index) -> MemoryStage:
+        return MemoryStage(index)
+
+    def commit_snapshot(self, staged: StagedSnapshot, membership: Membership) -> None:
+        assert isinstance(staged, StagedMemory)
+        if staged.index <= self.mem.snapshot().meta.index:
+            return
+        self.mem.create_snapshot(staged.index, staged.data, membership)
         self._sync()
 
     def _sync(self) -> None:
@@ -138,6 +183,7 @@ class SimDisk:
             self.unsynced_writes += 1
         else:
             self._durable = self._capture()
+            self.bodies.sync()
             self.unsynced_writes = 0
 
     # -- faults ------------------------------------------------------------------------------
@@ -150,6 +196,7 @@ class SimDisk:
         if not power_loss:
             return 0
         d = self._durable
+        self.bodies.lose_unsynced()
         lost, self.unsynced_writes = self.unsynced_writes, 0
         mem = MemoryStorage(self.mem.snap.meta.membership)
         mem.hard_state, mem.snap, mem.log = d.hard, d.snap, list(d.log)

@@ -1,0 +1,257 @@
+"""Message bodies in the node's RocksDB database: `RocksBodies` (the `BodyStore` of node/bodies.py).
+
+Bodies live in the `bodies` column family of the same database as the Raft log, so a body
+write and a log write go through one write-ahead log: the log's next synced write makes every
+earlier body write durable, and after a crash RocksDB recovers a prefix of the writes. Keys are
+a 4-byte generation and the 8-byte body key (node/storage_format.py); the meta record
+`b"bodies"` names the live generation and the applied index of the last write, in the same
+batch as the bodies. `replace` (installing a snapshot's bodies) writes a new generation in many
+batches and switches to it with the last one; older generations are then deleted, and open
+deletes any generation that is not live (left by a crash during `replace`).
+
+Reads: a small cache of the newest bodies (most deliveries are of recent messages), then one
+multi-get for the rest. A frozen view for a snapshot is a RocksDB checkpoint (hard links of
+the database's files, in a directory beside it), opened read-only and iterated in key order:
+rocksdict's point-in-time `Snapshot` does not hold for iterators (observed with rocksdict
+0.3.29: an iterator of a snapshot sees deletions made after it).
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import cast
+
+import cbor2
+from rocksdict import AccessType, Checkpoint, Rdict, WriteBatch, WriteOptions
+
+from node import rocks_io as rio
+from node import storage_format as fmt
+from node.bodies import FrozenBodies
+from node.storage_format import StorageError
+
+__all__ = ["DEFAULT_BODY_CACHE_BYTES", "RocksBodies"]
+
+DEFAULT_BODY_CACHE_BYTES = 8 * 1024 * 1024
+"""Budget of the cache of the newest bodies written."""
+
+REPLACE_BATCH_BYTES = 4 * 1024 * 1024
+"""Bytes of bodies per write batch of `replace`."""
+
+_KEYS_END = b"\xff" * (fmt.BODY_KEY.size + 1)  # sorts after every body key
+
+
+def _key(generation: int, body_key: int) -> bytes:
+    return fmt.BODY_KEY.pack(generation, body_key)
+
+
+class _Checkpoint:
+    """A frozen view: a checkpoint of the database, opened read-only."""
+
+    def __init__(self, db: Rdict, path: Path, generation: int) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        Checkpoint(db).create_checkpoint(str(path))
+        self._path = path
+        self._generation = generation
+        self._db: Rdict | None = Rdict(
+            str(path), rio.db_options(), column_families=rio.family_options(),
+            access_type=AccessType.read_only(),
+        )
+
+    def items(self) -> Iterator[tuple[int, bytes]]:
+        db = self._db
+        assert db is not None, "closed"
+        family = db.get_column_family(fmt.CF_BODIES)
+        lo = _key(self._generation, 0)
+        ro = rio.read_options()
+
+        def fail(last: bytes | None, exc: BaseException) -> StorageError:
+            return StorageError(f"checkpoint {self._path}: bodies unreadable: {rio.one_line(exc)}")
+
+        for key, value in rio.scan(family, ro, fail, lo):
+            generation, body_key = fmt.BODY_KEY.unpack(key)
+            if generation != self._generation:
+                return
+            try:
+                yield body_key, bytes(fmt.unseal(key, value))
+            except fmt.Bad as exc:
+                raise StorageError(f"checkpoint {self._path}: body {body_key}: {exc}") from None
+
+    def close(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
+            shutil.rmtree(self._path, ignore_errors=True)
+
+
+class RocksBodies:
+    """The body store in a RocksDB database (see the module docstring).
+
+    Args:
+        db: the open database (its `bodies` and `meta` column families).
+        path: the database's directory (for messages, and the checkpoint beside it).
+        cache_bytes: budget of the cache of newest bodies.
+
+    Raises:
+        CorruptStorageError: the meta record fails its checks.
+    """
+
+    def __init__(self, db: Rdict, path: Path, cache_bytes: int = DEFAULT_BODY_CACHE_BYTES) -> None:
+        self._db = db
+        self._path = path
+        self._family = db.get_column_family(fmt.CF_BODIES)
+        self._meta = db.get_column_family(fmt.CF_META)
+        self._h_bodies = db.get_column_family_handle(fmt.CF_BODIES)
+        self._h_meta = db.get_column_family_handle(fmt.CF_META)
+        self._wo = WriteOptions()
+        self._ro = rio.read_options()
+        self._cache: collections.OrderedDict[int, bytes] = collections.OrderedDict()
+        self._cache_bytes = 0
+        self._cache_max_bytes = cache_bytes
+        self.reads = 0  # bodies read from the database (cache misses)
+        self._generation, self._applied_index = self._load()
+        self._drop_other_generations()
+
+    def _load(self) -> tuple[int, int]:
+        value = cast("bytes | None", self._meta.get(fmt.K_BODIES, None, self._ro))
+        if value is None:
+            return 0, 0
+        try:
+            item = fmt.decode_cbor(fmt.unseal(fmt.K_BODIES, value))
+        except fmt.Bad as exc:
+            raise fmt.CorruptStorageError(
+                f"database {self._path}: bodies record: {exc}"
+            ) from None
+        if not (type(item) is list and len(item) == 2 and all(fmt.is_uint(v) for v in item)):
+            raise fmt.CorruptStorageError(
+                f"database {self._path}: bodies record: malformed {item!r:.60}"
+            )
+        return int(item[1]), int(item[0])
+
+    def _record(self, applied_index: int, generation: int) -> bytes:
+        return fmt.seal(fmt.K_BODIES, cbor2.dumps([applied_index, generation]))
+
+    def _drop_other_generations(self) -> None:
+        """Delete the bodies of generations other than the live one (a `replace` that a crash
+        cut short, or one not finished before the switch); write nothing when there are none."""
+        g = self._generation
+        it = self._family.iter(self._ro)
+        it.seek_to_first()
+        below = it.valid() and it.key() < _key(g, 0)
+        it.seek(_key(g + 1, 0))
+        above = it.valid()
+        del it
+        if not (below or above):
+            return
+        batch = WriteBatch(raw_mode=True)
+        if below:
+            batch.delete_range(_key(0, 0), _key(g, 0), self._h_bodies)
+        if above:
+            batch.delete_range(_key(g + 1, 0), _KEYS_END, self._h_bodies)
+        self._write(batch)
+
+    @property
+    def applied_index(self) -> int:
+        return self._applied_index
+
+    @property
+    def generation(self) -> int:
+        """The live generation (grows by one with each `replace`)."""
+        return self._generation
+
+    def write(
+        self, puts: Sequence[tuple[int, bytes]], drops: Sequence[int], applied_index: int
+    ) -> None:
+        g = self._generation
+        h = self._h_bodies
+        applied = max(self._applied_index, applied_index)
+        batch = WriteBatch(raw_mode=True)
+        for body_key, body in puts:
+            key = _key(g, body_key)
+            batch.put(key, fmt.seal(key, body), h)
+        for body_key in drops:
+            batch.delete(_key(g, body_key), h)
+        batch.put(fmt.K_BODIES, self._record(applied, g), self._h_meta)
+        self._write(batch)
+        self._applied_index = applied
+        cache = self._cache
+        for body_key, body in puts:
+            cache[body_key] = body
+            self._cache_bytes += len(body)
+        for body_key in drops:
+            dropped = cache.pop(body_key, b"")
+            self._cache_bytes -= len(dropped)
+        while self._cache_bytes > self._cache_max_bytes and cache:
+            self._cache_bytes -= len(cache.popitem(last=False)[1])
+
+    def get_many(self, keys: Sequence[int]) -> list[bytes | None]:
+        cache = self._cache
+        out: list[bytes | None] = [cache.get(k) for k in keys]
+        missing = [i for i, body in enumerate(out) if body is None]
+        if not missing:
+            return out
+        g = self._generation
+        db_keys: list[str | int | float | bytes | bool] = [_key(g, keys[i]) for i in missing]
+        try:
+            values = cast("list[bytes | None]", self._family.get(db_keys, None, self._ro))
+        except Exception as exc:
+            raise StorageError(
+                f"database {self._path}: reading bodies failed: {rio.one_line(exc)}"
+            ) from exc
+        self.reads += len(missing)
+        for i, key, value in zip(missing, db_keys, values, strict=True):
+            if value is not None:
+                assert type(key) is bytes
+                try:
+                    out[i] = bytes(fmt.unseal(key, value))
+                except fmt.Bad as exc:
+                    raise fmt.CorruptStorageError(
+                        f"database {self._path}: body {keys[i]}: {exc} ({rio.DAMAGED})"
+                    ) from None
+        return out
+
+    def freeze(self) -> FrozenBodies:
+        try:
+            return _Checkpoint(self._db, self._path.with_name(self._path.name + ".checkpoint"),
+                               self._generation)
+        except Exception as exc:
+            raise StorageError(
+                f"database {self._path}: checkpoint failed: {rio.one_line(exc)}"
+            ) from exc
+
+    def replace(self, bodies: Iterable[tuple[int, bytes]], applied_index: int) -> int:
+        new = self._generation + 1
+        h = self._h_bodies
+        count = 0
+        size = 0
+        batch = WriteBatch(raw_mode=True)
+        batch.delete_range(_key(new, 0), _key(new + 1, 0), h)  # what a failed replace left
+        for body_key, body in bodies:
+            key = _key(new, body_key)
+            batch.put(key, fmt.seal(key, body), h)
+            count += 1
+            size += len(body)
+            if size >= REPLACE_BATCH_BYTES:
+                self._write(batch)
+                batch = WriteBatch(raw_mode=True)
+                size = 0
+        batch.put(fmt.K_BODIES, self._record(applied_index, new), self._h_meta)
+        batch.delete_range(_key(0, 0), _key(new, 0), h)
+        self._write(batch)
+        self._generation = new
+        self._applied_index = applied_index
+        self._cache.clear()
+        self._cache_bytes = 0
+        return count
+
+    def _write(self, batch: WriteBatch) -> None:
+        try:
+            self._db.write(batch, self._wo)
+        except Exception as exc:
+            raise StorageError(f"database {self._path}: write failed: {exc}") from exc
+
+    def close(self) -> None:
+        """Drop the column family objects (they keep RocksDB open); the storage closes it."""
+        del self._family, self._meta, self._h_bodies, self._h_meta

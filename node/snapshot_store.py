@@ -1,0 +1,154 @@
+"""Writing a snapshot to the database piece by piece, and reading it back as a stream.
+
+A snapshot's data is stored as chunks in the `snapshot` column family under its index
+(node/storage_format.py). `SnapshotStage` writes the chunks of a snapshot that is not the
+node's snapshot yet (each chunk as it fills, in a batch of its own, not synced), so that a large
+snapshot never exists whole in memory; `RocksStorage.commit_snapshot` then makes it the node's
+snapshot in one small synced batch (its meta record, the older chunks deleted, the log
+compacted). A stage touches only its own keys, so it may run in a worker thread while the loop
+uses the storage; a stage that is never committed (a crash, or a newer snapshot from the
+leader) leaves chunks that the next commit or open deletes.
+
+`SnapshotReader` is a read-only file over the stored chunks (for cbor2's decoder), one chunk
+in memory at a time, each checked against its checksum.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from rocksdict import ColumnFamily, Rdict, WriteBatch, WriteOptions
+
+from node import storage_format as fmt
+from node.loop_api import StagedSnapshot
+from node.raft._types import Index
+from node.storage_format import CorruptStorageError, StorageError
+
+__all__ = ["SnapshotReader", "SnapshotStage", "StagedSnapshot"]
+
+
+def chunk_range(index: int) -> tuple[bytes, bytes]:
+    """The keys of every chunk of snapshot `index`: [lo, hi)."""
+    return fmt.CHUNK_KEY.pack(index, 0), fmt.CHUNK_KEY.pack(index + 1, 0)
+
+
+class SnapshotStage:
+    """Writes snapshot data under `index` in chunks of `chunk_bytes` (see the module docstring).
+
+    Raises (write, finish):
+        StorageError: RocksDB failed to write.
+    """
+
+    def __init__(
+        self, db: Rdict, h_snapshot: ColumnFamily, path: Path, index: Index, chunk_bytes: int
+    ) -> None:
+        self._db = db
+        self._h = h_snapshot
+        self._path = path
+        self.index = index
+        self._chunk_bytes = chunk_bytes
+        self._buffer = bytearray()
+        self._chunk_count = 0
+        self._size_bytes = 0
+        self._wo = WriteOptions()
+        lo, hi = chunk_range(index)
+        batch = WriteBatch(raw_mode=True)
+        batch.delete_range(lo, hi, h_snapshot)  # what an earlier stage of this index left
+        self._write(batch)
+
+    def write(self, data: bytes) -> None:
+        """Add `data` to the snapshot."""
+        buffer = self._buffer
+        buffer += data
+        self._size_bytes += len(data)
+        step = self._chunk_bytes
+        if len(buffer) >= step:
+            view = memoryview(buffer)
+            start = 0
+            while len(buffer) - start >= step:
+                self._put(view[start : start + step])
+                start += step
+            view.release()
+            del buffer[:start]
+
+    def _put(self, chunk: bytes | memoryview) -> None:
+        key = fmt.CHUNK_KEY.pack(self.index, self._chunk_count)
+        batch = WriteBatch(raw_mode=True)
+        batch.put(key, fmt.CRC.pack(fmt.crc(key, chunk)) + bytes(chunk), self._h)
+        self._write(batch)
+        self._chunk_count += 1
+
+    def finish(self) -> StagedSnapshot:
+        """Write what is left; the snapshot is then ready for `commit_snapshot`."""
+        if self._buffer:
+            self._put(bytes(self._buffer))
+            self._buffer = bytearray()
+        return StagedSnapshot(self.index, self._size_bytes, self._chunk_count)
+
+    def abort(self) -> None:
+        """Delete what was written (best effort: a later commit or open deletes it too)."""
+        lo, hi = chunk_range(self.index)
+        batch = WriteBatch(raw_mode=True)
+        batch.delete_range(lo, hi, self._h)
+        try:
+            self._write(batch)
+        except StorageError:
+            pass
+
+    def _write(self, batch: WriteBatch) -> None:
+        try:
+            self._db.write(batch, self._wo)
+        except Exception as exc:
+            raise StorageError(f"database {self._path}: snapshot write failed: {exc}") from exc
+
+
+class SnapshotReader:
+    """A read-only file over the chunks of a stored snapshot (see the module docstring).
+
+    Args:
+        read_chunk: returns the checked bytes of chunk `n` (raises CorruptStorageError).
+        size_bytes: the snapshot's size.
+        chunk_count: its number of chunks.
+    """
+
+    def __init__(
+        self, read_chunk: Callable[[int], bytes], size_bytes: int, chunk_count: int
+    ) -> None:
+        self._read_chunk = read_chunk
+        self._size_bytes = size_bytes
+        self._chunk_count = chunk_count
+        self._next_chunk = 0
+        self._buffer = b""
+        self._at = 0  # in _buffer
+        self.position = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        """Up to `n` bytes (fewer only at the end); all that is left when `n` < 0."""
+        parts: list[bytes] = []
+        want = self._size_bytes if n < 0 else n
+        while want > 0:
+            if self._at >= len(self._buffer):
+                if self._next_chunk >= self._chunk_count:
+                    break
+                self._buffer = self._read_chunk(self._next_chunk)
+                self._next_chunk += 1
+                self._at = 0
+                continue
+            piece = self._buffer[self._at : self._at + want]
+            self._at += len(piece)
+            want -= len(piece)
+            parts.append(piece)
+        data = b"".join(parts)
+        self.position += len(data)
+        if n != 0 and not data and self.position != self._size_bytes:
+            raise CorruptStorageError(
+                f"snapshot data ends at {self.position} bytes, meta says {self._size_bytes}"
+            )
+        return data
