@@ -21,15 +21,22 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import cbor2
 
 from node import machine
 from node.bodies import BodyStore, FrozenBodies
 from node.entry import decode_entry
-from node.raft import Entry
-from node.snapshots import SnapshotBodies, body_items, header_item, node_digest, read_header
+from node.raft import Entry, SnapshotData
+from node.snapshots import (
+    DataFile,
+    SnapshotBodies,
+    body_items,
+    header_item,
+    node_digest,
+    read_header,
+)
 
 logger = logging.getLogger("raftq.app")
 
@@ -142,6 +149,7 @@ class QueueApp:
         self._puts: list[tuple[int, bytes]] = []
         self._drops: list[int] = []
         self._pending: dict[int, bytes] = {}  # bodies put and not yet written (for reads)
+        self._prepared: tuple[int, machine.MachineState] | None = None  # see prepare_restore
 
     def apply(self, entry: Entry, reply_wanted: bool = True) -> Any:
         """Apply one committed entry; return its reply (with bodies when `reply_wanted`)."""
@@ -194,20 +202,46 @@ class QueueApp:
         self._puts, self._drops, self._pending = [], [], {}
         self.bodies.write(puts, drops, applied_index)
 
-    def restore(self, data: bytes | BinaryIO, index: int) -> None:
-        """Replace the state and the bodies with a node snapshot's (from the leader).
+    def prepare_restore(self, data: BinaryIO, index: int) -> None:
+        """Decode a node snapshot from the leader (at log `index`) and write its bodies as the
+        body store's next generation, not live yet; `restore` then swaps the state in. Runs
+        in a worker thread while the loop goes on (it touches neither the state nor the live
+        bodies).
+
+        Raises:
+            machine.SnapshotError: the snapshot does not decode, or its bodies do not match
+                (nothing of it is installed; the node's data is unchanged).
+            StorageError: writing the bodies failed.
+        """
+        self._prepared = None
+        decoder = cbor2.CBORDecoder(data)
+        n_bodies = read_header(decoder.decode)
+        state = machine.restore_items(decoder.decode)
+        written = self.bodies.prepare(SnapshotBodies(decoder.decode, n_bodies, state), index)
+        self._prepared = (index, state)
+        logger.info("snapshot at index %d decoded: %d messages, their bodies written",
+                    index, written)
+
+    def restore(self, data: bytes | SnapshotData, index: int) -> None:
+        """Replace the state and the bodies with a node snapshot's (from the leader): the one
+        `prepare_restore` decoded when it is at `index` (its bodies were switched in with the
+        snapshot's persist), else decoded now.
 
         Raises:
             machine.SnapshotError: the snapshot does not decode (state and bodies unchanged).
         """
-        fp = io.BytesIO(data) if isinstance(data, bytes | bytearray | memoryview) else data
         self._puts, self._drops, self._pending = [], [], {}
-        decoder = cbor2.CBORDecoder(fp)
-        n_bodies = read_header(decoder.decode)
-        state = machine.restore_items(decoder.decode)
-        self.bodies.replace(SnapshotBodies(decoder.decode, n_bodies, state), index)
-        self.state = state
-        logger.info("state restored from snapshot (%d messages)",
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[0] == index:
+            self.state = prepared[1]
+        else:
+            fp = io.BytesIO(data) if isinstance(data, bytes) else DataFile(data)
+            decoder = cbor2.CBORDecoder(cast("BinaryIO", fp))
+            n_bodies = read_header(decoder.decode)
+            state = machine.restore_items(decoder.decode)
+            self.bodies.replace(SnapshotBodies(decoder.decode, n_bodies, state), index)
+            self.state = state
+        logger.info("state restored from snapshot at index %d (%d messages)", index,
                     machine.query_total_messages(self.state))
 
     def snapshot_job(self) -> SnapshotJob:

@@ -65,6 +65,20 @@ class BodyStore(Protocol):
         respect to writes made meanwhile; the caller closes it."""
         ...
 
+    def prepare(self, bodies: Iterable[tuple[int, bytes]], applied_index: int) -> int:
+        """Write `bodies` (ascending keys) as the store's next content, at `applied_index`,
+        without making it live: the storage switches to it atomically with the snapshot it
+        belongs to (node/storage.py `persist`). May run in a worker thread while the live
+        content is written and read.
+
+        Returns:
+            How many bodies were written.
+
+        Raises:
+            StorageError: a write failed (the live content stays).
+        """
+        ...
+
     def replace(self, bodies: Iterable[tuple[int, bytes]], applied_index: int) -> int:
         """Make `bodies` (ascending keys) the whole content of the store, at `applied_index`.
 
@@ -111,6 +125,7 @@ class MemoryBodies:
         self._durable_applied = 0
         self._journal: list[tuple[dict[int, bytes] | None, Sequence[tuple[int, bytes]],
                                   Sequence[int], int]] = []
+        self._prepared: tuple[int, dict[int, bytes]] | None = None
         self.writes = 0
 
     @property
@@ -136,13 +151,32 @@ class MemoryBodies:
     def freeze(self) -> FrozenBodies:
         return _FrozenDict(dict(self.by_key))
 
+    def prepare(self, bodies: Iterable[tuple[int, bytes]], applied_index: int) -> int:
+        self._prepared = None
+        fresh = dict(bodies)
+        self._prepared = (applied_index, fresh)
+        return len(fresh)
+
+    def activate(self, applied_index: int) -> bool:
+        """Make what `prepare` wrote for `applied_index` the live content (the simulated disk
+        calls it when it persists that snapshot); False when none was prepared for it."""
+        prepared = self._prepared
+        if prepared is None or prepared[0] != applied_index:
+            return False
+        self._prepared = None
+        self._install(prepared[1], applied_index)
+        return True
+
     def replace(self, bodies: Iterable[tuple[int, bytes]], applied_index: int) -> int:
         fresh = dict(bodies)
+        self._install(fresh, applied_index)
+        return len(fresh)
+
+    def _install(self, fresh: dict[int, bytes], applied_index: int) -> None:
         self.by_key = dict(fresh)
         self._applied_index = applied_index
         self._journal = [(fresh, (), (), applied_index)]
         self.writes += 1
-        return len(fresh)
 
     def sync(self) -> None:
         """Everything written so far survives a power loss."""

@@ -274,7 +274,7 @@ _FIELD_KINDS: dict[str, int] = {
     "hint_index": _U, "hint_term": _U, "commit": _U, "meta": _META, "offset_bytes": _U,
     "chunk": _BYTES, "done": _BOOL, "snapshot_index": _U, "next_offset_bytes": _U,
     "round": _U, "repair": _U, "repairing": _BOOL, "lagging": _BOOL, "nonce": _U,
-    "empty": _BOOL, "boot": _U, "diverged": _BOOL,
+    "empty": _BOOL, "boot": _U, "diverged": _BOOL, "size_bytes": _U, "crc32": _U,
 }  # fmt: skip
 
 

@@ -20,6 +20,8 @@ from node.raft import (
     Message,
     Ready,
     Role,
+    SnapshotData,
+    SnapshotMeta,
     Standing,
 )
 
@@ -83,8 +85,15 @@ class Application(Protocol):
         atomic write, with `applied_index`."""
         ...
 
-    def restore(self, data: bytes | BinaryIO, index: int) -> None:
-        """Replace the whole state with a snapshot's data (the snapshot at `index`)."""
+    def prepare_restore(self, data: BinaryIO, index: int) -> None:
+        """Decode the snapshot at `index` received from the leader (`data` reads it) and get
+        its install ready; runs in a worker thread while the loop goes on. Raises what makes
+        the snapshot unfit (it is then fetched again)."""
+        ...
+
+    def restore(self, data: bytes | SnapshotData, index: int) -> None:
+        """Replace the whole state with a snapshot's (the snapshot at `index`; the one
+        `prepare_restore` got ready, if it is at `index`)."""
         ...
 
     def snapshot_job(self) -> SnapshotJob:
@@ -198,6 +207,11 @@ class Persister(Protocol):
     def begin_snapshot(self, index: Index) -> SnapshotWriter: ...
 
     def commit_snapshot(self, staged: StagedSnapshot, membership: Membership) -> None: ...
+
+    def incoming_snapshot(self, meta: SnapshotMeta) -> bytes | SnapshotData | None:
+        """The data of the snapshot from the leader assembled so far (`Ready.snapshot_chunks`)
+        when it is `meta`'s, else None."""
+        ...
 
 
 class Sender(Protocol):

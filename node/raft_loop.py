@@ -70,10 +70,13 @@ from node.raft import (
     Ready,
     Role,
     Snapshot,
+    SnapshotData,
+    SnapshotMeta,
     SoftState,
     Standing,
     follow_readies,
 )
+from node.snapshots import DataFile
 
 __all__ = ["INLINE_SYNC_MAX_BYTES", "INLINE_SYNC_MAX_S", "RaftLoop"]
 
@@ -168,7 +171,8 @@ class RaftLoop:
         self._snapshot_requested = False
         self._snapshotting = False
         self._deferred: list[Entry | Snapshot] = []
-        self._serialized: StagedSnapshot | None = None
+        self._serialized: tuple[StagedSnapshot, Membership] | None = None
+        self._install_lock = trio.Lock()
         self._nursery: trio.Nursery | None = None
         self._sync_s = 0.0  # moving average of a synced write's duration
         self._marks: MarkTracker | None = None  # set below, once `stats` exists
@@ -181,7 +185,7 @@ class RaftLoop:
         self.stats: dict[str, int] = {
             "readies": 0, "synced_writes": 0, "entries_applied": 0, "proposals": 0,
             "snapshots_taken": 0, "snapshots_installed": 0, "inline_synced_writes": 0,
-            "marks_written": 0, "reads": 0, "reads_failed": 0,
+            "marks_written": 0, "reads": 0, "reads_failed": 0, "snapshots_refused": 0,
         }
         self._reads = ReadTracker(self.stats)
         self._members = MembershipTracker(core, on_membership)
@@ -446,6 +450,8 @@ class RaftLoop:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state)
         self._reads.on_ready(rd, self._applied_index, self.view.leader_id)
+        if rd.snapshot_received is not None and self._nursery is not None:
+            self._nursery.start_soon(self._prepare_install, rd.snapshot_received)
 
     def _after_advance(self, rd: Ready) -> None:
         self._feed()
@@ -463,11 +469,14 @@ class RaftLoop:
                 await self._blocking(self.storage.persist, rd)
             took_s = self._perf_clock() - started
             self._sync_s = 0.9 * self._sync_s + 0.1 * took_s
-        elif rd.entries or rd.hard_state is not None or rd.snapshot is not None:
-            self.storage.persist(rd)  # a commit-index-only write: no fsync, fast enough inline
+        elif (rd.entries or rd.hard_state is not None or rd.snapshot is not None
+              or rd.snapshot_chunks):
+            # A commit index, or a piece of a snapshot being received: no fsync, fast enough
+            # inline.
+            self.storage.persist(rd)
 
     def _sync_inline(self, rd: Ready) -> bool:
-        if rd.snapshot is not None or self._sync_s > INLINE_SYNC_MAX_S:
+        if rd.snapshot is not None or rd.snapshot_chunks or self._sync_s > INLINE_SYNC_MAX_S:
             return False
         size = 0
         for e in rd.entries:
@@ -483,6 +492,26 @@ class RaftLoop:
             self._restore(item)
         else:
             self._apply(item)
+
+    async def _prepare_install(self, meta: SnapshotMeta) -> None:
+        """Get the install of a snapshot from the leader ready, off the event loop (decode it,
+        write its bodies as the next generation), then tell the core: it installs it, or
+        fetches it again if it is unfit. One at a time; the core goes on meanwhile."""
+        async with self._install_lock:
+            data = self.storage.incoming_snapshot(meta)
+            outcome: bytes | SnapshotData | None = None
+            if data is None:
+                logger.warning("snapshot at index %d: not all of it arrived; fetched again",
+                               meta.index)
+            else:
+                try:
+                    await self._blocking(self.app.prepare_restore, DataFile(data), meta.index)
+                    outcome = data
+                except Exception as exc:  # unfit: refused, never installed
+                    self.stats["snapshots_refused"] += 1
+                    logger.warning("snapshot at index %d from the leader refused: %s; it is "
+                                   "fetched again", meta.index, exc)
+            await self.call(lambda core: core.snapshot_prepared(meta, outcome))
 
     def _restore(self, snap: Snapshot) -> None:
         self.app.restore(snap.data, snap.meta.index)
@@ -538,11 +567,11 @@ class RaftLoop:
 
     async def _maybe_snapshot(self) -> None:
         if self._serialized is not None:
-            staged = self._serialized
+            staged, membership = self._serialized
             self._serialized = None
-            # Between Readys: no persist is running, so the storage is ours.
-            await self._blocking(self.storage.commit_snapshot, staged,
-                                 self._core.membership_at(staged.index))
+            # Between Readys: no persist is running, so the storage is ours. (A snapshot from
+            # the leader may have come meanwhile: the storage then drops this older one.)
+            await self._blocking(self.storage.commit_snapshot, staged, membership)
             self.stats["snapshots_taken"] += 1
             logger.info("snapshot at index %d (%d bytes)", staged.index, staged.size_bytes)
             return
@@ -558,9 +587,13 @@ class RaftLoop:
             return  # nothing new since the last snapshot
         self._snapshot_requested = False
         self._snapshotting = True
-        self._nursery.start_soon(self._serialize, self._applied_index)
+        index = self._applied_index
+        # The membership at the snapshot's index, known now (older ones are pruned as applies
+        # go on while the snapshot is written).
+        membership = self._core.membership_at(Index(index))
+        self._nursery.start_soon(self._serialize, index, membership)
 
-    async def _serialize(self, index: int) -> None:
+    async def _serialize(self, index: int, membership: Membership) -> None:
         """Write a snapshot of the state at `index` in a worker thread, in two parts: the
         machine's items while applies are held back (the state must not change), then the
         bodies, from a frozen view of the body store, while applies go on. The loop makes it
@@ -593,7 +626,7 @@ class RaftLoop:
             logger.exception("writing the bodies of a snapshot at index %d failed", index)
             stage.abort()
             return
-        self._serialized = staged
+        self._serialized = (staged, membership)
         self._applied_since_snapshot = 0
         self._log_bytes_since_snapshot = 0
         self._last_snapshot_bytes = staged.size_bytes

@@ -34,6 +34,7 @@ from node.raft import (
     Message,
     RaftNode,
     Ready,
+    SnapshotData,
     SnapshotMeta,
     Standing,
     Storage,
@@ -73,6 +74,8 @@ class ReplicaStorage(Storage, Protocol):
     def begin_snapshot(self, index: Index) -> SnapshotWriter: ...
 
     def commit_snapshot(self, staged: StagedSnapshot, membership: Membership) -> None: ...
+
+    def incoming_snapshot(self, meta: SnapshotMeta) -> bytes | SnapshotData | None: ...
 
 
 class MarkKeeper(Protocol):

@@ -111,6 +111,7 @@ class RocksBodies:
         self._cache_bytes = 0
         self._cache_max_bytes = cache_bytes
         self.reads = 0  # bodies read from the database (cache misses)
+        self._prepared: tuple[int, int] | None = None  # generation, applied index
         self._generation, self._applied_index = self._load()
         self._drop_other_generations()
 
@@ -222,12 +223,29 @@ class RocksBodies:
             ) from exc
 
     def replace(self, bodies: Iterable[tuple[int, bytes]], applied_index: int) -> int:
+        count = self.prepare(bodies, applied_index)
+        batch = WriteBatch(raw_mode=True)
+        self.add_switch(batch, applied_index)
+        self._write(batch)
+        self.switched()
+        return count
+
+    def prepare(self, bodies: Iterable[tuple[int, bytes]], applied_index: int) -> int:
+        """Write `bodies` as the next generation, not live yet (see `add_switch`).
+
+        May run in a worker thread while `write` and `get_many` go on in the loop (they use
+        the live generation). Returns how many bodies were written.
+
+        Raises:
+            StorageError: a write failed.
+        """
         new = self._generation + 1
         h = self._h_bodies
         count = 0
         size = 0
+        self._prepared = None
         batch = WriteBatch(raw_mode=True)
-        batch.delete_range(_key(new, 0), _key(new + 1, 0), h)  # what a failed replace left
+        batch.delete_range(_key(new, 0), _key(new + 1, 0), h)  # what an earlier attempt left
         for body_key, body in bodies:
             key = _key(new, body_key)
             batch.put(key, fmt.seal(key, body), h)
@@ -237,14 +255,30 @@ class RocksBodies:
                 self._write(batch)
                 batch = WriteBatch(raw_mode=True)
                 size = 0
-        batch.put(fmt.K_BODIES, self._record(applied_index, new), self._h_meta)
-        batch.delete_range(_key(0, 0), _key(new, 0), h)
         self._write(batch)
-        self._generation = new
-        self._applied_index = applied_index
+        self._prepared = (new, applied_index)
+        return count
+
+    def add_switch(self, batch: WriteBatch, applied_index: int) -> bool:
+        """Add to `batch` the switch to the generation `prepare` wrote for `applied_index`
+        (and the deletion of the older ones); False (nothing added) when none was prepared
+        for it. Call `switched()` once the batch is written."""
+        prepared = self._prepared
+        if prepared is None or prepared[1] != applied_index:
+            return False
+        new = prepared[0]
+        batch.put(fmt.K_BODIES, self._record(applied_index, new), self._h_meta)
+        batch.delete_range(_key(0, 0), _key(new, 0), self._h_bodies)
+        return True
+
+    def switched(self) -> None:
+        """The batch of `add_switch` is written: the prepared generation is live."""
+        prepared = self._prepared
+        assert prepared is not None
+        self._generation, self._applied_index = prepared
+        self._prepared = None
         self._cache.clear()
         self._cache_bytes = 0
-        return count
 
     def _write(self, batch: WriteBatch) -> None:
         try:

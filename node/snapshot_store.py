@@ -152,3 +152,62 @@ class SnapshotReader:
                 f"snapshot data ends at {self.position} bytes, meta says {self._size_bytes}"
             )
         return data
+
+
+class StoredSnapshot:
+    """A stored snapshot's data as `SnapshotData` (node/raft/_types.py): its size, and pieces
+    read at any offset, one stored chunk in memory at a time (what a leader sends from).
+
+    Every chunk but the last has the size of the first (as `SnapshotStage` and a follower's
+    assembly write them).
+
+    Args:
+        index: the snapshot's index (its chunks' keys).
+        read_chunk: returns the checked bytes of chunk `n` (raises CorruptStorageError).
+        size_bytes: the data's size.
+        chunk_count: its number of chunks.
+    """
+
+    def __init__(
+        self, index: int, read_chunk: Callable[[int], bytes], size_bytes: int, chunk_count: int
+    ) -> None:
+        self.index = index
+        self._read_chunk = read_chunk
+        self._size_bytes = size_bytes
+        self._chunk_count = chunk_count
+        self._step = 0
+        self._cached: tuple[int, bytes] | None = None
+
+    def __len__(self) -> int:
+        return self._size_bytes
+
+    def _chunk(self, n: int) -> bytes:
+        cached = self._cached
+        if cached is None or cached[0] != n:
+            cached = (n, self._read_chunk(n))
+            self._cached = cached
+        return cached[1]
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """The bytes [offset, offset + size) (fewer at the end)."""
+        end = min(offset + size, self._size_bytes)
+        if offset >= end:
+            return b""
+        if not self._step:
+            self._step = len(self._chunk(0))
+        step = self._step
+        parts: list[bytes] = []
+        at = offset
+        while at < end:
+            n, start = divmod(at, step)
+            chunk = self._chunk(n)
+            piece = chunk[start : start + end - at]
+            if not piece:
+                raise CorruptStorageError(f"snapshot {self.index}: chunk {n} is short")
+            parts.append(piece)
+            at += len(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def file(self) -> SnapshotReader:
+        """A file reading the whole data from its start."""
+        return SnapshotReader(self._read_chunk, self._size_bytes, self._chunk_count)

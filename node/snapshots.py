@@ -21,9 +21,11 @@ from collections.abc import Callable, Iterator, Sequence
 import cbor2
 
 from node import machine
+from node.raft import SnapshotData, snapshot_piece
 
 __all__ = [
     "BODY_SLICE_BYTES",
+    "DataFile",
     "MAGIC",
     "NODE_FORMAT",
     "SnapshotBodies",
@@ -223,3 +225,23 @@ class SnapshotBodies:
                 f"corrupt snapshot: after the bodies: {type(exc).__name__}: {exc}"
             ) from exc
         raise machine.SnapshotError("corrupt snapshot: items after the bodies")
+
+
+class DataFile:
+    """A read-only file over snapshot data (bytes or `SnapshotData`), from its start."""
+
+    def __init__(self, data: bytes | SnapshotData) -> None:
+        self._data = data
+        self._at = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def read(self, n: int = -1) -> bytes:
+        size = len(self._data) - self._at if n < 0 else n
+        piece = snapshot_piece(self._data, self._at, size)
+        self._at += len(piece)
+        return piece

@@ -77,12 +77,19 @@ from node.raft._types import (
     Index,
     NodeId,
     Snapshot,
+    SnapshotChunk,
     SnapshotMeta,
     Standing,
     Term,
 )
 from node.rocks_bodies import RocksBodies
-from node.snapshot_store import SnapshotReader, SnapshotStage, StagedSnapshot, chunk_range
+from node.snapshot_store import (
+    SnapshotReader,
+    SnapshotStage,
+    StagedSnapshot,
+    StoredSnapshot,
+    chunk_range,
+)
 from node.storage_format import FORMAT_VERSION, CorruptStorageError, StorageError
 
 __all__ = [
@@ -159,7 +166,8 @@ class RocksStorage:
         # In-memory state, rebuilt by _load and kept equal to the database by every write.
         self._hard_state = HardState()
         self._snap_meta = SnapshotMeta()
-        self._snap_data: bytes | None = b""  # None: on disk only, loaded on first snapshot()
+        # A snapshot being received: its meta, chunks and bytes written so far.
+        self._incoming: tuple[SnapshotMeta, int, int] | None = None
         self._snap_size_bytes = 0
         self._terms = array("q")  # terms of entries snap_meta.index + 1 .. last_index
         self._cache: list[Entry] = []  # the last len(_cache) entries of the log
@@ -371,7 +379,6 @@ class RocksStorage:
             )
         self._hard_state = self._load_hard_state()
         self._snap_meta = self._load_snapshot()
-        self._snap_data = None if self._snap_meta.index else b""
         self._load_log()
         if self._hard_state.commit > self.last_index():
             raise self._corrupt(
@@ -599,14 +606,64 @@ class RocksStorage:
     def snapshot(self) -> Snapshot:
         """The latest snapshot (an empty one at index 0 when there is none).
 
-        Its data is read from the database on the first call after `open`, then kept.
+        Its data stays on disk: a `StoredSnapshot` reads it a chunk at a time.
+        """
+        meta = self._snap_meta
+        if not self._snap_chunk_count:
+            return Snapshot(meta, b"")
+        return Snapshot(meta, self._stored(meta.index, self._snap_size_bytes,
+                                           self._snap_chunk_count))
+
+    def _stored(self, index: int, size_bytes: int, chunk_count: int) -> StoredSnapshot:
+        def read_chunk(number: int) -> bytes:
+            self._require_open()
+            key = fmt.CHUNK_KEY.pack(index, number)
+            try:
+                value = cast("bytes | None", self._snapshot_cf.get(key, None, self._ro))
+            except Exception as exc:
+                raise self._read_error(f"snapshot {index} chunk {number}", exc) from None
+            if value is None:
+                raise self._corrupt(f"snapshot {index} chunk {number}", "missing")
+            try:
+                return bytes(fmt.unseal(key, value))
+            except fmt.Bad as exc:
+                raise self._corrupt(f"snapshot {index} chunk {number}", str(exc)) from None
+
+        return StoredSnapshot(index, read_chunk, size_bytes, chunk_count)
+
+    def snapshot_bytes(self) -> bytes:
+        """The latest snapshot's whole data (tests and tools; a large one fills memory).
 
         Raises:
             CorruptStorageError: a chunk fails its checksum or is missing.
         """
-        if self._snap_data is None:
-            self._snap_data = self._read_snapshot_data()
-        return Snapshot(self._snap_meta, self._snap_data)
+        return self._read_snapshot_data()
+
+    def incoming_snapshot(self, meta: SnapshotMeta) -> StoredSnapshot | None:
+        """The data of the snapshot being received from the leader, when every chunk of
+        `meta`'s snapshot so far was written here (`Ready.snapshot_chunks`), else None."""
+        incoming = self._incoming
+        if incoming is None or incoming[0] != meta:
+            return None
+        return self._stored(meta.index, incoming[2], incoming[1])
+
+    def _stage_incoming(
+        self, batch: WriteBatch, chunks: tuple[SnapshotChunk, ...]
+    ) -> tuple[SnapshotMeta, int, int] | None:
+        """Add the chunks of a snapshot being received to `batch`; return the new assembly."""
+        incoming = self._incoming
+        for c in chunks:
+            index = c.meta.index
+            if c.offset_bytes == 0:
+                batch.delete_range(*chunk_range(index), self._h_snapshot)
+                incoming = (c.meta, 0, 0)
+            if incoming is None or incoming[0] != c.meta or incoming[2] != c.offset_bytes:
+                incoming = None  # a piece missing: the core asks for the snapshot again
+                continue
+            key = fmt.CHUNK_KEY.pack(index, incoming[1])
+            batch.put(key, fmt.CRC.pack(fmt.crc(key, c.data)) + c.data, self._h_snapshot)
+            incoming = (c.meta, incoming[1] + 1, incoming[2] + len(c.data))
+        return incoming
 
     def snapshot_meta(self) -> SnapshotMeta:
         """Index, term and membership of the latest snapshot, without its data."""
@@ -656,15 +713,37 @@ class RocksStorage:
             snap = None
         entries = ready.entries
         hard_state = ready.hard_state
-        if snap is None and not entries and hard_state is None:
+        if snap is None and not entries and hard_state is None and not ready.snapshot_chunks:
             return
         snap_meta = snap.meta if snap is not None else self._snap_meta
         kept = len(self._terms) if snap is None else 0  # entries kept, before truncation
 
         batch = WriteBatch(raw_mode=True)
+        incoming = self._stage_incoming(batch, ready.snapshot_chunks)
+        snap_record: tuple[int, int] | None = None  # size and chunks of a new snapshot
+        switch_bodies = False
         if snap is not None:
             batch.delete_range(fmt.log_key(0), fmt.LOG_KEY_END, self._h_log)
-            self._put_snapshot(batch, snap_meta, snap.data)
+            data = snap.data
+            if isinstance(data, StoredSnapshot):
+                # The snapshot assembled here from the leader's chunks: it becomes the node's,
+                # with the bodies its install prepared (node/rocks_bodies.py), atomically.
+                if incoming is None or incoming[0] != snap_meta:
+                    raise ValueError(f"snapshot {snap_meta.index} was not assembled here")
+                _, count, size = incoming
+                lo, hi = chunk_range(snap_meta.index)
+                batch.delete_range(b"", lo, self._h_snapshot)
+                batch.delete_range(hi, b"\xff" * (fmt.CHUNK_KEY.size + 1), self._h_snapshot)
+                record = fmt.encode_snapshot_record(snap_meta, size, count)
+                batch.put(fmt.K_SNAPSHOT, fmt.seal(fmt.K_SNAPSHOT, record), self._h_meta)
+                snap_record = (size, count)
+                incoming = None
+                switch_bodies = self.bodies.add_switch(batch, snap_meta.index)
+            else:
+                if not isinstance(data, bytes):
+                    data = data.read_at(0, len(data))
+                count = self._put_snapshot(batch, snap_meta, data)
+                snap_record = (len(data), count)
         if entries and entries[0].index <= snap_meta.index:
             entries = tuple(e for e in entries if e.index > snap_meta.index)
         if entries:
@@ -702,11 +781,12 @@ class RocksStorage:
 
         self._write(batch, sync=ready.must_sync or snap is not None)
 
-        if snap is not None:
+        self._incoming = incoming
+        if switch_bodies:
+            self.bodies.switched()
+        if snap is not None and snap_record is not None:
             self._snap_meta = snap_meta
-            self._snap_data = snap.data
-            self._snap_size_bytes = len(snap.data)
-            self._snap_chunk_count = -(-len(snap.data) // self._snapshot_chunk_bytes)
+            self._snap_size_bytes, self._snap_chunk_count = snap_record
             self._terms = array("q")
             self._cache = []
             self._cache_bytes = 0
@@ -822,14 +902,13 @@ class RocksStorage:
         batch = WriteBatch(raw_mode=True)
         record = fmt.encode_snapshot_record(meta, staged.size_bytes, staged.chunk_count)
         batch.put(fmt.K_SNAPSHOT, fmt.seal(fmt.K_SNAPSHOT, record), self._h_meta)
-        lo, hi = chunk_range(index)
-        batch.delete_range(b"", lo, self._h_snapshot)
-        batch.delete_range(hi, b"\xff" * (fmt.CHUNK_KEY.size + 1), self._h_snapshot)
+        # The older snapshots' chunks go; a snapshot being received from the leader (a
+        # higher index) stays.
+        batch.delete_range(b"", chunk_range(index)[0], self._h_snapshot)
         batch.delete_range(fmt.log_key(0), fmt.log_key(index + 1), self._h_log)
         self._write(batch, sync=True)
 
         self._snap_meta = meta
-        self._snap_data = None  # read again on first snapshot()
         self._snap_size_bytes = staged.size_bytes
         self._snap_chunk_count = staged.chunk_count
         del self._terms[: index - offset]
@@ -848,27 +927,13 @@ class RocksStorage:
             CorruptStorageError: a chunk fails its checksum or is missing.
         """
         self._require_open()
-        index = self._snap_meta.index
-
-        def read_chunk(number: int) -> bytes:
-            key = fmt.CHUNK_KEY.pack(index, number)
-            try:
-                value = cast("bytes | None", self._snapshot_cf.get(key, None, self._ro))
-            except Exception as exc:
-                raise self._read_error(f"snapshot {index} chunk {number}", exc) from None
-            if value is None:
-                raise self._corrupt(f"snapshot {index} chunk {number}", "missing")
-            try:
-                return bytes(fmt.unseal(key, value))
-            except fmt.Bad as exc:
-                raise self._corrupt(f"snapshot {index} chunk {number}", str(exc)) from None
-
-        return SnapshotReader(read_chunk, self._snap_size_bytes, self._snap_chunk_count)
+        meta = self._snap_meta
+        return self._stored(meta.index, self._snap_size_bytes, self._snap_chunk_count).file()
 
     def _put_snapshot(self, batch: WriteBatch, meta: SnapshotMeta, data: bytes) -> int:
         """Add a snapshot (meta and data chunks, replacing any older one) to `batch`."""
         h_snapshot = self._h_snapshot
-        batch.delete_range(b"", b"\xff" * (fmt.CHUNK_KEY.size + 1), h_snapshot)
+        batch.delete_range(b"", chunk_range(meta.index)[1], h_snapshot)
         view = memoryview(data)
         step = self._snapshot_chunk_bytes
         chunk_count = 0

@@ -52,7 +52,10 @@ from ._types import RequestVote as RequestVote
 from ._types import RequestVoteResponse as RequestVoteResponse
 from ._types import Role as Role
 from ._types import Snapshot as Snapshot
+from ._types import SnapshotChunk as SnapshotChunk
+from ._types import SnapshotData as SnapshotData
 from ._types import SnapshotMeta as SnapshotMeta
 from ._types import Standing as Standing
 from ._types import Term as Term
 from ._types import TimeoutNow as TimeoutNow
+from ._types import snapshot_piece as snapshot_piece

@@ -28,6 +28,7 @@ from ._types import (
     Message,
     NodeId,
     Role,
+    SnapshotChunk,
     SnapshotMeta,
     Standing,
     Term,
@@ -65,7 +66,10 @@ class NodeState:
     repair_events: list[str]
     _append_pending: bool
     _incoming_meta: SnapshotMeta | None
-    _incoming_data: bytearray
+    _incoming_offset: int
+    _installing: SnapshotMeta | None
+    snapshot_chunks: list[SnapshotChunk]
+    snapshot_received: SnapshotMeta | None
     _boot_ticks: int
     _leader_match: Index
     _heartbeat_round: int

@@ -6,6 +6,8 @@ chunks); a compacted prefix is never a conflict (openraft#511).
 
 from __future__ import annotations
 
+import zlib
+
 from ._errors import CompactedError, UnavailableError
 from ._repair import RepairRules
 from ._types import (
@@ -18,7 +20,11 @@ from ._types import (
     Index,
     InstallSnapshot,
     InstallSnapshotResponse,
+    NodeId,
     Snapshot,
+    SnapshotChunk,
+    SnapshotData,
+    SnapshotMeta,
     Standing,
 )
 
@@ -123,53 +129,84 @@ class FollowerReplication(RepairRules):
         )
 
     def _handle_install_snapshot(self, msg: InstallSnapshot) -> None:
+        """Take one chunk of a snapshot (thesis chapter 5), without keeping its bytes.
+
+        Each accepted chunk goes to the driver (`Ready.snapshot_chunks`), which writes it where
+        the snapshot is assembled; its answer leaves once that write is done. A chunk that
+        does not follow the last one, fails its CRC, or runs past the snapshot's size is
+        refused (the answer names the offset expected). After the last chunk the driver is
+        asked to prepare the install (`Ready.snapshot_received`) and the answer waits for
+        `snapshot_prepared`; chunks of that snapshot that come meanwhile are answered with
+        its size (everything is here).
+        """
         log = self.log
         meta = msg.meta
-        repairing = self._not_voter
         if meta.index <= log.committed:
             self._incoming_meta = None
-            self._incoming_data = bytearray()
+            self._incoming_offset = 0
             self._leader_match = max(self._leader_match, log.committed)
-            self._send(
-                InstallSnapshotResponse(
-                    self.term, self.id, msg.from_id, log.committed, 0, True, repairing, self.boot_id
-                )
-            )
+            self._answer_snapshot(msg.from_id, log.committed, 0, True)
             return
+        if self._installing is not None:
+            if meta == self._installing:
+                self._answer_snapshot(msg.from_id, meta.index, msg.size_bytes, False)
+                return
+            self._installing = None  # another snapshot: what was being installed is dropped
         if msg.offset_bytes == 0:
             self._incoming_meta = meta
-            self._incoming_data = bytearray()
-        elif self._incoming_meta != meta or msg.offset_bytes != len(self._incoming_data):
-            expected = len(self._incoming_data) if self._incoming_meta == meta else 0
-            self._send(
-                InstallSnapshotResponse(
-                    self.term, self.id, msg.from_id, meta.index, expected, False, repairing, self.boot_id
-                )
-            )
+            self._incoming_offset = 0
+        elif self._incoming_meta != meta or msg.offset_bytes != self._incoming_offset:
+            expected = self._incoming_offset if self._incoming_meta == meta else 0
+            self._answer_snapshot(msg.from_id, meta.index, expected, False)
             return
-        self._incoming_data += msg.chunk
+        end = msg.offset_bytes + len(msg.chunk)
+        if (
+            zlib.crc32(msg.chunk) != msg.crc32
+            or end > msg.size_bytes
+            or msg.done != (end == msg.size_bytes)
+        ):
+            # Damaged on the way, or not the snapshot the leader says: ask for it again.
+            self._answer_snapshot(msg.from_id, meta.index, msg.offset_bytes, False)
+            return
+        self.snapshot_chunks.append(SnapshotChunk(meta, msg.offset_bytes, msg.chunk))
+        self._incoming_offset = end
         if not msg.done:
-            self._send(
-                InstallSnapshotResponse(
-                    self.term,
-                    self.id,
-                    msg.from_id,
-                    meta.index,
-                    len(self._incoming_data),
-                    False,
-                    repairing,
-                    self.boot_id,
-                )
-            )
+            self._answer_snapshot(msg.from_id, meta.index, end, False)
             return
-        data = bytes(self._incoming_data)
+        self._installing = meta
+        self.snapshot_received = meta
+
+    def snapshot_prepared(self, meta: SnapshotMeta, data: bytes | SnapshotData | None) -> None:
+        """The driver prepared the install of the snapshot `Ready.snapshot_received` named:
+        `data` reads the assembled snapshot, or is None when it must not be installed (it does
+        not decode, or could not be written): it is then fetched again from its start.
+
+        Does nothing when that snapshot was dropped meanwhile (another one came).
+        """
+        if self._installing != meta:
+            return
+        self._installing = None
         self._incoming_meta = None
-        self._incoming_data = bytearray()
+        self._incoming_offset = 0
+        leader = self.leader_id
+        log = self.log
+        if data is None:
+            if leader is not None:
+                self._answer_snapshot(leader, meta.index, 0, False)
+            return
+        if meta.index <= log.committed:
+            if leader is not None:
+                self._answer_snapshot(leader, log.committed, 0, True)
+            return
         self._restore(Snapshot(meta, data))
         self._leader_match = max(self._leader_match, meta.index)
+        if leader is not None:
+            self._answer_snapshot(leader, meta.index, 0, True)
+
+    def _answer_snapshot(self, to: NodeId, index: Index, next_offset: int, done: bool) -> None:
         self._send(
             InstallSnapshotResponse(
-                self.term, self.id, msg.from_id, meta.index, 0, True, repairing, self.boot_id
+                self.term, self.id, to, index, next_offset, done, self._not_voter, self.boot_id
             )
         )
 

@@ -7,6 +7,8 @@ parallel with replicating it). Flow control per follower: node/raft/_progress.py
 
 from __future__ import annotations
 
+import zlib
+
 from ._conf_change import MembershipRules
 from ._errors import CompactedError
 from ._progress import Progress, ProgressState
@@ -23,6 +25,7 @@ from ._types import (
     NodeId,
     Role,
     TimeoutNow,
+    snapshot_piece,
 )
 
 CHUNK_RESEND_HEARTBEATS = 4
@@ -123,14 +126,27 @@ class LeaderReplication(MembershipRules):
         return bool(entries)
 
     def _maybe_send_snapshot_chunk(self, pid: NodeId, pr: Progress) -> None:
+        """Send the next chunk of the snapshot `pid` is receiving, read from storage.
+
+        A snapshot newer than the one being sent (taken meanwhile) replaces it, from its
+        start. When the follower has every byte (it is installing), the chunk sent is an
+        empty one at the end: the follower answers it when its install is done.
+        """
         snap = pr.snapshot
         if snap is None or pr.chunk_sent:
             return
+        current = self.log.storage.snapshot()
+        if current.meta.index > snap.meta.index:
+            pr.become_snapshot(current)
+            snap = current
         size = self.config.max_snapshot_chunk_bytes
-        off = pr.snapshot_offset_bytes
-        chunk = snap.data[off : off + size]
-        done = off + len(chunk) >= len(snap.data)
-        self._send(InstallSnapshot(self.term, self.id, pid, snap.meta, off, chunk, done))
+        total = len(snap.data)
+        off = min(pr.snapshot_offset_bytes, total)
+        chunk = snapshot_piece(snap.data, off, size)
+        done = off + len(chunk) >= total
+        self._send(InstallSnapshot(
+            self.term, self.id, pid, snap.meta, off, chunk, done, total, zlib.crc32(chunk)
+        ))
         pr.chunk_sent = True
         pr.chunk_waits = 0
 

@@ -52,6 +52,7 @@ from ._types import (
     RequestVote,
     RequestVoteResponse,
     Role,
+    SnapshotChunk,
     SnapshotMeta,
     Standing,
     Term,
@@ -112,9 +113,13 @@ class RaftNode(LeaderReplication, FollowerReplication):
         self.dropped: list[Index] = []
         # Leader: entries were appended since the last broadcast (sent lazily in ready()).
         self._append_pending = False
-        # Follower: snapshot being received in chunks.
+        # Follower: snapshot being received in chunks (their bytes go to the driver), and
+        # one received whole whose install the driver is preparing.
         self._incoming_meta: SnapshotMeta | None = None
-        self._incoming_data = bytearray()
+        self._incoming_offset = 0
+        self._installing: SnapshotMeta | None = None
+        self.snapshot_chunks: list[SnapshotChunk] = []
+        self.snapshot_received: SnapshotMeta | None = None
         # Last values handed out in a Ready, to detect changes.
         self._prev_hard = hard_state
         self._prev_soft = SoftState(self.role, None, self.term, self.standing)
@@ -272,6 +277,8 @@ class RaftNode(LeaderReplication, FollowerReplication):
             or self.dropped_reads
             or log.unstable_entries
             or log.unstable_snapshot is not None
+            or self.snapshot_chunks
+            or self.snapshot_received is not None
             or log.has_next_committed_entries()
             or self.dropped
             or self._hard_state() != self._prev_hard
@@ -314,7 +321,11 @@ class RaftNode(LeaderReplication, FollowerReplication):
             read_states=tuple(self.read_states),
             dropped_reads=tuple(self.dropped_reads),
             membership=membership if membership != self._prev_membership else None,
+            snapshot_chunks=tuple(self.snapshot_chunks),
+            snapshot_received=self.snapshot_received,
         )
+        self.snapshot_chunks = []
+        self.snapshot_received = None
         self._prev_membership = membership
         self.msgs = []
         self.early_msgs = []

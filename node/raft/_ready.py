@@ -6,9 +6,12 @@ After etcd-io/raft's Ready (README, "Usage"). The contract, in this order:
    leader's AppendEntries, heartbeats, snapshot chunks and TimeoutNow, which depend only on
    state that is already durable or that the leader does not count until it is (Ongaro's
    thesis, 10.2.1: the leader writes its log in parallel with replicating it).
-1. **Persist**: write `snapshot` (if any), then `entries` (truncating the log from
+1. **Persist**: write `snapshot_chunks` (pieces of a snapshot being received) where that
+   snapshot is assembled, write `snapshot` (if any), then `entries` (truncating the log from
    `entries[0].index` first), then `hard_state` (if any) to durable storage, in one atomic write,
-   synced (fsync) when `must_sync` is True. Term and vote MUST be durable before any of
+   synced (fsync) when `must_sync` is True. When `snapshot_received` is set, start preparing
+   its install (the driver reports the outcome with `snapshot_prepared`; it may take long, the
+   core goes on meanwhile). Term and vote MUST be durable before any of
    `messages` is sent: a vote or an AppendEntries success is never sent for state that could be
    lost in a crash (PySyncObj#84).
 2. **Send** every message in `messages` (any order; they may be dropped, the core retries):
@@ -28,7 +31,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ._membership import Membership
-from ._types import Entry, HardState, Index, Message, NodeId, Role, Snapshot, Standing, Term
+from ._types import (
+    Entry,
+    HardState,
+    Index,
+    Message,
+    NodeId,
+    Role,
+    Snapshot,
+    SnapshotChunk,
+    SnapshotMeta,
+    Standing,
+    Term,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +89,12 @@ class Ready:
         membership: the membership in effect when it changed since the last Ready (a CONFIG
             entry was appended, truncated away or came with a snapshot), else None; the driver
             connects to new members and lets removed ones go.
+        snapshot_chunks: pieces of a snapshot being received, to write (step 1) where it is
+            assembled (one at offset 0 starts it afresh); unsynced writes are enough.
+        snapshot_received: a snapshot whose every chunk is in `snapshot_chunks` so far: the
+            driver prepares its install (decodes it, off the event loop) and then calls
+            `RaftNode.snapshot_prepared(meta, data)`, with `data` reading what it assembled, or
+            None to refuse it. Until then the core goes on (heartbeats, votes).
     """
 
     hard_state: HardState | None
@@ -88,3 +109,5 @@ class Ready:
     read_states: tuple[ReadState, ...] = ()
     dropped_reads: tuple[int, ...] = ()
     membership: Membership | None = None
+    snapshot_chunks: tuple[SnapshotChunk, ...] = ()
+    snapshot_received: SnapshotMeta | None = None

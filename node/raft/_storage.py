@@ -7,6 +7,7 @@ Shape after etcd-io/raft `storage.go`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Protocol
 
 from ._errors import CompactedError, UnavailableError
@@ -18,6 +19,7 @@ from ._types import (
     Index,
     NodeId,
     Snapshot,
+    SnapshotChunk,
     SnapshotMeta,
     Standing,
     Term,
@@ -95,6 +97,7 @@ class MemoryStorage:
         self.hard_state = HardState(standing=standing)
         self.snap = Snapshot(SnapshotMeta(Index(0), Term(0), membership), b"")
         self.log: list[Entry] = [Entry(Term(0), Index(0))]
+        self.incoming: tuple[SnapshotMeta, bytearray] | None = None  # being received
 
     # -- reads -----------------------------------------------------------------------------
     def initial_state(self) -> tuple[HardState, Membership]:
@@ -156,6 +159,24 @@ class MemoryStorage:
             raise ValueError(f"gap in log: append at {first} after {self.last_index()}")
         del self.log[first - offset :]
         self.log.extend(entries)
+
+    def stage_snapshot(self, chunks: Sequence[SnapshotChunk]) -> None:
+        """Assemble the pieces of a snapshot being received (`Ready.snapshot_chunks`)."""
+        for c in chunks:
+            if c.offset_bytes == 0:
+                self.incoming = (c.meta, bytearray())
+            incoming = self.incoming
+            if incoming is not None and incoming[0] == c.meta and len(incoming[1]) == c.offset_bytes:
+                incoming[1].extend(c.data)
+            else:
+                self.incoming = None  # a piece missing: the core asks for the snapshot again
+
+    def staged_snapshot(self, meta: SnapshotMeta) -> bytes | None:
+        """The assembled bytes of `meta`'s snapshot (`Ready.snapshot_received`), or None."""
+        incoming = self.incoming
+        if incoming is None or incoming[0] != meta:
+            return None
+        return bytes(incoming[1])
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         """Replace the log with a snapshot received from the leader."""

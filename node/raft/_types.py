@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ._ids import Index as Index
 from ._ids import NodeId as NodeId
@@ -112,12 +113,48 @@ class SnapshotMeta:
         return self.membership.voters
 
 
+class SnapshotData(Protocol):
+    """Snapshot bytes kept elsewhere (on disk), read a piece at a time.
+
+    The core only measures them and reads pieces to send (`snapshot_piece`); a storage may
+    hand out this instead of `bytes` so that a large snapshot is never in memory whole.
+    """
+
+    def __len__(self) -> int: ...
+
+    def read_at(self, offset: int, size: int) -> bytes:
+        """The bytes [offset, offset + size) (fewer at the end).
+
+        Raises:
+            Exception: what the storage raises when it cannot read them.
+        """
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Snapshot:
-    """A state machine snapshot at `meta.index`, as opaque application bytes."""
+    """A state machine snapshot at `meta.index`, as opaque application bytes (in memory, or
+    a `SnapshotData` that reads them from storage)."""
 
     meta: SnapshotMeta = field(default_factory=SnapshotMeta)
-    data: bytes = b""
+    data: bytes | SnapshotData = b""
+
+
+def snapshot_piece(data: bytes | SnapshotData, offset: int, size: int) -> bytes:
+    """The bytes [offset, offset + size) of a snapshot's data."""
+    if isinstance(data, bytes):
+        return data[offset : offset + size]
+    return data.read_at(offset, size)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChunk:
+    """A piece of a snapshot being received, for the driver to write where the snapshot is
+    assembled (`Ready.snapshot_chunks`): `offset_bytes` 0 starts the snapshot afresh."""
+
+    meta: SnapshotMeta
+    offset_bytes: int
+    data: bytes
 
 
 class Role(enum.Enum):
@@ -258,6 +295,8 @@ class InstallSnapshot:
         offset_bytes: where `chunk` starts in the snapshot data.
         chunk: at most `Config.max_snapshot_chunk_bytes` bytes of snapshot data.
         done: True on the last chunk.
+        size_bytes: size of the whole snapshot data.
+        crc32: CRC-32 (zlib) of `chunk`: a chunk damaged on the way is refused.
     """
 
     term: Term
@@ -267,6 +306,8 @@ class InstallSnapshot:
     offset_bytes: int
     chunk: bytes
     done: bool
+    size_bytes: int
+    crc32: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -67,7 +67,8 @@ messages: st.SearchStrategy[Message] = st.one_of(
     st.builds(Heartbeat, u64, node_ids, node_ids, u64),
     st.builds(HeartbeatResponse, u64, node_ids, node_ids),
     st.builds(
-        InstallSnapshot, u64, node_ids, node_ids, snapshot_metas, u64, small_bytes, st.booleans()
+        InstallSnapshot, u64, node_ids, node_ids, snapshot_metas, u64, small_bytes, st.booleans(),
+        u64, st.integers(0, 2**32 - 1)
     ),
     st.builds(InstallSnapshotResponse, u64, node_ids, node_ids, u64, u64, st.booleans()),
     st.builds(TimeoutNow, u64, node_ids, node_ids),

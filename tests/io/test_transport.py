@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import socket
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -133,7 +134,7 @@ def every_message(src: int, dst: int) -> list[Message]:
         AppendEntriesResponse(Term(2), s, d, False, Index(0), Index(4), Index(2), Term(1)),
         Heartbeat(Term(2), s, d, Index(3)),
         HeartbeatResponse(Term(2), s, d),
-        InstallSnapshot(Term(2), s, d, SnapshotMeta(Index(9), Term(2), Membership.of((s, d))), 0, b"c", True),
+        InstallSnapshot(Term(2), s, d, SnapshotMeta(Index(9), Term(2), Membership.of((s, d))), 0, b"c", True, 1, zlib.crc32(b"c")),
         InstallSnapshotResponse(Term(2), s, d, Index(9), 1, True),
         TimeoutNow(Term(2), s, d),
     ]

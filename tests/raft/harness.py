@@ -34,6 +34,7 @@ class _NetIO:
 
     async def persist(self, rd: Ready) -> bool:
         st = self.net.storage[self.i]
+        st.stage_snapshot(rd.snapshot_chunks)
         if rd.snapshot is not None:
             st.apply_snapshot(rd.snapshot)
         st.append(rd.entries)
@@ -46,7 +47,9 @@ class _NetIO:
         self.net.readies[self.i].append(rd)
 
     def after_advance(self, rd: Ready) -> None:
-        pass
+        meta = rd.snapshot_received
+        if meta is not None:  # installed at once, from what persist assembled
+            self.net.nodes[self.i].snapshot_prepared(meta, self.net.storage[self.i].staged_snapshot(meta))
 
 
 class Net:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import zlib
 
 import pytest
 
@@ -15,14 +16,18 @@ from node.raft import (
     Heartbeat,
     Index,
     InstallSnapshot,
+    InstallSnapshotResponse,
+    Membership,
     MemoryStorage,
     NodeId,
     NotLeader,
     ProposalDropped,
     RaftNode,
+    Ready,
     RequestVote,
     RequestVoteResponse,
     Role,
+    SnapshotMeta,
     Term,
     TimeoutNow,
 )
@@ -409,6 +414,57 @@ def test_lagging_follower_gets_snapshot_in_chunks() -> None:
     net.tick_all(2)
     assert net.nodes[3].log.committed == leader.log.committed
     assert net.applied[3][-1].data == b"after"
+
+
+def test_snapshot_chunks_are_checked_staged_and_installed_only_once_prepared() -> None:
+    """A follower keeps no snapshot bytes: each chunk that follows the last one, with a good
+    CRC, inside the size, goes to the driver; a damaged or truncated one is refused (the
+    answer names the offset expected); the whole is installed only once the driver has
+    prepared it, and a refused install makes the leader send it again from the start."""
+    st = MemoryStorage((NodeId(1), NodeId(2), NodeId(3)))
+    f = RaftNode(Config(NodeId(2)), st, random.Random(0))
+    meta = SnapshotMeta(Index(5), Term(1), Membership.of((NodeId(1), NodeId(2), NodeId(3))))
+    data = b"0123456789abcdef"
+
+    def chunk(off: int, piece: bytes, done: bool, crc: int | None = None) -> InstallSnapshot:
+        return InstallSnapshot(Term(1), NodeId(1), NodeId(2), meta, off, piece, done, len(data),
+                               zlib.crc32(piece) if crc is None else crc)
+
+    def step(msg: InstallSnapshot | None = None) -> tuple[Ready, list[InstallSnapshotResponse]]:
+        if msg is not None:
+            f.step(msg)
+        rd = f.ready()
+        st.stage_snapshot(rd.snapshot_chunks)
+        if rd.snapshot is not None:
+            st.apply_snapshot(rd.snapshot)
+        f.advance(rd)
+        return rd, [m for m in rd.messages if isinstance(m, InstallSnapshotResponse)]
+
+    rd, answers = step(chunk(0, data[:8], False, crc=zlib.crc32(data[:8]) ^ 1))  # damaged
+    assert rd.snapshot_chunks == () and [a.next_offset_bytes for a in answers] == [0]
+    rd, answers = step(chunk(0, data[:8], False))
+    assert len(rd.snapshot_chunks) == 1 and answers[0].next_offset_bytes == 8
+    rd, answers = step(chunk(8, data[8:12], True))  # "done" short of the size: truncated
+    assert rd.snapshot_chunks == () and answers[0].next_offset_bytes == 8
+    rd, answers = step(chunk(12, data[12:], True))  # not where the last one ended
+    assert answers[0].next_offset_bytes == 8 and not answers[0].done
+    rd, answers = step(chunk(8, data[8:], True))
+    assert rd.snapshot_received == meta and answers == []
+    assert st.staged_snapshot(meta) == data and f.log.committed == 0
+    _, answers = step(chunk(8, data[8:], True))  # sent again while being installed
+    assert answers[0].next_offset_bytes == len(data) and not answers[0].done
+    f.snapshot_prepared(meta, None)  # it did not decode: fetched again, not installed
+    rd, answers = step()
+    assert rd.snapshot is None and st.snapshot().meta.index == 0
+    assert answers[0].next_offset_bytes == 0 and not answers[0].done
+    step(chunk(0, data[:8], False))
+    rd, _ = step(chunk(8, data[8:], True))
+    assert rd.snapshot_received == meta
+    f.snapshot_prepared(meta, st.staged_snapshot(meta))
+    rd, answers = step()
+    assert rd.snapshot is not None and rd.snapshot.data == data
+    assert answers[0].done and answers[0].snapshot_index == 5
+    assert st.snapshot().meta.index == 5 and f.log.committed == 5
 
 
 def test_restart_recovers_term_vote_and_log() -> None:

@@ -49,6 +49,7 @@ def test_seeds() -> None:
         "partitioned",
         "compactions",
         "snapshots_installed",
+        "snapshot_installs_refused",
         "proposals_unknown",
         "disk_wipe",
         "disk_truncate",

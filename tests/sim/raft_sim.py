@@ -337,6 +337,7 @@ class Simulator:
     ) -> None:
         self.seed = seed
         self.rng = random.Random(seed)
+        self.install_rng = random.Random(seed * 7919 + 13)  # its own: the main stream stays
         self.n = nodes
         self.fault_ticks = fault_ticks
         self.liveness_ticks = liveness_ticks
@@ -611,6 +612,7 @@ class Simulator:
 
     def _write(self, sn: SimNode, rd: Ready) -> None:
         st = sn.storage
+        st.stage_snapshot(rd.snapshot_chunks)
         if rd.snapshot is not None:
             st.apply_snapshot(rd.snapshot)
         if rd.entries:
@@ -668,6 +670,14 @@ class Simulator:
     def _after_ready(self, sn: SimNode, rd: Ready) -> None:
         core = sn.core
         assert core is not None
+        if rd.snapshot_received is not None:
+            # The driver's install: the assembled bytes, or now and then a refusal (as a
+            # snapshot that does not decode is refused), which makes the leader send it again.
+            meta = rd.snapshot_received
+            refused = self.install_rng.random() < 0.1
+            if refused:
+                self._count("snapshot_installs_refused")
+            core.snapshot_prepared(meta, None if refused else sn.storage.staged_snapshot(meta))
         self._record_commits(sn)
         if rd.soft_state is not None and rd.soft_state.role is Role.LEADER:
             self.elections += 1

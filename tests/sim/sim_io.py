@@ -152,15 +152,21 @@ class SimDisk:
 
     # -- the loop's writes -------------------------------------------------------------------
     def persist(self, rd: Ready) -> None:
+        self.mem.stage_snapshot(rd.snapshot_chunks)
         if rd.snapshot is not None:
             self.mem.apply_snapshot(rd.snapshot)
+            self.bodies.activate(rd.snapshot.meta.index)  # with the snapshot, atomically
         self.mem.append(rd.entries)
         if rd.hard_state is not None:
             self.mem.set_hard_state(rd.hard_state)
         if rd.must_sync:
             self._sync()
-        elif rd.entries or rd.hard_state is not None or rd.snapshot is not None:
+        elif (rd.entries or rd.hard_state is not None or rd.snapshot is not None
+              or rd.snapshot_chunks):
             self.unsynced_writes += 1
+
+    def incoming_snapshot(self, meta: SnapshotMeta) -> bytes | None:
+        return self.mem.staged_snapshot(meta)
 
     def begin_snapshot(self, index: Index) -> MemoryStage:
         return MemoryStage(index)
