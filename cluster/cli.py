@@ -499,6 +499,7 @@ def queue() -> None:
 @click.option("--retention-ms", type=int, help="How long a message may stay [4 days].")
 @click.option("--max-message-bytes", type=int, help="Largest body plus headers [1 MiB].")
 @click.option("--max-length", type=int, help="Most messages held [no limit].")
+@click.option("--max-length-bytes", type=int, help="Most body bytes held [no limit].")
 @click.option("--overflow", type=click.Choice(["reject_publish", "drop_head"]),
               help="What a full queue does [reject_publish].")
 @click.option("--dedup-window-ms", type=int, help="Deduplication window, 0 = off [5 min].")

@@ -1219,8 +1219,9 @@ class AsyncClient:
             name: 1 to 80 characters from `[A-Za-z0-9._-]`.
             **options: any of `visibility_timeout_ms`, `max_deliveries`, `dead_letter_queue`
                 (a name, or None for none; default `<name>.dlq`), `retention_ms`,
-                `max_message_bytes`, `max_length`, `overflow` ("reject_publish" or
-                "drop_head"), `dedup_window_ms`, `delay_ms`, `fifo` (docs/semantics.md).
+                `max_message_bytes`, `max_length`, `max_length_bytes`, `overflow`
+                ("reject_publish" or "drop_head"), `dedup_window_ms`, `delay_ms`, `fifo`
+                (docs/semantics.md).
 
         Returns:
             True when created, False when it existed with the same options.
@@ -1268,9 +1269,9 @@ class AsyncClient:
         return list(_field(result, "queues", "list_queues"))
 
     async def queue_stats(self, name: str) -> dict[str, Any]:
-        """Counters of a queue: `ready`, `in_flight`, `delayed`, `messages`, `oldest_age_ms`,
-        and lifetime totals `enqueued`, `delivered`, `redelivered`, `acked`, `dead_lettered`,
-        `expired`, `purged`, `redriven`.
+        """Counters of a queue: `ready`, `in_flight`, `delayed`, `messages`, `bytes` (body bytes
+        held), `oldest_age_ms`, and lifetime totals `enqueued`, `delivered`, `redelivered`,
+        `acked`, `dead_lettered`, `expired`, `purged`, `redriven`.
 
         Raises:
             QueueNotFound: no such queue.
@@ -1315,7 +1316,8 @@ class AsyncClient:
         Raises:
             QueueNotFound: no such queue.
             MessageTooLarge: body plus headers over the queue's `max_message_bytes`.
-            QueueFull: the queue is at `max_length` and rejects new messages.
+            QueueFull: the queue is at `max_length` or `max_length_bytes` and rejects new
+                messages (or the body alone is larger than `max_length_bytes`).
             OutcomeUnknownError: the deadline passed after an attempt may have enqueued it;
                 `dedup_ids` holds the id to send again with.
         """

@@ -364,7 +364,9 @@ class Run:
             heartbeat_ticks=o.heartbeat_ticks,
         )
         if o.snapshot_entries is not None:
-            cfg = replace(cfg, snapshot_entries=o.snapshot_entries)
+            # Snapshots asked for, and installed: the log keeps a margin of half as many.
+            cfg = replace(cfg, snapshot_entries=o.snapshot_entries,
+                          log_margin_entries=min(cfg.log_margin_entries, o.snapshot_entries // 2))
         self.cfg = config_mod.write(cfg, o.out_dir / "cluster.toml")
         self.addrs = self.cfg.client_addrs()
         self.procs = NodeProcs(self.cfg, o.out_dir / "logs", o.node_log_level)

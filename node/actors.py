@@ -54,6 +54,7 @@ class _Actor:
     send: trio.MemorySendChannel[Proposal]
     receive: trio.MemoryReceiveChannel[Proposal]
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
+    queued_bytes: int = 0  # entry bytes in the mailbox
 
 
 class ActorSystem(EffectSink):
@@ -63,6 +64,8 @@ class ActorSystem(EffectSink):
         loop: the Raft loop proposals go to.
         clock_ms: the wall clock (injectable for tests).
         mailbox_capacity: commands an actor's mailbox holds before `submit` raises Busy.
+        mailbox_max_bytes: entry bytes an actor's mailbox holds before `submit` raises Busy
+            (a command larger than that is taken into an empty mailbox).
         max_batch: most commands in one proposal.
         commit_timeout_s: how long a client waits for its entry before TIMEOUT.
         idle_s: an actor with nothing to do for this long stops (it restarts on demand).
@@ -74,6 +77,7 @@ class ActorSystem(EffectSink):
         *,
         clock_ms: Callable[[], int] = wall_clock_ms,
         mailbox_capacity: int = 4096,
+        mailbox_max_bytes: int = 64 * 1024 * 1024,
         max_batch: int = 512,
         commit_timeout_s: float = 10.0,
         idle_s: float = 60.0,
@@ -81,6 +85,7 @@ class ActorSystem(EffectSink):
         self.loop = loop
         self.clock_ms = clock_ms
         self.mailbox_capacity = mailbox_capacity
+        self.mailbox_max_bytes = mailbox_max_bytes
         self.max_batch = max_batch
         self.commit_timeout_s = commit_timeout_s
         self.idle_s = idle_s
@@ -122,6 +127,10 @@ class ActorSystem(EffectSink):
         if actor is None:
             actor = self._start_actor(key)
         prop = Proposal(encode_entry(self.clock_ms(), cmd))
+        size = len(prop.data)
+        if actor.queued_bytes and actor.queued_bytes + size > self.mailbox_max_bytes:
+            self.stats["busy"] += 1
+            raise Busy(f"mailbox of {key!r} holds {actor.queued_bytes} bytes")
         try:
             actor.send.send_nowait(prop)
         except trio.WouldBlock:
@@ -129,6 +138,7 @@ class ActorSystem(EffectSink):
             raise Busy(f"mailbox of {key!r} is full") from None
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise ProposalFailed("NOT_LEADER", "not the leader", self.loop.view.leader_id) from None
+        actor.queued_bytes += size
         # One deadline sweep for everyone instead of a cancel scope per request.
         self._deadlines.append((trio.current_time() + self.commit_timeout_s, prop))
         await prop.done.wait()
@@ -177,6 +187,7 @@ class ActorSystem(EffectSink):
                         batch.append(receive.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                actor.queued_bytes -= sum(len(p.data) for p in batch)
                 batch = [p for p in batch if not p.done.is_set()]  # timed out while queued
                 loop.submit(batch)
                 self.stats["batches"] += 1

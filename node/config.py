@@ -74,6 +74,8 @@ class ClusterConfig:
         election_ticks, heartbeat_ticks: Raft timing in ticks (defaults: the core's, see
             `node.raft.Config`); `raft_config()` builds a node's core tuning from them.
         snapshot_entries: take a snapshot after this many applied entries.
+        log_margin_entries: entries a snapshot covers that the log still keeps, so that a
+            follower that far behind catches up from the log (etcd's SnapshotCatchUpEntries).
         max_frame_bytes: largest client frame accepted.
         path: the file this was read from (None when built in code).
     """
@@ -85,6 +87,7 @@ class ClusterConfig:
     election_ticks: int = _RAFT.election_ticks
     heartbeat_ticks: int = _RAFT.heartbeat_ticks
     snapshot_entries: int = 20000
+    log_margin_entries: int = 5000
     max_frame_bytes: int = 8 << 20
     path: Path | None = None
 
@@ -222,6 +225,8 @@ def from_dict(raw: dict[str, Any], base_dir: Path, path: Path | None = None) -> 
                              where),
         snapshot_entries=_int(raw, "snapshot_entries", ClusterConfig.snapshot_entries, 10,
                               10**9, where),
+        log_margin_entries=_int(raw, "log_margin_entries", ClusterConfig.log_margin_entries, 0,
+                                10**9, where),
         max_frame_bytes=_int(raw, "max_frame_bytes", ClusterConfig.max_frame_bytes, 1024,
                              1 << 30, where),
         path=path,
@@ -266,6 +271,7 @@ def dumps(cfg: ClusterConfig) -> str:
         f"election_ticks = {cfg.election_ticks}",
         f"heartbeat_ticks = {cfg.heartbeat_ticks}",
         f"snapshot_entries = {cfg.snapshot_entries}",
+        f"log_margin_entries = {cfg.log_margin_entries}",
         f"max_frame_bytes = {cfg.max_frame_bytes}",
     ]
     for _, n in sorted(cfg.nodes.items()):

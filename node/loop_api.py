@@ -206,7 +206,9 @@ class Persister(Protocol):
 
     def begin_snapshot(self, index: Index) -> SnapshotWriter: ...
 
-    def commit_snapshot(self, staged: StagedSnapshot, membership: Membership) -> None: ...
+    def commit_snapshot(
+        self, staged: StagedSnapshot, membership: Membership, keep_entries: int = 0
+    ) -> None: ...
 
     def incoming_snapshot(self, meta: SnapshotMeta) -> bytes | SnapshotData | None:
         """The data of the snapshot from the leader assembled so far (`Ready.snapshot_chunks`)

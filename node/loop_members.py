@@ -199,7 +199,7 @@ def loop_status(core: RaftNode, applied_index: int, stats: dict[str, int]) -> di
         "applied_index": applied_index,
         "last_index": s.last_index,
         "first_index": s.first_index,
-        "snapshot_index": s.first_index - 1,
+        "snapshot_index": s.snapshot_index,
         "standing": s.standing.name.lower(),
         "repair_reason": s.repair_reason,
         "conflict": s.conflict,

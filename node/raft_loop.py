@@ -124,6 +124,8 @@ class RaftLoop:
         tick_s: length of one Raft tick in seconds.
         snapshot_entries: take a snapshot after this many entries were applied since the last
             (the cluster configuration's `snapshot_entries`: no default here, so there is one).
+        log_margin_entries: entries a snapshot covers that the log keeps (a follower that far
+            behind catches up from the log rather than by a snapshot).
         marker: where the durability mark is kept, with `mark` its current contents; None to
             keep no mark (tests).
         blocking: how storage writes that may block run (see `BlockingRunner`).
@@ -143,6 +145,7 @@ class RaftLoop:
         *,
         tick_s: float,
         snapshot_entries: int,
+        log_margin_entries: int = 0,
         marker: MarkStore | None = None,
         mark: DurabilityMark | None = None,
         blocking: BlockingRunner = trio.to_thread.run_sync,
@@ -155,6 +158,7 @@ class RaftLoop:
         self.app = app
         self.tick_s = tick_s
         self.snapshot_entries = snapshot_entries
+        self.log_margin_entries = log_margin_entries
         self._wake = trio.Event()
         self._pending_ticks = 0
         self._inbox: list[Message] = []
@@ -571,7 +575,8 @@ class RaftLoop:
             self._serialized = None
             # Between Readys: no persist is running, so the storage is ours. (A snapshot from
             # the leader may have come meanwhile: the storage then drops this older one.)
-            await self._blocking(self.storage.commit_snapshot, staged, membership)
+            await self._blocking(self.storage.commit_snapshot, staged, membership,
+                                 self.log_margin_entries)
             self.stats["snapshots_taken"] += 1
             logger.info("snapshot at index %d (%d bytes)", staged.index, staged.size_bytes)
             return

@@ -73,7 +73,9 @@ class ReplicaStorage(Storage, Protocol):
 
     def begin_snapshot(self, index: Index) -> SnapshotWriter: ...
 
-    def commit_snapshot(self, staged: StagedSnapshot, membership: Membership) -> None: ...
+    def commit_snapshot(
+        self, staged: StagedSnapshot, membership: Membership, keep_entries: int = 0
+    ) -> None: ...
 
     def incoming_snapshot(self, meta: SnapshotMeta) -> bytes | SnapshotData | None: ...
 
@@ -156,6 +158,7 @@ class Replica:
             self.app,
             tick_s=cfg.tick_ms / 1000,
             snapshot_entries=cfg.snapshot_entries,
+            log_margin_entries=cfg.log_margin_entries,
             marker=marker,
             mark=mark,
             blocking=blocking,

@@ -20,6 +20,7 @@ import trio
 from node import machine
 from node.actors import ActorSystem, Busy
 from node.app import QueueApp
+from node.budget import ByteBudget
 from node.codec import FrameDecoder, WireError, encode_frame
 from node.config import ClusterConfig, format_addr, parse_addr
 from node.loop_api import ProposalFailed, ReadFailed, TransferFailed
@@ -83,6 +84,33 @@ def parse_request(frame: object) -> tuple[str, dict[Any, Any]]:
     return op, args
 
 
+REPLY_MAX_BYTES = 32 * 1024 * 1024
+"""Default budget of the replies one connection holds before they are sent."""
+
+
+class _Replies:
+    """A connection's outgoing reply frames: the writer's channel, bounded in bytes too."""
+
+    __slots__ = ("_send", "_budget")
+
+    def __init__(self, send: trio.MemorySendChannel[bytes], budget: ByteBudget) -> None:
+        self._send = send
+        self._budget = budget
+
+    async def send(self, frame: bytes) -> None:
+        """Queue `frame` once it fits the budget (the writer gives the bytes back once sent).
+
+        Raises:
+            trio.BrokenResourceError, trio.ClosedResourceError: the writer is gone.
+        """
+        await self._budget.acquire(len(frame))
+        try:
+            await self._send.send(frame)
+        except BaseException:
+            self._budget.release(len(frame))
+            raise
+
+
 class ClientServer:
     """Serves clients of one node.
 
@@ -94,6 +122,8 @@ class ClientServer:
         actors: the leader's actors (writes).
         transport_stats: returns the transport's counters for `node_status`.
         max_in_flight: requests served at once per connection; reading pauses beyond it.
+        reply_max_bytes: bytes of replies a connection holds before they are sent; a slow
+            reader makes its requests wait beyond it (and, through `max_in_flight`, reading).
     """
 
     def __init__(
@@ -105,6 +135,7 @@ class ClientServer:
         actors: ActorSystem,
         transport_stats: Callable[[], dict[str, Any]] = dict,
         max_in_flight: int = 1024,
+        reply_max_bytes: int = REPLY_MAX_BYTES,
     ) -> None:
         self.node_id = node_id
         self.cfg = cfg
@@ -113,6 +144,7 @@ class ClientServer:
         self.actors = actors
         self.transport_stats = transport_stats
         self.max_in_flight = max_in_flight
+        self.reply_max_bytes = reply_max_bytes
         self.stats = {"connections": 0, "requests": 0, "errors": 0, "bad_frames": 0}
         self.member_ops = MemberOps(self)
 
@@ -127,11 +159,14 @@ class ClientServer:
         out_send, out_receive = trio.open_memory_channel[bytes](self.max_in_flight)
         decoder = FrameDecoder(self.cfg.max_frame_bytes)
         limiter = trio.Semaphore(self.max_in_flight)
+        budget = ByteBudget(self.reply_max_bytes)
+        out = _Replies(out_send, budget)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._writer, stream, out_receive, nursery.cancel_scope)
+                nursery.start_soon(self._writer, stream, out_receive, budget,
+                                   nursery.cancel_scope)
                 async with out_send:
-                    await self._reader(stream, decoder, nursery, out_send, limiter)
+                    await self._reader(stream, decoder, nursery, out, limiter)
                     # The client closed its side: wait for its outstanding replies, then close.
                     for _ in range(self.max_in_flight):
                         await limiter.acquire()
@@ -148,7 +183,7 @@ class ClientServer:
         stream: trio.SocketStream,
         decoder: FrameDecoder,
         nursery: trio.Nursery,
-        out: trio.MemorySendChannel[bytes],
+        out: _Replies,
         limiter: trio.Semaphore,
     ) -> None:
         while True:
@@ -191,6 +226,7 @@ class ClientServer:
         self,
         stream: trio.SocketStream,
         out: trio.MemoryReceiveChannel[bytes],
+        budget: ByteBudget,
         connection_scope: trio.CancelScope,
     ) -> None:
         async with out:  # once the writer is gone, replies fail fast (BrokenResourceError)
@@ -210,9 +246,10 @@ class ClientServer:
                     # The client went away (EPIPE / reset): drop the whole connection.
                     connection_scope.cancel()
                     return
+                budget.release(size)
 
     async def _serve_frame(
-        self, frame: object, out: trio.MemorySendChannel[bytes], limiter: trio.Semaphore
+        self, frame: object, out: _Replies, limiter: trio.Semaphore
     ) -> None:
         try:
             req_id = request_id_of(frame)

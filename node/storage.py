@@ -166,6 +166,9 @@ class RocksStorage:
         # In-memory state, rebuilt by _load and kept equal to the database by every write.
         self._hard_state = HardState()
         self._snap_meta = SnapshotMeta()
+        # The entry just before the first one the log holds: the snapshot's, or an older one
+        # when the log keeps a margin of entries the snapshot covers (commit_snapshot).
+        self._log_start: tuple[int, int] = (0, 0)
         # A snapshot being received: its meta, chunks and bytes written so far.
         self._incoming: tuple[SnapshotMeta, int, int] | None = None
         self._snap_size_bytes = 0
@@ -379,7 +382,14 @@ class RocksStorage:
             )
         self._hard_state = self._load_hard_state()
         self._snap_meta = self._load_snapshot()
+        self._log_start = self._load_log_start()
         self._load_log()
+        if self.last_index() < self._snap_meta.index:
+            raise self._corrupt(
+                f"log entry {self.last_index() + 1}",
+                f"missing: the log keeps entries from {self._log_start[0] + 1} up to the "
+                f"snapshot index {self._snap_meta.index}",
+            )
         if self._hard_state.commit > self.last_index():
             raise self._corrupt(
                 "hard state",
@@ -408,8 +418,28 @@ class RocksStorage:
         )
         self._write(batch, sync=True)
         self._snap_meta = meta
+        self._log_start = (0, 0)
         self._hard_state = HardState(standing=Standing.JOINING)
         self.created = True
+
+    def _load_log_start(self) -> tuple[int, int]:
+        snap = self._snap_meta
+        value = self._get_meta(fmt.K_LOG_START, "log start")
+        if value is None:
+            return snap.index, snap.term
+        try:
+            item = fmt.decode_cbor(fmt.unseal(fmt.K_LOG_START, value))
+        except fmt.Bad as exc:
+            raise self._corrupt("log start", str(exc)) from None
+        if not (
+            type(item) is list
+            and len(item) == 2
+            and all(fmt.is_uint(v) for v in item)
+            and item[0] <= snap.index
+            and item[1] <= snap.term
+        ):
+            raise self._corrupt("log start", f"malformed {item!r:.60} for snapshot {snap.index}")
+        return int(item[0]), int(item[1])
 
     def _load_hard_state(self) -> HardState:
         value = self._get_meta(fmt.K_HARD_STATE, "hard state")
@@ -470,8 +500,8 @@ class RocksStorage:
         return meta
 
     def _load_log(self) -> None:
-        expected = self._snap_meta.index + 1
-        prev_term = self._snap_meta.term
+        start, prev_term = self._log_start
+        expected = start + 1
         terms = array("q")
         configs: dict[int, Entry] = {}
         cache: collections.deque[Entry] = collections.deque()
@@ -483,7 +513,8 @@ class RocksStorage:
             if index < expected:
                 raise self._corrupt(
                     f"log entry {index}",
-                    f"left behind at or below snapshot index {self._snap_meta.index}",
+                    f"left behind at or below the log's start {start} (snapshot index "
+                    f"{self._snap_meta.index})",
                 )
             if index > expected:
                 raise self._corrupt(
@@ -503,7 +534,8 @@ class RocksStorage:
                     Membership.decode(entry.data)
                 except ValueError as exc:
                     raise self._corrupt(f"log entry {index}", str(exc)) from None
-                configs[index] = Entry(entry.term, entry.index, entry.kind, bytes(entry.data))
+                if index > self._snap_meta.index:  # the snapshot has the ones it covers
+                    configs[index] = Entry(entry.term, entry.index, entry.kind, bytes(entry.data))
             prev_term = entry.term
             terms.append(entry.term)
             cache.append(entry)
@@ -528,11 +560,11 @@ class RocksStorage:
 
     def first_index(self) -> Index:
         """Index of the first entry in the log (snapshot index + 1)."""
-        return Index(self._snap_meta.index + 1)
+        return Index(self._log_start[0] + 1)
 
     def last_index(self) -> Index:
         """Index of the last entry in the log (the snapshot index when the log is empty)."""
-        return Index(self._snap_meta.index + len(self._terms))
+        return Index(self._log_start[0] + len(self._terms))
 
     def term(self, index: Index) -> Term:
         """Return the term of the entry at `index` (the snapshot's term at its index).
@@ -541,13 +573,13 @@ class RocksStorage:
             CompactedError: index < first_index() - 1.
             UnavailableError: index > last_index().
         """
-        offset = self._snap_meta.index
+        offset, offset_term = self._log_start
         if index < offset:
             raise CompactedError(index)
         if index - offset > len(self._terms):
             raise UnavailableError(index)
         if index == offset:
-            return self._snap_meta.term
+            return Term(offset_term)
         return Term(self._terms[index - offset - 1])
 
     def entries(self, lo: Index, hi: Index, max_bytes: int | None = None) -> list[Entry]:
@@ -566,7 +598,7 @@ class RocksStorage:
             UnavailableError: hi > last_index() + 1.
             CorruptStorageError: an older entry read from the database fails its checks.
         """
-        if lo <= self._snap_meta.index:
+        if lo <= self._log_start[0]:
             raise CompactedError(lo)
         if hi > self.last_index() + 1:
             raise UnavailableError(hi)
@@ -716,6 +748,8 @@ class RocksStorage:
         if snap is None and not entries and hard_state is None and not ready.snapshot_chunks:
             return
         snap_meta = snap.meta if snap is not None else self._snap_meta
+        # The log after this write starts after `start` (a snapshot replaces the whole log).
+        start, start_term = (snap_meta.index, snap_meta.term) if snap is not None else self._log_start
         kept = len(self._terms) if snap is None else 0  # entries kept, before truncation
 
         batch = WriteBatch(raw_mode=True)
@@ -724,6 +758,7 @@ class RocksStorage:
         switch_bodies = False
         if snap is not None:
             batch.delete_range(fmt.log_key(0), fmt.LOG_KEY_END, self._h_log)
+            batch.delete(fmt.K_LOG_START, self._h_meta)  # the log starts at the snapshot
             data = snap.data
             if isinstance(data, StoredSnapshot):
                 # The snapshot assembled here from the leader's chunks: it becomes the node's,
@@ -744,18 +779,18 @@ class RocksStorage:
                     data = data.read_at(0, len(data))
                 count = self._put_snapshot(batch, snap_meta, data)
                 snap_record = (len(data), count)
-        if entries and entries[0].index <= snap_meta.index:
-            entries = tuple(e for e in entries if e.index > snap_meta.index)
+        if entries and entries[0].index <= start:
+            entries = tuple(e for e in entries if e.index > start)
         if entries:
             first = entries[0].index
-            last = snap_meta.index + kept
+            last = start + kept
             if first > last + 1:
                 raise ValueError(f"gap in log: append at {first} after {last}")
             prev_term: int
-            if first == snap_meta.index + 1:
-                prev_term = snap_meta.term
+            if first == start + 1:
+                prev_term = start_term
             else:
-                prev_term = self._terms[first - snap_meta.index - 2]
+                prev_term = self._terms[first - start - 2]
             for n, entry in enumerate(entries):
                 if entry.index != first + n:
                     raise ValueError(f"entries not contiguous: {entry.index} after {first + n - 1}")
@@ -770,11 +805,11 @@ class RocksStorage:
             for entry in entries:
                 key = fmt.log_key(entry.index)
                 batch.put(key, fmt.encode_entry_value(key, entry), h_log)
-            kept = first - snap_meta.index - 1 + len(entries)
+            kept = first - start - 1 + len(entries)
         if hard_state is not None:
-            if hard_state.commit > snap_meta.index + kept:
+            if hard_state.commit > start + kept:
                 raise ValueError(
-                    f"commit index {hard_state.commit} past last index {snap_meta.index + kept}"
+                    f"commit index {hard_state.commit} past last index {start + kept}"
                 )
             value = fmt.seal(fmt.K_HARD_STATE, fmt.encode_hard_state(hard_state))
             batch.put(fmt.K_HARD_STATE, value, self._h_meta)
@@ -786,6 +821,7 @@ class RocksStorage:
             self.bodies.switched()
         if snap is not None and snap_record is not None:
             self._snap_meta = snap_meta
+            self._log_start = (start, start_term)
             self._snap_size_bytes, self._snap_chunk_count = snap_record
             self._terms = array("q")
             self._cache = []
@@ -797,7 +833,7 @@ class RocksStorage:
             self._hard_state = hard_state
 
     def _append_in_memory(self, entries: tuple[Entry, ...]) -> None:
-        offset = self._snap_meta.index
+        offset = self._log_start[0]
         first = entries[0].index
         cache_first = offset + len(self._terms) + 1 - len(self._cache)
         # Truncate at `first`, then append.
@@ -835,9 +871,14 @@ class RocksStorage:
         self._cache_bytes = total
 
     def save_snapshot(
-        self, index: Index, data: bytes, membership: Membership | tuple[NodeId, ...]
+        self,
+        index: Index,
+        data: bytes,
+        membership: Membership | tuple[NodeId, ...],
+        keep_entries: int = 0,
     ) -> None:
-        """Store the application's snapshot at applied `index` and compact the log up to it.
+        """Store the application's snapshot at applied `index` and compact the log up to it
+        (less a margin of `keep_entries`).
 
         `begin_snapshot(index)`, the data written, then `commit_snapshot` (see there).
 
@@ -852,7 +893,7 @@ class RocksStorage:
             raise ValueError(f"snapshot index {index} past last index {self.last_index()}")
         stage = self.begin_snapshot(index)
         stage.write(data)
-        self.commit_snapshot(stage.finish(), membership)
+        self.commit_snapshot(stage.finish(), membership, keep_entries)
 
     def begin_snapshot(self, index: Index) -> SnapshotStage:
         """Start writing the data of a snapshot at applied `index` (node/snapshot_store.py).
@@ -869,11 +910,17 @@ class RocksStorage:
                              self._snapshot_chunk_bytes)
 
     def commit_snapshot(
-        self, staged: StagedSnapshot, membership: Membership | tuple[NodeId, ...]
+        self,
+        staged: StagedSnapshot,
+        membership: Membership | tuple[NodeId, ...],
+        keep_entries: int = 0,
     ) -> None:
-        """Make a staged snapshot the node's snapshot and compact the log up to its index.
+        """Make a staged snapshot the node's snapshot and compact the log up to its index,
+        less a trailing margin.
 
-        Entries <= `staged.index` are deleted; the snapshot meta keeps the term of that index.
+        Entries <= `staged.index - keep_entries` are deleted (so that a follower a little
+        behind still catches up from the log, as etcd keeps `SnapshotCatchUpEntries`); the
+        snapshot meta keeps the term of its index.
         One synced batch (which also makes the stage's unsynced chunk writes durable). When
         `staged.index` is not newer than the current snapshot (a snapshot from the leader came
         meanwhile), the staged chunks are deleted instead.
@@ -882,6 +929,7 @@ class RocksStorage:
             staged: what `SnapshotStage.finish` returned.
             membership: the cluster membership in effect at `staged.index`
                 (`RaftNode.membership_at(index)`), or just its voters.
+            keep_entries: the margin of entries at or below `staged.index` the log keeps.
 
         Raises:
             ValueError: `staged.index` > last_index().
@@ -899,25 +947,34 @@ class RocksStorage:
         if index > self.last_index():
             raise ValueError(f"snapshot index {index} past last index {self.last_index()}")
         meta = SnapshotMeta(index, self.term(index), _membership(membership))
+        old_start = self._log_start[0]
+        cut = max(old_start, index - max(0, keep_entries))  # the new log start
+        start = (cut, int(self.term(Index(cut))))
         batch = WriteBatch(raw_mode=True)
         record = fmt.encode_snapshot_record(meta, staged.size_bytes, staged.chunk_count)
         batch.put(fmt.K_SNAPSHOT, fmt.seal(fmt.K_SNAPSHOT, record), self._h_meta)
         # The older snapshots' chunks go; a snapshot being received from the leader (a
         # higher index) stays.
         batch.delete_range(b"", chunk_range(index)[0], self._h_snapshot)
-        batch.delete_range(fmt.log_key(0), fmt.log_key(index + 1), self._h_log)
+        batch.delete_range(fmt.log_key(0), fmt.log_key(cut + 1), self._h_log)
+        if cut == index:
+            batch.delete(fmt.K_LOG_START, self._h_meta)
+        else:
+            batch.put(fmt.K_LOG_START, fmt.seal(fmt.K_LOG_START, cbor2.dumps(list(start))),
+                      self._h_meta)
         self._write(batch, sync=True)
 
         self._snap_meta = meta
+        self._log_start = start
         self._snap_size_bytes = staged.size_bytes
         self._snap_chunk_count = staged.chunk_count
-        del self._terms[: index - offset]
+        del self._terms[: cut - old_start]
         for i in [i for i in self._configs if i <= index]:
             del self._configs[i]
         cache_first = self.last_index() + 1 - len(self._cache)
-        if cache_first <= index:
-            dropped = self._cache[: index + 1 - cache_first]
-            del self._cache[: index + 1 - cache_first]
+        if cache_first <= cut:
+            dropped = self._cache[: cut + 1 - cache_first]
+            del self._cache[: cut + 1 - cache_first]
             self._cache_bytes -= sum(map(entry_size_bytes, dropped))
 
     def snapshot_reader(self) -> SnapshotReader:

@@ -6,7 +6,9 @@ On-disk layout (one RocksDB database per node, raw bytes keys and values, four c
   `b"hard_state"` -> CBOR `[term, vote | null, commit, standing]` (format 1 databases written
   before standing existed hold 3 items: a VOTER);
   `b"snapshot"` -> CBOR `[index, term, [voter, ...], size_bytes, chunk_count]`;
-  `b"bodies"` -> CBOR `[applied_index, generation]` (node/rocks_bodies.py).
+  `b"bodies"` -> CBOR `[applied_index, generation]` (node/rocks_bodies.py);
+  `b"log_start"` -> CBOR `[index, term]` of the entry just before the first one the log keeps,
+  when the log keeps entries the snapshot covers (a trailing margin); absent: the snapshot's.
 - `log`: key = 8-byte big-endian log index; value = 8-byte big-endian term, 1-byte kind, data.
 - `snapshot`: key = 8-byte big-endian snapshot index + 4-byte big-endian chunk number;
   value = up to `snapshot_chunk_bytes` of snapshot data.
@@ -49,6 +51,7 @@ K_IDENTITY = b"identity"
 K_HARD_STATE = b"hard_state"
 K_SNAPSHOT = b"snapshot"
 K_BODIES = b"bodies"
+K_LOG_START = b"log_start"
 CRC = Struct(">I")
 LOG_KEY = Struct(">Q")
 ENTRY_HEAD = Struct(">IQB")  # crc, term, kind

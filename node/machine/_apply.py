@@ -87,6 +87,7 @@ def _purge_queue(s: MachineState, c: C.PurgeQueue, now: int) -> Reply:
         return _not_found(c.name)
     n = len(q.messages)
     q.purged += n
+    q.n_bytes = 0
     s.total_messages -= n
     s.body_drops.extend(m.body_key for m in q.messages.values())
     q.messages = {}
@@ -120,8 +121,19 @@ def _too_large(q: Queue, size: int) -> E.ErrorReply:
     )
 
 
-def _full(q: Queue) -> E.ErrorReply:
-    return E.ErrorReply(E.QUEUE_FULL, f"queue {q.name!r} holds max_length messages")
+def _full(q: Queue, size_bytes: int = 0, count: int = 1) -> E.ErrorReply:
+    """QUEUE_FULL, naming the limit that refused `count` messages of `size_bytes` in all."""
+    o = q.options
+    limit_bytes = o.max_length_bytes
+    if limit_bytes is not None and q.n_bytes + size_bytes > limit_bytes:
+        return E.ErrorReply(
+            E.QUEUE_FULL,
+            f"queue {q.name!r} holds {q.n_bytes} of max_length_bytes {limit_bytes}: "
+            f"{size_bytes} more do not fit",
+        )
+    return E.ErrorReply(
+        E.QUEUE_FULL, f"queue {q.name!r} holds {len(q.messages)} of max_length {o.max_length}"
+    )
 
 
 def _store_one(s: MachineState, q: Queue, m: Any, now: int) -> tuple[int, bool] | E.ErrorReply:
@@ -134,8 +146,9 @@ def _store_one(s: MachineState, q: Queue, m: Any, now: int) -> tuple[int, bool] 
         prior = q.dedup.get(did)
         if prior is not None:
             return prior, True
-    if not make_room(s, q, now, forward=True):
-        return _full(q)
+    size = len(m.body)
+    if not make_room(s, q, now, forward=True, size_bytes=size):
+        return _full(q, size)
     delay = m.delay_ms
     mid = admit_body(
         s,
@@ -176,11 +189,19 @@ def _enqueue_batch(s: MachineState, c: C.EnqueueBatch, now: int) -> Reply:
         if size > q.options.max_message_bytes:
             return _too_large(q, size)
     limit = q.options.max_length
-    if limit is not None and q.options.overflow == L.OVERFLOW_REJECT_PUBLISH:
+    limit_bytes = q.options.max_length_bytes
+    if limit_bytes is not None:
+        for entry in c.entries:
+            if len(entry.body) > limit_bytes:  # never fits, whatever is dropped
+                return _full(q, len(entry.body))
+    if (limit is not None or limit_bytes is not None) and (
+        q.options.overflow == L.OVERFLOW_REJECT_PUBLISH
+    ):
         window = q.options.dedup_window_ms
         clean_dedup(q, now)
         seen: set[str] = set()
         fresh = 0
+        fresh_bytes = 0
         for entry in c.entries:
             did = entry.dedup_id
             if did is not None and window:
@@ -188,8 +209,11 @@ def _enqueue_batch(s: MachineState, c: C.EnqueueBatch, now: int) -> Reply:
                     continue
                 seen.add(did)
             fresh += 1
-        if len(q.messages) + fresh > limit:
-            return _full(q)
+            fresh_bytes += len(entry.body)
+        if (limit is not None and len(q.messages) + fresh > limit) or (
+            limit_bytes is not None and q.n_bytes + fresh_bytes > limit_bytes
+        ):
+            return _full(q, fresh_bytes, fresh)
     results = []
     for entry in c.entries:
         result = _store_one(s, q, entry, now)
@@ -335,6 +359,7 @@ def _redrive(s: MachineState, c: C.Redrive, now: int) -> Reply:
     # Plan first (the arrivals deque must not change while it is iterated), then move.
     plan: list[tuple[int, Queue]] = []
     planned: dict[str, int] = {}
+    planned_bytes: dict[str, int] = {}
     msgs = d.messages
     for mid in d.arrivals:
         if len(plan) >= c.max_messages:
@@ -349,16 +374,23 @@ def _redrive(s: MachineState, c: C.Redrive, now: int) -> Reply:
             if t is None or t is d:
                 continue
         limit = t.options.max_length
-        if limit is not None and t.options.overflow == L.OVERFLOW_REJECT_PUBLISH:
-            if len(t.messages) + planned.get(t.name, 0) >= limit:
+        limit_bytes = t.options.max_length_bytes
+        if limit_bytes is not None and m.size_bytes > limit_bytes:
+            continue  # never fits
+        if t.options.overflow == L.OVERFLOW_REJECT_PUBLISH:
+            if limit is not None and len(t.messages) + planned.get(t.name, 0) >= limit:
+                continue
+            more = planned_bytes.get(t.name, 0) + m.size_bytes
+            if limit_bytes is not None and t.n_bytes + more > limit_bytes:
                 continue
         planned[t.name] = planned.get(t.name, 0) + 1
+        planned_bytes[t.name] = planned_bytes.get(t.name, 0) + m.size_bytes
         plan.append((mid, t))
     for mid, t in plan:
         m = msgs[mid]
         remove(s, d, mid, m, keep_body=True)
         d.redriven += 1
-        make_room(s, t, now, forward=False)
+        make_room(s, t, now, forward=False, size_bytes=m.size_bytes)
         admit(s, t, m.body_key, m.size_bytes, m.headers, m.first_ms, 0, None, m.group, now)
     return {"moved": len(plan), "remaining": len(msgs)}
 

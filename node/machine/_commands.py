@@ -293,6 +293,7 @@ def make_create_queue(
     dedup_window_ms: int = L.DEFAULT_DEDUP_WINDOW_MS,
     delay_ms: int = L.DEFAULT_DELAY_MS,
     fifo: bool = False,
+    max_length_bytes: int | None = None,
 ) -> CreateQueue:
     """Build a `CreateQueue` with every default filled in (so the log is explicit).
 
@@ -309,6 +310,7 @@ def make_create_queue(
         dedup_window_ms: See `QueueOptions`.
         delay_ms: See `QueueOptions`.
         fifo: See `QueueOptions`.
+        max_length_bytes: See `QueueOptions`.
 
     Returns:
         The command (not checked; `apply` answers `BAD_REQUEST` for bad values).
@@ -331,6 +333,7 @@ def make_create_queue(
             dedup_window_ms=dedup_window_ms,
             delay_ms=delay_ms,
             fifo=fifo,
+            max_length_bytes=max_length_bytes,
         ),
     )
 

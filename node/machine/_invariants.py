@@ -97,6 +97,11 @@ def _check_queue(s: MachineState, q: Queue, valid_timers: set[TimerEntry]) -> li
             bad.append(f"{name}: retention timer not armed")
     elif msgs:
         bad.append(f"{name}: messages but no retention timer")
+    if q.n_bytes != sum(m.size_bytes for m in msgs.values()):
+        bad.append(f"{name}: n_bytes is not the sum of the body sizes")
+    limit_bytes = q.options.max_length_bytes
+    if limit_bytes is not None and q.n_bytes > limit_bytes:
+        bad.append(f"{name}: holds more than max_length_bytes")
     gone = q.acked + q.dead_lettered + q.expired + q.purged + q.redriven
     if q.enqueued != len(msgs) + gone:
         bad.append(f"{name}: totals do not account for every message enqueued")

@@ -26,6 +26,9 @@ class QueueOptions:
             [5 min] (JetStream duplicate window).
         delay_ms: Delay of every new message, 0 to 15 min [0] (SQS delay queue).
         fifo: Deliver each message group in order, one in flight at a time [False].
+        max_length_bytes: Most body bytes held (ready, in flight, delayed), or None; the
+            overflow policy is `overflow`'s, as for `max_length` (RabbitMQ
+            `x-max-length-bytes`, JetStream `max_bytes`).
     """
 
     visibility_timeout_ms: int = L.DEFAULT_VISIBILITY_TIMEOUT_MS
@@ -38,6 +41,7 @@ class QueueOptions:
     dedup_window_ms: int = L.DEFAULT_DEDUP_WINDOW_MS
     delay_ms: int = L.DEFAULT_DELAY_MS
     fifo: bool = False
+    max_length_bytes: int | None = None
 
     def to_list(self) -> list[Any]:
         """Return the fields in declaration order (the wire and snapshot form)."""
@@ -52,6 +56,7 @@ class QueueOptions:
             self.dedup_window_ms,
             self.delay_ms,
             self.fifo,
+            self.max_length_bytes,
         ]
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +75,7 @@ OPTION_NAMES: tuple[str, ...] = (
     "dedup_window_ms",
     "delay_ms",
     "fifo",
+    "max_length_bytes",
 )
 
 
@@ -101,6 +107,10 @@ def options_problem(options: object) -> str | None:
         return f"max_message_bytes must be an int from 1 to {L.MAX_MAX_MESSAGE_BYTES}"
     if o.max_length is not None and not _int_in(o.max_length, 1, L.MAX_MAX_LENGTH):
         return f"max_length must be None or an int from 1 to {L.MAX_MAX_LENGTH}"
+    if o.max_length_bytes is not None and not _int_in(
+        o.max_length_bytes, 1, L.MAX_MAX_LENGTH_BYTES
+    ):
+        return f"max_length_bytes must be None or an int from 1 to {L.MAX_MAX_LENGTH_BYTES}"
     if type(o.overflow) is not str or o.overflow not in L.OVERFLOW_MODES:
         return f"overflow must be one of {', '.join(L.OVERFLOW_MODES)}"
     if not _int_in(o.dedup_window_ms, 0, L.MAX_DEDUP_WINDOW_MS):

@@ -45,8 +45,8 @@ def query_queue_stats(state: MachineState, name: str, now_ms: int) -> dict[str, 
         now_ms: Time at which to compute the oldest message's age.
 
     Returns:
-        A dict with `queue`, `ready`, `in_flight`, `delayed`, `messages`,
-        `oldest_age_ms` (None when empty) and the totals `enqueued`, `delivered`,
+        A dict with `queue`, `ready`, `in_flight`, `delayed`, `messages`, `bytes` (body
+        bytes held), `oldest_age_ms` (None when empty) and the totals `enqueued`, `delivered`,
         `redelivered`, `acked`, `dead_lettered`, `expired`, `purged`, `redriven`;
         or `ErrorReply(QUEUE_NOT_FOUND)`.
     """
@@ -62,6 +62,7 @@ def query_queue_stats(state: MachineState, name: str, now_ms: int) -> dict[str, 
         "in_flight": q.n_inflight,
         "delayed": q.n_delayed,
         "messages": len(q.messages),
+        "bytes": q.n_bytes,
         "oldest_age_ms": oldest,
     }
     reply.update(zip(TOTAL_NAMES, q.totals(), strict=True))

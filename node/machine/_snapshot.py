@@ -220,6 +220,7 @@ def _restore_queue(
         _need(group is None or type(group) is str, "group")
         m = Message(key, size, headers or None, arrived, first, count, status, due, expire, group)
         q.messages[mid] = m
+        q.n_bytes += size
         if status == READY:
             q.n_ready += 1
         elif status == INFLIGHT:

@@ -122,6 +122,7 @@ class Queue:
         "n_ready",
         "n_inflight",
         "n_delayed",
+        "n_bytes",
         "enqueued",
         "delivered",
         "redelivered",
@@ -150,6 +151,7 @@ class Queue:
         self.n_ready = 0
         self.n_inflight = 0
         self.n_delayed = 0
+        self.n_bytes = 0  # body bytes of the messages held
         self.enqueued = 0
         self.delivered = 0
         self.redelivered = 0

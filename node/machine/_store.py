@@ -173,6 +173,7 @@ def admit(
         )
         q.n_ready += 1
     q.messages[mid] = m
+    q.n_bytes += size_bytes
     q.arrivals.append(mid)
     if q.fifo:
         key = L.DEFAULT_GROUP if group is None else group
@@ -232,6 +233,7 @@ def remove(s: MachineState, q: Queue, mid: int, m: Message, keep_body: bool = Fa
     """
     msgs = q.messages
     del msgs[mid]
+    q.n_bytes -= m.size_bytes
     if not keep_body:
         s.body_drops.append(m.body_key)
     status = m.status
@@ -324,32 +326,39 @@ def _forward_copy(
     headers[L.H_COUNT] = str(m.delivery_count)
     headers[L.H_TIME] = str(now)
     headers[L.H_MESSAGE_ID] = str(mid)
-    if not make_room(s, d, now, forward=False):
+    if not make_room(s, d, now, forward=False, size_bytes=m.size_bytes):
         return False
     admit(s, d, m.body_key, m.size_bytes, headers, m.first_ms, 0, None, m.group, now)
     return True
 
 
-def make_room(s: MachineState, q: Queue, now: int, forward: bool) -> bool:
-    """Make room for one more message under `max_length`.
+def make_room(s: MachineState, q: Queue, now: int, forward: bool, size_bytes: int = 0) -> bool:
+    """Make room for one more message of `size_bytes` under `max_length` and
+    `max_length_bytes`.
 
     Args:
         s: State.
         q: Queue about to receive a message.
         now: Current time in ms.
         forward: Whether a message dropped by `drop_head` goes to the DLQ.
+        size_bytes: Body size of the message to come.
 
     Returns:
-        False when `q` is full and its overflow is `reject_publish`, else True
-        (after dropping the oldest message when `q` is full and `drop_head`).
+        False when it does not fit: `q` is full and its overflow is `reject_publish`, or the
+        message alone is larger than `max_length_bytes`; else True (after dropping the oldest
+        messages while `q` is full and its overflow is `drop_head`).
     """
     limit = q.options.max_length
-    if limit is None or len(q.messages) < limit:
-        return True
-    if q.options.overflow == L.OVERFLOW_REJECT_PUBLISH:
+    limit_bytes = q.options.max_length_bytes
+    if limit_bytes is not None and size_bytes > limit_bytes:
         return False
-    oldest = q.arrivals[0]
-    dead_letter(s, q, oldest, q.messages[oldest], L.REASON_MAX_LENGTH, now, forward)
+    while (limit is not None and len(q.messages) >= limit) or (
+        limit_bytes is not None and q.n_bytes + size_bytes > limit_bytes
+    ):
+        if q.options.overflow == L.OVERFLOW_REJECT_PUBLISH:
+            return False
+        oldest = q.arrivals[0]
+        dead_letter(s, q, oldest, q.messages[oldest], L.REASON_MAX_LENGTH, now, forward)
     return True
 
 

@@ -242,7 +242,7 @@ def _w_create_queue(a: _Args) -> C.Command:
             continue
         if key == "dead_letter_queue":
             kwargs[key] = o.opt_str(key)
-        elif key == "max_length":
+        elif key in ("max_length", "max_length_bytes"):
             kwargs[key] = o.opt_int(key)
         elif key == "overflow":
             kwargs[key] = o.str_(key)

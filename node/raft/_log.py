@@ -5,8 +5,10 @@ not yet persisted live in the unstable tail (`unstable_entries`, starting at `un
 `stable_to` moves them to storage's side once a Ready that carried them was persisted. A snapshot
 received from the leader is held as `unstable_snapshot` until persisted.
 
-Indexes: the log spans `first_index() .. last_index()`; `first_index() - 1` is the snapshot
-index, whose term is still known (paper section 7).
+Indexes: the log spans `first_index() .. last_index()`; the term of `first_index() - 1` is still
+known (paper section 7). That is the snapshot's index, or an older one when the storage keeps a
+trailing margin of entries the snapshot covers (so that a follower a little behind catches up
+from the log): the application's state then starts at the snapshot's index, not before it.
 
 The log also knows where its CONFIG entries are: a node uses the latest membership in its log,
 committed or not, and falls back to the one before when a conflicting leader truncates an
@@ -53,13 +55,14 @@ class RaftLog:
         self.unstable_offset = Index(storage.last_index() + 1)
         self.unstable_snapshot: Snapshot | None = None
         first = storage.first_index()
-        self.applied = Index(first - 1)
+        # The state starts from the snapshot (a margin of log before it is already in it).
+        self.applied = Index(max(first - 1, storage.snapshot().meta.index))
         last = storage.last_index()
         if committed > last:
             raise ValueError(f"persisted commit index {committed} is past the last index {last}")
         self.committed = max(committed, self.applied)
         self.configs: list[tuple[Index, Membership]] = [(self.applied, membership)]
-        self._note_configs(storage.config_entries())
+        self._note_configs([e for e in storage.config_entries() if e.index > self.applied])
 
     # -- membership (thesis 4.1) ----------------------------------------------------------
     def membership(self) -> Membership:
@@ -101,6 +104,12 @@ class RaftLog:
         if self.unstable_snapshot is not None:
             return Index(self.unstable_snapshot.meta.index + 1)
         return self.storage.first_index()
+
+    def snapshot_index(self) -> Index:
+        """Index of the latest snapshot (received and not yet persisted, or stored)."""
+        if self.unstable_snapshot is not None:
+            return self.unstable_snapshot.meta.index
+        return self.storage.snapshot().meta.index
 
     def last_index(self) -> Index:
         if self.unstable_entries:

@@ -393,6 +393,7 @@ class RaftNode(LeaderReplication, FollowerReplication):
             standing=self.standing,
             repair_reason=self.repair_reason if self.standing is not Standing.VOTER else None,
             conflict=self.conflict,
+            snapshot_index=self.log.snapshot_index(),
         )
 
     # =========================================================================================

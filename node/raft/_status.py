@@ -40,3 +40,4 @@ class Status:
     standing: Standing = Standing.VOTER
     repair_reason: str | None = None
     conflict: str | None = None
+    snapshot_index: Index = Index(0)

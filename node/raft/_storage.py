@@ -29,8 +29,10 @@ from ._types import (
 class Storage(Protocol):
     """What the core may read from durable storage.
 
-    Indexes: the log holds entries `first_index() .. last_index()` inclusive; the entry just before
-    `first_index()` is covered by `snapshot()` (its index and term are `snapshot().meta`).
+    Indexes: the log holds entries `first_index() .. last_index()` inclusive, and the term of
+    the entry just before `first_index()` is known. That entry is the snapshot's
+    (`snapshot().meta`), or an older one when the storage keeps a trailing margin of entries
+    the snapshot covers; the log then reaches at least to the snapshot's index.
     """
 
     def initial_state(self) -> tuple[HardState, Membership]:
@@ -39,7 +41,7 @@ class Storage(Protocol):
         ...
 
     def config_entries(self) -> list[Entry]:
-        """Every CONFIG entry in the log (after the snapshot), in index order.
+        """Every CONFIG entry in the log after the snapshot's index, in index order.
 
         Read once, when the core starts, to find the membership in effect (thesis 4.1).
         """
@@ -55,7 +57,7 @@ class Storage(Protocol):
         ...
 
     def term(self, index: Index) -> Term:
-        """Return the term of the entry at `index` (first_index() - 1 answers from the snapshot).
+        """Return the term of the entry at `index` (first_index() - 1 answers too).
 
         Raises:
             CompactedError: index < first_index() - 1.
@@ -64,7 +66,7 @@ class Storage(Protocol):
         ...
 
     def first_index(self) -> Index:
-        """Index of the first entry in the log (snapshot index + 1)."""
+        """Index of the first entry in the log (snapshot index + 1, or lower with a margin)."""
         ...
 
     def last_index(self) -> Index:
@@ -72,7 +74,8 @@ class Storage(Protocol):
         ...
 
     def snapshot(self) -> Snapshot:
-        """The latest snapshot (an empty one at index 0 when there is none)."""
+        """The latest snapshot (an empty one at index 0 when there is none); cheap: its data
+        may be a `SnapshotData` that reads from disk."""
         ...
 
 
@@ -104,7 +107,8 @@ class MemoryStorage:
         return self.hard_state, self.snap.meta.membership
 
     def config_entries(self) -> list[Entry]:
-        return [e for e in self.log[1:] if e.kind is EntryKind.CONFIG]
+        after = self.snap.meta.index
+        return [e for e in self.log[1:] if e.kind is EntryKind.CONFIG and e.index > after]
 
     def first_index(self) -> Index:
         return Index(self.log[0].index + 1)
@@ -186,9 +190,14 @@ class MemoryStorage:
         self.log = [Entry(snap.meta.term, snap.meta.index)]
 
     def create_snapshot(
-        self, index: Index, data: bytes, membership: Membership | tuple[NodeId, ...]
+        self,
+        index: Index,
+        data: bytes,
+        membership: Membership | tuple[NodeId, ...],
+        keep_entries: int = 0,
     ) -> None:
-        """Record a snapshot of the application at applied `index` and compact the log to it.
+        """Record a snapshot of the application at applied `index` and compact the log to
+        `index - keep_entries` (a trailing margin the log keeps; never past what it has).
 
         `membership` is the one in effect at `index` (`RaftNode.membership_at(index)`), or
         just its voters.
@@ -197,7 +206,7 @@ class MemoryStorage:
             ValueError: index is not in the log or is older than the current snapshot.
         """
         offset = self.log[0].index
-        if index <= offset:
+        if index <= self.snap.meta.index:
             return
         if index > self.last_index():
             raise ValueError(f"snapshot index {index} past last index {self.last_index()}")
@@ -205,5 +214,6 @@ class MemoryStorage:
         if not isinstance(membership, Membership):
             membership = Membership.of(membership)
         self.snap = Snapshot(SnapshotMeta(index, term, membership), data)
-        self.log = self.log[index - offset :]
-        self.log[0] = Entry(term, index)
+        cut = max(offset, index - max(0, keep_entries))
+        self.log = self.log[cut - offset :]
+        self.log[0] = Entry(self.log[0].term, Index(cut))

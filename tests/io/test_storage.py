@@ -91,8 +91,10 @@ class MemoryDriver:
         if r.hard_state is not None:
             self.store.set_hard_state(r.hard_state)
 
-    def save_snapshot(self, index: Index, data: bytes, voters: tuple[NodeId, ...]) -> None:
-        self.store.create_snapshot(index, data, voters)
+    def save_snapshot(
+        self, index: Index, data: bytes, voters: tuple[NodeId, ...], keep_entries: int = 0
+    ) -> None:
+        self.store.create_snapshot(index, data, voters, keep_entries)
 
     def reopen(self) -> MemoryDriver:
         return self
@@ -280,7 +282,8 @@ operations = st.lists(
             st.booleans(),  # must_sync
         ),
         st.tuples(st.just("hard_state"), st.integers(0, 3), st.integers(0, 4)),
-        st.tuples(st.just("compact"), st.integers(0, 8), st.binary(max_size=40)),
+        st.tuples(st.just("compact"), st.integers(0, 8), st.binary(max_size=40),
+                  st.sampled_from([0, 0, 2, 5])),
         st.tuples(st.just("install"), st.integers(1, 8), st.integers(0, 2)),
         st.tuples(st.just("reopen")),
     ),
@@ -323,9 +326,9 @@ def _apply(s: Any, model: MemoryDriver, op: tuple[Any, ...]) -> None:
         )
         s.persist(ready(hard_state=new, must_sync=bool(term_inc)))
     elif kind == "compact":
-        _, back, data = op
+        _, back, data, keep = op  # keep: a trailing margin of log the snapshot covers
         index = max(model.snapshot().meta.index, last - back)
-        s.save_snapshot(Index(index), data, VOTERS)
+        s.save_snapshot(Index(index), data, VOTERS, keep)
     elif kind == "install":
         _, ahead, term_inc = op
         meta = model.snapshot().meta

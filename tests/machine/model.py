@@ -154,16 +154,28 @@ class Model:
                 L.H_MESSAGE_ID: str(i),
             }
         )
-        if not self.make_room(d, forward=False):
+        if not self.make_room(d, forward=False, size=len(x.body)):
             return
         self.admit(d, x.body, headers, x.first, 0, None, x.group)
 
-    def make_room(self, q: MQueue, forward: bool) -> bool:
-        if q.opts.max_length is None or len(q.msgs) < q.opts.max_length:
-            return True
-        if q.opts.overflow == L.OVERFLOW_REJECT_PUBLISH:
+    @staticmethod
+    def held_bytes(q: MQueue) -> int:
+        return sum(len(x.body) for x in q.msgs.values())
+
+    def fits(self, q: MQueue, size: int) -> bool:
+        o = q.opts
+        if o.max_length is not None and len(q.msgs) >= o.max_length:
             return False
-        self.dead_letter(q, min(q.msgs), L.REASON_MAX_LENGTH, forward)
+        return o.max_length_bytes is None or self.held_bytes(q) + size <= o.max_length_bytes
+
+    def make_room(self, q: MQueue, forward: bool, size: int = 0) -> bool:
+        """Room for a message of `size` body bytes; drop_head drops the oldest until it fits."""
+        if q.opts.max_length_bytes is not None and size > q.opts.max_length_bytes:
+            return False
+        while not self.fits(q, size):
+            if q.opts.overflow == L.OVERFLOW_REJECT_PUBLISH:
+                return False
+            self.dead_letter(q, min(q.msgs), L.REASON_MAX_LENGTH, forward)
         return True
 
     def held(self, q: MQueue, receipt: str) -> int | None:
@@ -188,7 +200,7 @@ class Model:
             q.dedup = {k: v for k, v in q.dedup.items() if v[1] > self.now}
             if did in q.dedup:
                 return q.dedup[did][0], True
-        if not self.make_room(q, forward=True):
+        if not self.make_room(q, forward=True, size=len(spec.body)):
             return _err(m.QUEUE_FULL)
         delay = q.opts.delay_ms if spec.delay_ms is None else spec.delay_ms
         i = self.admit(q, spec.body, spec.headers, None, delay, spec.ttl_ms, spec.group)
@@ -272,6 +284,7 @@ class Model:
             "in_flight": statuses.count(INFLIGHT),
             "delayed": statuses.count(DELAYED),
             "messages": len(q.msgs),
+            "bytes": self.held_bytes(q),
             "oldest_age_ms": None if oldest is None else self.now - oldest,
             **q.totals,
         }
@@ -293,16 +306,21 @@ class Model:
             return q
         if any(self.size(e) > q.opts.max_message_bytes for e in c.entries):
             return _err(m.MESSAGE_TOO_LARGE)
-        if q.opts.max_length is not None and q.opts.overflow == L.OVERFLOW_REJECT_PUBLISH:
+        limit_bytes = q.opts.max_length_bytes
+        if limit_bytes is not None and any(len(e.body) > limit_bytes for e in c.entries):
+            return _err(m.QUEUE_FULL)
+        if q.opts.overflow == L.OVERFLOW_REJECT_PUBLISH:
             live = {k for k, v in q.dedup.items() if v[1] > self.now}
-            fresh = 0
+            fresh = []
             for e in c.entries:
                 if e.dedup_id is not None and q.opts.dedup_window_ms:
                     if e.dedup_id in live:
                         continue
                     live.add(e.dedup_id)
-                fresh += 1
-            if len(q.msgs) + fresh > q.opts.max_length:
+                fresh.append(len(e.body))
+            if q.opts.max_length is not None and len(q.msgs) + len(fresh) > q.opts.max_length:
+                return _err(m.QUEUE_FULL)
+            if limit_bytes is not None and self.held_bytes(q) + sum(fresh) > limit_bytes:
                 return _err(m.QUEUE_FULL)
         out = []
         for e in c.entries:
@@ -406,6 +424,7 @@ class Model:
                 return _err(m.BAD_REQUEST)
         plan: list[tuple[int, MQueue]] = []
         planned: dict[str, int] = {}
+        planned_bytes: dict[str, int] = {}
         for i, x in d.msgs.items():
             if len(plan) >= c.max_messages:
                 break
@@ -417,15 +436,25 @@ class Model:
                 t = self.queues.get(src) if src is not None else None
                 if t is None or t is d:
                     continue
-            if t.opts.max_length is not None and t.opts.overflow == L.OVERFLOW_REJECT_PUBLISH:
-                if len(t.msgs) + planned.get(t.name, 0) >= t.opts.max_length:
+            size = len(x.body)
+            limit_bytes = t.opts.max_length_bytes
+            if limit_bytes is not None and size > limit_bytes:
+                continue
+            if t.opts.overflow == L.OVERFLOW_REJECT_PUBLISH:
+                if t.opts.max_length is not None and (
+                    len(t.msgs) + planned.get(t.name, 0) >= t.opts.max_length
+                ):
+                    continue
+                more = planned_bytes.get(t.name, 0) + size
+                if limit_bytes is not None and self.held_bytes(t) + more > limit_bytes:
                     continue
             planned[t.name] = planned.get(t.name, 0) + 1
+            planned_bytes[t.name] = planned_bytes.get(t.name, 0) + size
             plan.append((i, t))
         for i, t in plan:
             x = d.msgs.pop(i)
             d.totals["redriven"] += 1
-            self.make_room(t, forward=False)
+            self.make_room(t, forward=False, size=len(x.body))
             self.admit(t, x.body, x.headers, x.first, 0, None, x.group)
         return {"moved": len(plan), "remaining": len(d.msgs)}
 

@@ -27,6 +27,7 @@ def test_create_queue_defaults_and_dead_letter_queue() -> None:
         "dedup_window_ms": 300_000,
         "delay_ms": 0,
         "fifo": False,
+        "max_length_bytes": None,
     }
     dlq = m.query_queue_options(h.state, "orders.dlq")
     assert dlq is not None
@@ -131,6 +132,7 @@ def test_queue_stats_counts_and_totals() -> None:
     st = h.ok(m.make_queue_stats("q"))
     assert st == {
         "queue": "q",
+        "bytes": 4,
         "ready": 1,
         "in_flight": 2,
         "delayed": 1,

@@ -373,3 +373,34 @@ def test_error_codes_are_stable() -> None:
         "BATCH_TOO_LARGE",
     } <= m.ERROR_CODES
     assert L.DEFAULT_GROUP == ""
+
+
+# --- max_length_bytes -------------------------------------------------------------------
+
+
+def test_max_length_bytes_rejects_or_drops_the_oldest() -> None:
+    h = Harness()
+    h.create(max_length_bytes=10, dead_letter_queue=None)  # reject_publish
+    h.put(body=b"12345")
+    h.put(body=b"1234")
+    full = h.err(m.make_enqueue("q", b"xx"), m.QUEUE_FULL)
+    assert "max_length_bytes 10" in full.message and "2 more do not fit" in full.message
+    h.put(body=b"x")  # exactly 10
+    assert h.stats()["bytes"] == 10
+    h.err(m.make_enqueue_batch("q", [m.make_message(b"")] + [m.make_message(b"y")]),
+          m.QUEUE_FULL)  # a batch fits whole or not at all
+    assert h.stats()["messages"] == 3
+
+    d = Harness()
+    d.create(max_length_bytes=10, overflow="drop_head")
+    first = d.put(body=b"aaaa")
+    d.put(body=b"bbbb")
+    d.put(body=b"cccccc")  # 14 > 10: the oldest goes, to the dead-letter queue
+    assert d.stats()["bytes"] == 10 and d.stats()["dead_lettered"] == 1
+    dead = d.get("q.dlq")
+    assert dead[0]["body"] == b"aaaa" and dead[0]["headers"][L.H_MESSAGE_ID] == str(first)
+    d.err(m.make_enqueue("q", b"z" * 11), m.QUEUE_FULL)  # larger than the limit on its own
+    assert d.stats()["messages"] == 2
+    d.put(body=b"z" * 10)  # fits once both others are dropped
+    assert d.stats()["messages"] == 1 and d.stats()["bytes"] == 10
+    h.err(m.make_create_queue("bad", max_length_bytes=0), m.BAD_REQUEST)

@@ -56,6 +56,7 @@ create_commands = st.builds(
     retention_ms=st.sampled_from([60_000, 120_000]),
     max_message_bytes=st.sampled_from([10, 1024 * 1024, 1024 * 1024]),
     max_length=st.sampled_from([None, None, 1, 3]),
+    max_length_bytes=st.sampled_from([None, None, 1, 25, 40]),
     overflow=st.sampled_from(["reject_publish", "drop_head"]),
     dedup_window_ms=st.sampled_from([0, 1000, 300_000]),
     delay_ms=st.sampled_from([0, 0, 100]),

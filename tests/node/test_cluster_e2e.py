@@ -174,7 +174,7 @@ def test_restart_all_keeps_queues_messages_leases_and_counts(tmp_path: Path) -> 
 
 
 def test_follower_catches_up_through_a_snapshot(tmp_path: Path) -> None:
-    with Launcher(fast_config(tmp_path, snapshot_entries=200)) as launcher:
+    with Launcher(fast_config(tmp_path, snapshot_entries=200, log_margin_entries=0)) as launcher:
         leader = launcher.start()
         follower = next(n for n in launcher.node_ids if n != leader)
         with Client(launcher.servers, timeout_s=30) as c:

@@ -58,9 +58,11 @@ class MemoryDisk:
     def begin_snapshot(self, index: Index) -> MemoryStage:
         return MemoryStage(index)
 
-    def commit_snapshot(self, staged: StagedSnapshot, membership: Membership) -> None:
+    def commit_snapshot(
+        self, staged: StagedSnapshot, membership: Membership, keep_entries: int = 0
+    ) -> None:
         assert isinstance(staged, StagedMemory)
-        self.store.create_snapshot(staged.index, staged.data, membership)
+        self.store.create_snapshot(staged.index, staged.data, membership, keep_entries)
 
 
 class _Job:

@@ -34,7 +34,7 @@ async def _until(check: Any, timeout_s: float = 30) -> None:
 async def test_refused_snapshot_is_fetched_again_then_installed_off_the_loop(
     tmp_path: Path,
 ) -> None:
-    cfg = make_config(tmp_path, snapshot_entries=10)
+    cfg = make_config(tmp_path, snapshot_entries=10, log_margin_entries=0)
     nodes = {i: Node(cfg, i) for i in (1, 2)}
     first3 = Node(cfg, 3)
     async with trio.open_nursery() as nursery:
@@ -96,5 +96,42 @@ async def test_refused_snapshot_is_fetched_again_then_installed_off_the_loop(
         digests = {(await n.server.node_status(digest=True))["digest"] for n in everyone}
         assert len(digests) == 1
         assert n3.app.bodies.applied_index == n3.loop.applied_index
+        await conn.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_follower_a_little_behind_catches_up_from_the_log_margin(tmp_path: Path) -> None:
+    """Snapshots compact the log only up to `log_margin_entries` before their index, so a
+    follower that missed fewer entries than that gets entries, not a snapshot."""
+    cfg = make_config(tmp_path, snapshot_entries=10, log_margin_entries=1000)
+    nodes = {i: Node(cfg, i) for i in (1, 2)}
+    first3 = Node(cfg, 3)
+    async with trio.open_nursery() as nursery:
+        for n in nodes.values():
+            await nursery.start(n.run)
+        scope3 = trio.CancelScope()
+
+        async def run_first3(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+            with scope3:
+                await first3.run(task_status=task_status)
+
+        await nursery.start(run_first3)
+        await wait_leader({**nodes, 3: first3})
+        scope3.cancel()  # node 3 stops; its disk stays
+        await _until(lambda: first3.storage._db is None)
+        leader = await wait_leader(nodes)
+        conn = await Conn.open(cfg.node(leader.node_id).client_addr)
+        assert (await conn.call("create_queue", {"name": "q"}))["ok"]
+        for n in range(300):  # one entry each: 30 times snapshot_entries
+            assert (await conn.call("enqueue", {"queue": "q", "body": b"m%d" % n}))["ok"]
+        await _until(lambda: leader.storage.snapshot_meta().index > 200)
+        assert leader.storage.first_index() < 100  # the margin: older entries stay in the log
+        n3 = Node(cfg, 3)
+        await nursery.start(n3.run)
+        await _until(lambda: n3.loop.applied_index >= leader.loop.applied_index)
+        assert n3.loop.stats["snapshots_installed"] == 0  # caught up from the log
+        everyone = [*nodes.values(), n3]
+        digests = {(await n.server.node_status(digest=True))["digest"] for n in everyone}
+        assert len(digests) == 1
         await conn.aclose()
         nursery.cancel_scope.cancel()

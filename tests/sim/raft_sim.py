@@ -832,8 +832,9 @@ class Simulator:
         index = sn.applied[-1][0]
         if index <= sn.storage.snapshot().meta.index:
             return
+        keep = self.install_rng.choice((0, 0, 3, 12))  # a trailing margin of log, or none
         sn.storage.create_snapshot(
-            Index(index), _encode_applied(sn.applied), sn.core.membership_at(Index(index))
+            Index(index), _encode_applied(sn.applied), sn.core.membership_at(Index(index)), keep
         )
         self._log(f"n{sn.id} compacted to {index}")
         self._count("compactions")

@@ -171,11 +171,13 @@ class SimDisk:
     def begin_snapshot(self, index: Index) -> MemoryStage:
         return MemoryStage(index)
 
-    def commit_snapshot(self, staged: StagedSnapshot, membership: Membership) -> None:
+    def commit_snapshot(
+        self, staged: StagedSnapshot, membership: Membership, keep_entries: int = 0
+    ) -> None:
         assert isinstance(staged, StagedMemory)
         if staged.index <= self.mem.snapshot().meta.index:
             return
-        self.mem.create_snapshot(staged.index, staged.data, membership)
+        self.mem.create_snapshot(staged.index, staged.data, membership, keep_entries)
         self._sync()
 
     def _sync(self) -> None:
