@@ -57,6 +57,7 @@ from cluster.errors import (
     Busy,
     ChangeInProgress,
     ClusterUnavailable,
+    DiskFull,
     FrameTooLarge,
     InvalidReceipt,
     MessageTooLarge,
@@ -904,8 +905,8 @@ class AsyncClient:
         except _Retry as exc:
             reason = state.last_reason if exc.cut and state.last_reason else str(exc)
             refusal = state.last_refusal
-            if isinstance(refusal, ChangeInProgress) and not state.maybe_executed:
-                raise ChangeInProgress(
+            if isinstance(refusal, ChangeInProgress | DiskFull) and not state.maybe_executed:
+                raise type(refusal)(
                     refusal.code,
                     f"{op}: {refusal.message or refusal.code} (still so after retrying for "
                     f"{timeout:g} s; the operation was not executed)",
@@ -1003,7 +1004,7 @@ class AsyncClient:
             # only after a few such answers in a row does the call back off.
             self._forget(addr)
             raise _Retry(f"{addr}: not the leader, no leader known", next_node=True)
-        if isinstance(err, (Unavailable, Busy, ChangeInProgress)):
+        if isinstance(err, (Unavailable, Busy, ChangeInProgress, DiskFull)):
             if isinstance(err, Unavailable):
                 self._forget(addr)
             raise _Retry(f"{addr}: {err}", refusal=err)

@@ -25,6 +25,7 @@ __all__ = [
     "BadRequest",
     "BatchTooLarge",
     "Busy",
+    "DiskFull",
     "ChangeInProgress",
     "ClusterUnavailable",
     "FrameTooLarge",
@@ -108,6 +109,13 @@ class Busy(RaftqError):
     """The queue's mailbox on the leader is full (`BUSY`); retried with backoff by the client."""
 
     code = "BUSY"
+
+
+class DiskFull(RaftqError):
+    """The leader's disk is nearly full (`DISK_FULL`): it refuses new sends until space
+    returns, while receives, acks and deletes go on; retried with backoff by the client."""
+
+    code = "DISK_FULL"
 
 
 class ClusterUnavailable(RaftqError):
@@ -301,6 +309,7 @@ _BY_CODE: dict[str, type[RaftqError]] = {
         NotLeader,
         Unavailable,
         Busy,
+        DiskFull,
         ClusterUnavailable,
         OutcomeUnknownError,
         BadRequest,

@@ -76,6 +76,8 @@ class ClusterConfig:
         snapshot_entries: take a snapshot after this many applied entries.
         log_margin_entries: entries a snapshot covers that the log still keeps, so that a
             follower that far behind catches up from the log (etcd's SnapshotCatchUpEntries).
+        disk_free_limit_bytes: below this much free space on its data directory's filesystem,
+            a node refuses new sends with DISK_FULL (node/disk_alarm.py); 0: no alarm.
         max_frame_bytes: largest client frame accepted.
         path: the file this was read from (None when built in code).
     """
@@ -88,6 +90,7 @@ class ClusterConfig:
     heartbeat_ticks: int = _RAFT.heartbeat_ticks
     snapshot_entries: int = 20000
     log_margin_entries: int = 5000
+    disk_free_limit_bytes: int = 64 * 1024 * 1024
     max_frame_bytes: int = 8 << 20
     path: Path | None = None
 
@@ -227,6 +230,8 @@ def from_dict(raw: dict[str, Any], base_dir: Path, path: Path | None = None) -> 
                               10**9, where),
         log_margin_entries=_int(raw, "log_margin_entries", ClusterConfig.log_margin_entries, 0,
                                 10**9, where),
+        disk_free_limit_bytes=_int(raw, "disk_free_limit_bytes",
+                                   ClusterConfig.disk_free_limit_bytes, 0, 1 << 50, where),
         max_frame_bytes=_int(raw, "max_frame_bytes", ClusterConfig.max_frame_bytes, 1024,
                              1 << 30, where),
         path=path,
@@ -272,6 +277,7 @@ def dumps(cfg: ClusterConfig) -> str:
         f"heartbeat_ticks = {cfg.heartbeat_ticks}",
         f"snapshot_entries = {cfg.snapshot_entries}",
         f"log_margin_entries = {cfg.log_margin_entries}",
+        f"disk_free_limit_bytes = {cfg.disk_free_limit_bytes}",
         f"max_frame_bytes = {cfg.max_frame_bytes}",
     ]
     for _, n in sorted(cfg.nodes.items()):

@@ -29,6 +29,7 @@ import trio
 
 from node import config as config_mod
 from node.config import ClusterConfig, ConfigError, parse_addr
+from node.disk_alarm import DiskAlarm
 from node.join import JoinError, ask_leader, join_cluster, promote_until_voter
 from node.marker import MARK_FILE_NAME, MarkerFile
 from node.raft import Membership, Message, NodeId
@@ -95,6 +96,7 @@ class Node:
                 inbound_send,
                 on_peer_lost=self._peer_lost,  # the replica exists by the time a peer is lost
             )
+            self.disk = DiskAlarm(nc.data_dir, cfg.disk_free_limit_bytes)
             self.replica = Replica(
                 cfg,
                 node_id,
@@ -106,6 +108,7 @@ class Node:
                 transport_stats=self.transport.stats,
                 force_voter=force_voter,
                 on_membership=self._on_membership,
+                disk=self.disk,
             )
         except BaseException:
             self.storage.close()
@@ -181,6 +184,7 @@ class Node:
     async def run(self, *, task_status: trio.TaskStatus[Any] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             async with trio.open_nursery() as nursery:
+                await nursery.start(self.disk.run)
                 await nursery.start(self.transport.run)
                 await nursery.start(self.replica.run)
                 await nursery.start(self.server.run)

@@ -25,6 +25,7 @@ from node.actors import ActorSystem, wall_clock_ms
 from node.app import QueueApp, load_state
 from node.bodies import BodyStore
 from node.config import ClusterConfig
+from node.disk_alarm import DiskAlarm
 from node.loop_api import BlockingRunner, Sender, SnapshotWriter, StagedSnapshot
 from node.raft import (
     DurabilityMark,
@@ -110,6 +111,7 @@ class Replica:
         on_membership: called by the Raft loop when the membership (or the set of nodes the
             core talks to) changed, with the membership in effect; must not block (see
             `RaftLoop`).
+        disk: the free-disk alarm the client server consults (None: none).
 
     Raises:
         StorageError: the latest snapshot does not decode, or the mark or database is damaged.
@@ -131,6 +133,7 @@ class Replica:
         transport_stats: Callable[[], dict[str, Any]] = dict,
         force_voter: bool = False,
         on_membership: Callable[[Membership], None] | None = None,
+        disk: DiskAlarm | None = None,
     ) -> None:
         self.cfg = cfg
         self.node_id = node_id
@@ -167,7 +170,8 @@ class Replica:
         )
         self.actors = ActorSystem(self.loop, clock_ms=clock_ms)
         self.app.sink = self.actors
-        self.server = ClientServer(node_id, cfg, self.loop, self.app, self.actors, transport_stats)
+        self.server = ClientServer(node_id, cfg, self.loop, self.app, self.actors, transport_stats,
+                                   disk=disk)
 
     def _check_durability(self) -> tuple[DurabilityMark, str | None]:
         """Compare the database with the durability mark; start REPAIRING if state was lost.

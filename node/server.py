@@ -23,6 +23,7 @@ from node.app import QueueApp
 from node.budget import ByteBudget
 from node.codec import FrameDecoder, WireError, encode_frame
 from node.config import ClusterConfig, format_addr, parse_addr
+from node.disk_alarm import DiskAlarm
 from node.loop_api import ProposalFailed, ReadFailed, TransferFailed
 from node.raft import NodeId
 from node.raft_loop import RaftLoop
@@ -84,6 +85,9 @@ def parse_request(frame: object) -> tuple[str, dict[Any, Any]]:
     return op, args
 
 
+_SENDS = (machine.Enqueue, machine.EnqueueBatch, machine.Publish)
+"""The commands that bring new message bodies: refused while the disk alarm is raised."""
+
 REPLY_MAX_BYTES = 32 * 1024 * 1024
 """Default budget of the replies one connection holds before they are sent."""
 
@@ -124,6 +128,8 @@ class ClientServer:
         max_in_flight: requests served at once per connection; reading pauses beyond it.
         reply_max_bytes: bytes of replies a connection holds before they are sent; a slow
             reader makes its requests wait beyond it (and, through `max_in_flight`, reading).
+        disk: the free-disk alarm (node/disk_alarm.py): while raised, sends are refused with
+            `DISK_FULL`; None: no alarm.
     """
 
     def __init__(
@@ -136,6 +142,7 @@ class ClientServer:
         transport_stats: Callable[[], dict[str, Any]] = dict,
         max_in_flight: int = 1024,
         reply_max_bytes: int = REPLY_MAX_BYTES,
+        disk: DiskAlarm | None = None,
     ) -> None:
         self.node_id = node_id
         self.cfg = cfg
@@ -145,6 +152,7 @@ class ClientServer:
         self.transport_stats = transport_stats
         self.max_in_flight = max_in_flight
         self.reply_max_bytes = reply_max_bytes
+        self.disk = disk
         self.stats = {"connections": 0, "requests": 0, "errors": 0, "bad_frames": 0}
         self.member_ops = MemberOps(self)
 
@@ -390,6 +398,10 @@ class ClientServer:
         return await self._write(cmd)
 
     async def _write(self, cmd: machine.Command) -> Any:
+        if self.disk is not None and isinstance(cmd, _SENDS):
+            refusal = self.disk.refusal()
+            if refusal is not None:
+                raise RequestError("DISK_FULL", f"node {self.node_id}: {refusal}")
         key = machine.queue_of(cmd) or type(cmd).__name__
         try:
             reply = await self.actors.submit(cmd, key)
@@ -516,6 +528,8 @@ class ClientServer:
         st["transport"] = self.transport_stats()
         st["server"] = dict(self.stats)
         st["actors"] = dict(self.actors.stats)
+        if self.disk is not None:
+            st.update(self.disk.status())
         return st
 
     async def cluster_status(self) -> dict[str, Any]:

@@ -12,7 +12,7 @@ __all__ = ["RETRYABLE", "RequestError"]
 
 RETRYABLE = frozenset({
     "NOT_LEADER", "UNAVAILABLE", "OUTCOME_UNKNOWN", "BUSY", "TIMEOUT",
-    "CHANGE_IN_PROGRESS", "LEARNER_BEHIND",
+    "CHANGE_IN_PROGRESS", "LEARNER_BEHIND", "DISK_FULL",
 })
 """Codes whose replies say `"retryable": true` (docs/protocol.md, "Errors")."""
 
