@@ -31,26 +31,33 @@ async def _until(check: Any, timeout_s: float = 30) -> None:
             await trio.sleep(0.02)
 
 
+async def _three_then_two(nursery: trio.Nursery, cfg: Any) -> dict[int, Node]:
+    """Start nodes 1 to 3 (a new cluster forms only with all three), then stop node 3; return
+    nodes 1 and 2, running in `nursery`."""
+    nodes = {i: Node(cfg, i) for i in (1, 2)}
+    first3 = Node(cfg, 3)
+    for n in nodes.values():
+        await nursery.start(n.run)
+    scope3 = trio.CancelScope()
+
+    async def run_first3(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with scope3:
+            await first3.run(task_status=task_status)
+
+    await nursery.start(run_first3)
+    await wait_leader({**nodes, 3: first3})
+    scope3.cancel()
+    await _until(lambda: first3.storage._db is None)
+    return nodes
+
+
 async def test_refused_snapshot_is_fetched_again_then_installed_off_the_loop(
     tmp_path: Path,
 ) -> None:
     cfg = make_config(tmp_path, snapshot_entries=10, log_margin_entries=0)
-    nodes = {i: Node(cfg, i) for i in (1, 2)}
-    first3 = Node(cfg, 3)
     async with trio.open_nursery() as nursery:
-        for n in nodes.values():
-            await nursery.start(n.run)
-        scope3 = trio.CancelScope()
-
-        async def run_first3(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with scope3:
-                await first3.run(task_status=task_status)
-
-        await nursery.start(run_first3)
-        await wait_leader({**nodes, 3: first3})
-        scope3.cancel()  # node 3 goes, and its disk with it
-        await _until(lambda: first3.storage._db is None)
-        shutil.rmtree(cfg.node(3).data_dir)
+        nodes = await _three_then_two(nursery, cfg)
+        shutil.rmtree(cfg.node(3).data_dir)  # node 3 went, and its disk with it
         leader = await wait_leader(nodes)
         conn = await Conn.open(cfg.node(leader.node_id).client_addr)
         assert (await conn.call("create_queue", {"name": "q"}))["ok"]
@@ -104,21 +111,8 @@ async def test_a_follower_a_little_behind_catches_up_from_the_log_margin(tmp_pat
     """Snapshots compact the log only up to `log_margin_entries` before their index, so a
     follower that missed fewer entries than that gets entries, not a snapshot."""
     cfg = make_config(tmp_path, snapshot_entries=10, log_margin_entries=1000)
-    nodes = {i: Node(cfg, i) for i in (1, 2)}
-    first3 = Node(cfg, 3)
     async with trio.open_nursery() as nursery:
-        for n in nodes.values():
-            await nursery.start(n.run)
-        scope3 = trio.CancelScope()
-
-        async def run_first3(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-            with scope3:
-                await first3.run(task_status=task_status)
-
-        await nursery.start(run_first3)
-        await wait_leader({**nodes, 3: first3})
-        scope3.cancel()  # node 3 stops; its disk stays
-        await _until(lambda: first3.storage._db is None)
+        nodes = await _three_then_two(nursery, cfg)  # node 3 stopped; its disk stays
         leader = await wait_leader(nodes)
         conn = await Conn.open(cfg.node(leader.node_id).client_addr)
         assert (await conn.call("create_queue", {"name": "q"}))["ok"]
