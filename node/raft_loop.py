@@ -173,7 +173,8 @@ class RaftLoop:
         self._log_bytes_since_snapshot = 0
         self._last_snapshot_bytes = 0
         self._snapshot_requested = False
-        self._snapshotting = False
+        self._snapshotting = False  # the machine's part is being written: applies wait
+        self._snapshot_job = False  # a snapshot is being written (either part): no second one
         self._deferred: list[Entry | Snapshot] = []
         self._serialized: tuple[StagedSnapshot, Membership] | None = None
         self._install_lock = trio.Lock()
@@ -580,7 +581,7 @@ class RaftLoop:
             self.stats["snapshots_taken"] += 1
             logger.info("snapshot at index %d (%d bytes)", staged.index, staged.size_bytes)
             return
-        if self._snapshotting or self._nursery is None:
+        if self._snapshot_job or self._nursery is None:
             return
         due = (
             self._applied_since_snapshot >= self.snapshot_entries
@@ -592,6 +593,7 @@ class RaftLoop:
             return  # nothing new since the last snapshot
         self._snapshot_requested = False
         self._snapshotting = True
+        self._snapshot_job = True
         index = self._applied_index
         # The membership at the snapshot's index, known now (older ones are pruned as applies
         # go on while the snapshot is written).
@@ -603,6 +605,12 @@ class RaftLoop:
         machine's items while applies are held back (the state must not change), then the
         bodies, from a frozen view of the body store, while applies go on. The loop makes it
         the node's snapshot between two Readys (`_maybe_snapshot`)."""
+        try:
+            await self._write_snapshot(index, membership)
+        finally:
+            self._snapshot_job = False
+
+    async def _write_snapshot(self, index: int, membership: Membership) -> None:
         staged: StagedSnapshot | None = None
         stage: SnapshotWriter | None = None
         job = self.app.snapshot_job()

@@ -181,6 +181,59 @@ async def test_snapshot_serialises_in_a_thread_while_applies_wait() -> None:
         nursery.cancel_scope.cancel()
 
 
+class _SlowBodiesJob(_Job):
+    """Writes the machine's part at once; its bodies wait (in their thread) until released."""
+
+    def write_machine(self, out: MemoryStage) -> None:
+        out.write(b"|".join(self.app.applied))
+
+    def write_bodies(self, out: MemoryStage) -> None:
+        assert isinstance(self.app, SlowBodiesApp)
+        self.app.in_bodies.set()
+        assert self.app.bodies_go.wait(10)
+
+
+class SlowBodiesApp(SlowSnapshotApp):
+    def __init__(self) -> None:
+        super().__init__()
+        self.jobs = 0
+        self.in_bodies = threading.Event()
+        self.bodies_go = threading.Event()
+
+    def snapshot_job(self) -> _Job:
+        self.jobs += 1
+        return _SlowBodiesJob(self)
+
+
+async def test_applies_go_on_while_a_snapshots_bodies_are_written_and_no_second_starts() -> None:
+    # Real worker threads (the bodies are written in one), so the real clock; bounded waits.
+    disk = MemoryDisk()
+    core = RaftNode(Config(NodeId(1)), disk.store, random.Random(1))
+    app = SlowBodiesApp()
+    loop = RaftLoop(core, disk, NoNetwork(), app, tick_s=0.01, snapshot_entries=2)
+    send, receive = trio.open_memory_channel[Message](10)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(loop.run, receive)
+        with trio.fail_after(5):
+            await wait_leading(loop)
+        for p in loop.propose([b"a", b"b", b"c"]):
+            await p.done.wait()
+        assert await trio.to_thread.run_sync(app.in_bodies.wait, 5)
+        # The bodies are being written: applies go on, and however many entries pass
+        # snapshot_entries meanwhile, no second snapshot starts (they would share a checkpoint).
+        later = loop.propose([b"d", b"e", b"f", b"g", b"h"])
+        with trio.fail_after(5):
+            for p in later:
+                await p.done.wait()
+        assert app.applied[-1] == b"h" and app.jobs == 1
+        app.bodies_go.set()
+        with trio.fail_after(5):
+            while disk.store.snapshot().meta.index == 0:
+                await loop.status()  # a few of the loop's turns
+        assert disk.store.snapshot().data.startswith(b"a|b|c")
+        nursery.cancel_scope.cancel()
+
+
 class RecordingMarks:
     """A MarkStore that keeps every mark written, and what the disk held at that moment."""
 
