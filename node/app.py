@@ -249,14 +249,6 @@ class QueueApp:
         after `flush`)."""
         return SnapshotJob(self.state, self.bodies)
 
-    def snapshot(self) -> bytes:
-        """The node snapshot as one byte string (tests; small states)."""
-        out = io.BytesIO()
-        job = self.snapshot_job()
-        job.write_machine(out)
-        job.write_bodies(out)
-        return out.getvalue()
-
     def digest(self) -> str:
         """SHA-256 of the node snapshot (state and bodies): equal on replicas in one state.
 

@@ -126,7 +126,6 @@ class MemoryBodies:
         self._journal: list[tuple[dict[int, bytes] | None, Sequence[tuple[int, bytes]],
                                   Sequence[int], int]] = []
         self._prepared: tuple[int, dict[int, bytes]] | None = None
-        self.writes = 0
 
     @property
     def applied_index(self) -> int:
@@ -142,7 +141,6 @@ class MemoryBodies:
             by_key.pop(key, None)
         self._applied_index = max(self._applied_index, applied_index)
         self._journal.append((None, tuple(puts), tuple(drops), self._applied_index))
-        self.writes += 1
 
     def get_many(self, keys: Sequence[int]) -> list[bytes | None]:
         by_key = self.by_key
@@ -176,7 +174,6 @@ class MemoryBodies:
         self.by_key = dict(fresh)
         self._applied_index = applied_index
         self._journal = [(fresh, (), (), applied_index)]
-        self.writes += 1
 
     def sync(self) -> None:
         """Everything written so far survives a power loss."""

@@ -38,10 +38,6 @@ class ByteBudget:
                 await self._released.wait()
         self.used_bytes += n
 
-    def take(self, n: int) -> None:
-        """Hold `n` bytes without waiting (the caller checked `fits`, or must not wait)."""
-        self.used_bytes += n
-
     def release(self, n: int) -> None:
         """Give back `n` bytes held."""
         self.used_bytes -= n

@@ -51,7 +51,6 @@ class DiskAlarm:
         self._free_bytes = free_bytes or (lambda p: shutil.disk_usage(p).free)
         self.free = -1  # bytes free at the last look (-1: not looked yet)
         self.raised = False
-        self.raised_count = 0
 
     def check(self) -> bool:
         """Look at the free space now; return whether the alarm is raised."""
@@ -66,7 +65,6 @@ class DiskAlarm:
         if raised != self.raised:
             self.raised = raised
             if raised:
-                self.raised_count += 1
                 logger.warning(
                     "disk alarm: %d bytes free on %s, below disk_free_limit_bytes %d: new "
                     "sends are refused (DISK_FULL) until space returns",

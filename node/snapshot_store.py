@@ -9,8 +9,8 @@ compacted). A stage touches only its own keys, so it may run in a worker thread 
 uses the storage; a stage that is never committed (a crash, or a newer snapshot from the
 leader) leaves chunks that the next commit or open deletes.
 
-`SnapshotReader` is a read-only file over the stored chunks (for cbor2's decoder), one chunk
-in memory at a time, each checked against its checksum.
+`StoredSnapshot` reads a stored snapshot's data at any offset, one chunk in memory at a time,
+each checked against its checksum (node/snapshots.py `DataFile` makes it a file for cbor2).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from node.loop_api import StagedSnapshot
 from node.raft._types import Index
 from node.storage_format import CorruptStorageError, StorageError
 
-__all__ = ["SnapshotReader", "SnapshotStage", "StagedSnapshot"]
+__all__ = ["SnapshotStage", "StagedSnapshot", "StoredSnapshot"]
 
 
 def chunk_range(index: int) -> tuple[bytes, bytes]:
@@ -103,57 +103,6 @@ class SnapshotStage:
             raise StorageError(f"database {self._path}: snapshot write failed: {exc}") from exc
 
 
-class SnapshotReader:
-    """A read-only file over the chunks of a stored snapshot (see the module docstring).
-
-    Args:
-        read_chunk: returns the checked bytes of chunk `n` (raises CorruptStorageError).
-        size_bytes: the snapshot's size.
-        chunk_count: its number of chunks.
-    """
-
-    def __init__(
-        self, read_chunk: Callable[[int], bytes], size_bytes: int, chunk_count: int
-    ) -> None:
-        self._read_chunk = read_chunk
-        self._size_bytes = size_bytes
-        self._chunk_count = chunk_count
-        self._next_chunk = 0
-        self._buffer = b""
-        self._at = 0  # in _buffer
-        self.position = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return False
-
-    def read(self, n: int = -1) -> bytes:
-        """Up to `n` bytes (fewer only at the end); all that is left when `n` < 0."""
-        parts: list[bytes] = []
-        want = self._size_bytes if n < 0 else n
-        while want > 0:
-            if self._at >= len(self._buffer):
-                if self._next_chunk >= self._chunk_count:
-                    break
-                self._buffer = self._read_chunk(self._next_chunk)
-                self._next_chunk += 1
-                self._at = 0
-                continue
-            piece = self._buffer[self._at : self._at + want]
-            self._at += len(piece)
-            want -= len(piece)
-            parts.append(piece)
-        data = b"".join(parts)
-        self.position += len(data)
-        if n != 0 and not data and self.position != self._size_bytes:
-            raise CorruptStorageError(
-                f"snapshot data ends at {self.position} bytes, meta says {self._size_bytes}"
-            )
-        return data
-
-
 class StoredSnapshot:
     """A stored snapshot's data as `SnapshotData` (node/raft/_types.py): its size, and pieces
     read at any offset, one stored chunk in memory at a time (what a leader sends from).
@@ -207,7 +156,3 @@ class StoredSnapshot:
             parts.append(piece)
             at += len(piece)
         return parts[0] if len(parts) == 1 else b"".join(parts)
-
-    def file(self) -> SnapshotReader:
-        """A file reading the whole data from its start."""
-        return SnapshotReader(self._read_chunk, self._size_bytes, self._chunk_count)

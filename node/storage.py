@@ -84,12 +84,12 @@ from node.raft._types import (
 )
 from node.rocks_bodies import RocksBodies
 from node.snapshot_store import (
-    SnapshotReader,
     SnapshotStage,
     StagedSnapshot,
     StoredSnapshot,
     chunk_range,
 )
+from node.snapshots import DataFile
 from node.storage_format import FORMAT_VERSION, CorruptStorageError, StorageError
 
 __all__ = [
@@ -663,14 +663,6 @@ class RocksStorage:
 
         return StoredSnapshot(index, read_chunk, size_bytes, chunk_count)
 
-    def snapshot_bytes(self) -> bytes:
-        """The latest snapshot's whole data (tests and tools; a large one fills memory).
-
-        Raises:
-            CorruptStorageError: a chunk fails its checksum or is missing.
-        """
-        return self._read_snapshot_data()
-
     def incoming_snapshot(self, meta: SnapshotMeta) -> StoredSnapshot | None:
         """The data of the snapshot being received from the leader, when every chunk of
         `meta`'s snapshot so far was written here (`Ready.snapshot_chunks`), else None."""
@@ -700,25 +692,6 @@ class RocksStorage:
     def snapshot_meta(self) -> SnapshotMeta:
         """Index, term and membership of the latest snapshot, without its data."""
         return self._snap_meta
-
-    def _read_snapshot_data(self) -> bytes:
-        self._require_open()
-        index = self._snap_meta.index
-        parts: list[memoryview] = []
-        for number, (key, value) in enumerate(self._scan_snapshot(index)):
-            if key != fmt.CHUNK_KEY.pack(index, number):
-                break
-            try:
-                parts.append(fmt.unseal(key, value))
-            except fmt.Bad as exc:
-                raise self._corrupt(f"snapshot {index} chunk {number}", str(exc)) from None
-        data = b"".join(parts)
-        if len(data) != self._snap_size_bytes:
-            raise self._corrupt(
-                f"snapshot {index}",
-                f"data is {len(data)} bytes, meta says {self._snap_size_bytes}",
-            )
-        return data
 
     # -- writes (driver only) -----------------------------------------------------------------
 
@@ -977,7 +950,7 @@ class RocksStorage:
             del self._cache[: cut + 1 - cache_first]
             self._cache_bytes -= sum(map(entry_size_bytes, dropped))
 
-    def snapshot_reader(self) -> SnapshotReader:
+    def snapshot_reader(self) -> DataFile:
         """A file reading the latest snapshot's data from the database, a chunk at a time.
 
         Raises (when read):
@@ -985,7 +958,7 @@ class RocksStorage:
         """
         self._require_open()
         meta = self._snap_meta
-        return self._stored(meta.index, self._snap_size_bytes, self._snap_chunk_count).file()
+        return DataFile(self._stored(meta.index, self._snap_size_bytes, self._snap_chunk_count))
 
     def _put_snapshot(self, batch: WriteBatch, meta: SnapshotMeta, data: bytes) -> int:
         """Add a snapshot (meta and data chunks, replacing any older one) to `batch`."""
