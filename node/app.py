@@ -21,6 +21,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import cbor2
@@ -29,6 +30,7 @@ from node import machine
 from node.bodies import BodyStore, FrozenBodies
 from node.entry import decode_entry
 from node.raft import Entry, SnapshotData
+from node.snapshot_fork import ForkedMachine
 from node.snapshots import (
     DataFile,
     SnapshotBodies,
@@ -64,29 +66,74 @@ class EffectSink:
 class SnapshotJob:
     """Writes one node snapshot in two parts (see `RaftLoop._serialize`).
 
-    `write_machine` runs while the state does not change (the loop holds applies back): it
-    writes the machine's items and takes a frozen view of the bodies. `write_bodies` may run
-    while applies go on: it writes the bodies from that view. Both may run in a worker thread.
+    In place (`forks` False): `write_machine` runs while the state does not change (the loop
+    holds applies back): it writes the machine's items and takes a frozen view of the bodies.
+    Forked (`forks` True, node/snapshot_fork.py): `freeze` takes the frozen view and `fork`
+    starts a child process that writes the machine's items from its copy of the state; both
+    while applies are held back, both short; then `write_forked` copies what the child wrote,
+    while applies go on. Either way `write_bodies` follows, while applies go on: it writes the
+    bodies from the frozen view. All but `fork` may run in a worker thread.
+
+    Args:
+        state: the state at the snapshot's index.
+        bodies: its body store.
+        fork_dir: where a forked child writes its files; None to write in place.
     """
 
-    def __init__(self, state: machine.MachineState, bodies: BodyStore) -> None:
+    def __init__(
+        self, state: machine.MachineState, bodies: BodyStore, fork_dir: Path | None = None
+    ) -> None:
         self._state = state
         self._bodies = bodies
+        self._fork_dir = fork_dir
+        self._forked: ForkedMachine | None = None
         self._keys: list[int] = []
         self._frozen: FrozenBodies | None = None
         self.size_bytes = 0
+
+    @property
+    def forks(self) -> bool:
+        return self._fork_dir is not None
 
     def write_machine(self, out: Any) -> None:
         """Write the header and the machine's items to `out` (has `write(bytes)`)."""
         state = self._state
         self._keys = machine.body_keys(state)
-        self._frozen = self._bodies.freeze()
+        self.freeze()
         head = header_item(len(self._keys))
         out.write(head)
         self.size_bytes += len(head)
         for item in machine.snapshot_items(state):
             out.write(item)
             self.size_bytes += len(item)
+
+    def freeze(self) -> None:
+        """Take the frozen view of the bodies (the state must be the snapshot's)."""
+        self._frozen = self._bodies.freeze()
+
+    def fork(self) -> None:
+        """Start the child that writes the machine's items (on the loop, between applies).
+
+        Raises:
+            OSError: the fork failed.
+        """
+        assert self._fork_dir is not None
+        self._forked = ForkedMachine(self._state, self._fork_dir)
+        self._state = None  # type: ignore[assignment]  # the child has it; applies go on
+
+    def write_forked(self, out: Any) -> None:
+        """Wait for the child, then write what it wrote to `out`.
+
+        Raises:
+            SnapshotForkError: the child failed.
+        """
+        forked = self._forked
+        assert forked is not None, "fork first"
+        forked.wait()
+        self._keys = forked.body_keys()
+        self.size_bytes += forked.copy_to(out)
+        forked.close()
+        self._forked = None
 
     def write_bodies(self, out: Any) -> None:
         """Write the bodies (from the frozen view) to `out`; release the view.
@@ -104,10 +151,13 @@ class SnapshotJob:
             self.close()
 
     def close(self) -> None:
-        """Release the frozen view (idempotent)."""
+        """Release the frozen view and the child (idempotent)."""
         frozen, self._frozen = self._frozen, None
         if frozen is not None:
             frozen.close()
+        forked, self._forked = self._forked, None
+        if forked is not None:
+            forked.close()
 
 
 def load_state(data: BinaryIO, index: int, bodies: BodyStore) -> machine.MachineState:
@@ -138,12 +188,16 @@ class QueueApp:
         state: the starting state (restored from the latest snapshot, or new).
         bodies: the body store (it must belong to `state`: see `load_state`).
         sink: where effects go while this node leads.
+        snapshot_fork_dir: where a forked child writes the machine's part of a snapshot (see
+            `SnapshotJob`); None to write it in place.
     """
 
     def __init__(
-        self, state: machine.MachineState, bodies: BodyStore, sink: EffectSink | None = None
+        self, state: machine.MachineState, bodies: BodyStore, sink: EffectSink | None = None,
+        snapshot_fork_dir: Path | None = None,
     ) -> None:
         self.state = state
+        self.snapshot_fork_dir = snapshot_fork_dir
         self.bodies = bodies
         self.sink = sink or EffectSink()
         self._puts: list[tuple[int, bytes]] = []
@@ -247,7 +301,7 @@ class QueueApp:
     def snapshot_job(self) -> SnapshotJob:
         """A job writing a node snapshot of the state as it is now (call between applies,
         after `flush`)."""
-        return SnapshotJob(self.state, self.bodies)
+        return SnapshotJob(self.state, self.bodies, self.snapshot_fork_dir)
 
     def digest(self) -> str:
         """SHA-256 of the node snapshot (state and bodies): equal on replicas in one state.

@@ -62,10 +62,21 @@ class SnapshotWriter(Protocol):
 
 
 class SnapshotJob(Protocol):
-    """Writes one snapshot of the application (node/app.py's SnapshotJob): `write_machine`
-    while the state must not change, then `write_bodies` while applies go on."""
+    """Writes one snapshot of the application (node/app.py's SnapshotJob). In place:
+    `write_machine` while the state must not change. Forked (`forks`): `freeze` and `fork`
+    while the state must not change, then `write_forked` while applies go on. Then
+    `write_bodies` while applies go on."""
+
+    @property
+    def forks(self) -> bool: ...
 
     def write_machine(self, out: SnapshotWriter) -> None: ...
+
+    def freeze(self) -> None: ...
+
+    def fork(self) -> None: ...
+
+    def write_forked(self, out: SnapshotWriter) -> None: ...
 
     def write_bodies(self, out: SnapshotWriter) -> None: ...
 

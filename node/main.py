@@ -109,6 +109,7 @@ class Node:
                 force_voter=force_voter,
                 on_membership=self._on_membership,
                 disk=self.disk,
+                snapshot_fork_dir=nc.data_dir,
             )
         except BaseException:
             self.storage.close()

@@ -616,7 +616,11 @@ class RaftLoop:
         job = self.app.snapshot_job()
         try:
             stage = self.storage.begin_snapshot(Index(index))
-            await self._blocking(job.write_machine, stage)
+            if job.forks:  # a child writes the machine's items; applies go on at once
+                await self._blocking(job.freeze)
+                job.fork()
+            else:
+                await self._blocking(job.write_machine, stage)
         except Exception:
             logger.exception("writing a snapshot at index %d failed", index)
             job.close()
@@ -633,10 +637,13 @@ class RaftLoop:
         if stage is None:
             return
         try:
+            if job.forks:
+                await self._blocking(job.write_forked, stage)
             await self._blocking(job.write_bodies, stage)
             staged = await self._blocking(stage.finish)
         except Exception:
             logger.exception("writing the bodies of a snapshot at index %d failed", index)
+            job.close()
             stage.abort()
             return
         self._serialized = (staged, membership)

@@ -112,6 +112,9 @@ class Replica:
             core talks to) changed, with the membership in effect; must not block (see
             `RaftLoop`).
         disk: the free-disk alarm the client server consults (None: none).
+        snapshot_fork_dir: where a forked child writes the machine's part of each snapshot
+            (node/snapshot_fork.py); None writes it in place, in a worker thread, holding
+            applies back meanwhile (the simulator, where no process may fork).
 
     Raises:
         StorageError: the latest snapshot does not decode, or the mark or database is damaged.
@@ -134,6 +137,7 @@ class Replica:
         force_voter: bool = False,
         on_membership: Callable[[Membership], None] | None = None,
         disk: DiskAlarm | None = None,
+        snapshot_fork_dir: Path | None = None,
     ) -> None:
         self.cfg = cfg
         self.node_id = node_id
@@ -153,7 +157,7 @@ class Replica:
                 f"database {storage.path}: snapshot at index {index} does not decode: {exc}"
             ) from None
         core = RaftNode(cfg.raft_config(node_id), storage, rng, repair_reason=repair_reason)
-        self.app = QueueApp(state, storage.bodies)
+        self.app = QueueApp(state, storage.bodies, snapshot_fork_dir=snapshot_fork_dir)
         self.loop = RaftLoop(
             core,
             storage,

@@ -9,6 +9,11 @@ batch as the bodies. `replace` (installing a snapshot's bodies) writes a new gen
 batches and switches to it with the last one; older generations are then deleted, and open
 deletes any generation that is not live (left by a crash during `replace`).
 
+Writes are buffered: each apply step's goes into the storage's next write (the Raft log's
+next append or commit index, node/storage.py `persist`), so the node makes one RocksDB write
+where it made two, in the worker thread when that write is large; a body is read from memory
+until then. The order of the writes and the applied index in each keep the rule above.
+
 Reads: a small cache of the newest bodies (most deliveries are of recent messages), then one
 multi-get for the rest. A frozen view for a snapshot is a RocksDB checkpoint (hard links of
 the database's files, in a directory beside it), opened read-only and iterated in key order:
@@ -19,7 +24,9 @@ rocksdict's point-in-time `Snapshot` does not hold for iterators (observed with 
 from __future__ import annotations
 
 import collections
+import contextlib
 import shutil
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import cast
@@ -39,6 +46,12 @@ DEFAULT_BODY_CACHE_BYTES = 8 * 1024 * 1024
 
 REPLACE_BATCH_BYTES = 4 * 1024 * 1024
 """Bytes of bodies per write batch of `replace`."""
+
+BUFFER_MAX_BYTES = 8 * 1024 * 1024
+"""Bodies buffered for the storage's next write beyond which `write` writes them at once."""
+
+_Step = tuple[Sequence[tuple[int, bytes]], Sequence[int], int]
+"""One apply step's body writes: puts, drops, applied index."""
 
 _KEYS_END = b"\xff" * (fmt.BODY_KEY.size + 1)  # sorts after every body key
 
@@ -113,6 +126,14 @@ class RocksBodies:
         self.reads = 0  # bodies read from the database (cache misses)
         self._prepared: tuple[int, int] | None = None  # generation, applied index
         self._generation, self._applied_index = self._load()
+        # Apply steps' writes not in the database yet (see `write`), and their bodies.
+        self._buffer: list[_Step] = []
+        self._unwritten: dict[int, bytes] = {}
+        # Bytes of bodies buffered, ever, and written since: each has one writer (`write` in
+        # the loop, `_written` under the lock, maybe in a worker thread).
+        self._bytes_in = 0
+        self._bytes_out = 0
+        self._lock = threading.Lock()
         self._drop_other_generations()
 
     def _load(self) -> tuple[int, int]:
@@ -165,31 +186,88 @@ class RocksBodies:
     def write(
         self, puts: Sequence[tuple[int, bytes]], drops: Sequence[int], applied_index: int
     ) -> None:
-        g = self._generation
-        h = self._h_bodies
+        """Buffer one apply step's body writes (see `BodyStore.write`): they go into the
+        storage's next write (`buffered_into`, node/storage.py `persist`), a RocksDB write the
+        node makes anyway, in its worker thread when large; or into `flush`'s. Until then
+        `get_many` reads them from memory. Flushed at once beyond `BUFFER_MAX_BYTES`."""
         applied = max(self._applied_index, applied_index)
-        batch = WriteBatch(raw_mode=True)
-        for body_key, body in puts:
-            key = _key(g, body_key)
-            batch.put(key, fmt.seal(key, body), h)
-        for body_key in drops:
-            batch.delete(_key(g, body_key), h)
-        batch.put(fmt.K_BODIES, self._record(applied, g), self._h_meta)
-        self._write(batch)
+        self._buffer.append((puts, drops, applied))  # atomic: a writer may be taking steps
         self._applied_index = applied
-        cache = self._cache
+        unwritten = self._unwritten
+        size = 0
         for body_key, body in puts:
-            cache[body_key] = body
-            self._cache_bytes += len(body)
-        for body_key in drops:
-            dropped = cache.pop(body_key, b"")
-            self._cache_bytes -= len(dropped)
+            unwritten[body_key] = body
+            size += len(body)
+        for body_key in drops:  # body keys are never reused
+            unwritten.pop(body_key, None)
+        self._bytes_in += size
+        if self._bytes_in - self._bytes_out > BUFFER_MAX_BYTES:
+            self.flush()
+
+    @contextlib.contextmanager
+    def buffered_into(self, batch: WriteBatch) -> Iterator[None]:
+        """Add every buffered body write to `batch`, in order, with the applied index of the
+        last; the caller writes `batch` inside the block. When the block ends without an
+        exception they count as written; else they stay buffered.
+
+        One writer at a time (a lock): so the database receives the body writes in order,
+        and no write is taken twice. Writes buffered meanwhile wait for the next one.
+        """
+        with self._lock:
+            steps = self._buffer[:]
+            if steps:
+                g = self._generation
+                h = self._h_bodies
+                seal = fmt.seal
+                for puts, drops, _ in steps:
+                    for body_key, body in puts:
+                        key = _key(g, body_key)
+                        batch.put(key, seal(key, body), h)
+                    for body_key in drops:
+                        batch.delete(_key(g, body_key), h)
+                batch.put(fmt.K_BODIES, self._record(steps[-1][2], g), self._h_meta)
+            yield
+            if steps:
+                self._written(steps)
+
+    def _written(self, steps: list[_Step]) -> None:
+        del self._buffer[: len(steps)]
+        unwritten = self._unwritten
+        cache = self._cache
+        written_bytes = 0
+        for puts, drops, _ in steps:
+            for body_key, body in puts:
+                unwritten.pop(body_key, None)
+                cache[body_key] = body
+                written_bytes += len(body)
+            for body_key in drops:
+                dropped = cache.pop(body_key, None)
+                if dropped is not None:
+                    written_bytes -= len(dropped)
+        self._bytes_out += sum(len(b) for puts, _, _ in steps for _, b in puts)
+        self._cache_bytes += written_bytes
         while self._cache_bytes > self._cache_max_bytes and cache:
             self._cache_bytes -= len(cache.popitem(last=False)[1])
 
+    def flush(self) -> None:
+        """Write the buffered body writes now, in a batch of their own.
+
+        Raises:
+            StorageError: the write failed (they stay buffered).
+        """
+        if not self._buffer:
+            return
+        batch = WriteBatch(raw_mode=True)
+        with self.buffered_into(batch):
+            self._write(batch)
+
     def get_many(self, keys: Sequence[int]) -> list[bytes | None]:
         cache = self._cache
-        out: list[bytes | None] = [cache.get(k) for k in keys]
+        unwritten = self._unwritten
+        out: list[bytes | None] = []
+        for k in keys:
+            found = unwritten.get(k)
+            out.append(cache.get(k) if found is None else found)
         missing = [i for i, body in enumerate(out) if body is None]
         if not missing:
             return out
@@ -214,6 +292,7 @@ class RocksBodies:
         return out
 
     def freeze(self) -> FrozenBodies:
+        self.flush()  # the checkpoint holds every write made so far
         try:
             return _Checkpoint(self._db, self._path.with_name(self._path.name + ".checkpoint"),
                                self._generation)
@@ -223,6 +302,7 @@ class RocksBodies:
             ) from exc
 
     def replace(self, bodies: Iterable[tuple[int, bytes]], applied_index: int) -> int:
+        self.flush()
         count = self.prepare(bodies, applied_index)
         batch = WriteBatch(raw_mode=True)
         self.add_switch(batch, applied_index)
@@ -279,6 +359,11 @@ class RocksBodies:
         self._prepared = None
         self._cache.clear()
         self._cache_bytes = 0
+        # What is still buffered was of the old generation, for entries the snapshot covers.
+        with self._lock:
+            self._bytes_out += sum(len(b) for puts, _, _ in self._buffer for _, b in puts)
+            self._buffer.clear()
+            self._unwritten.clear()
 
     def _write(self, batch: WriteBatch) -> None:
         try:
@@ -287,5 +372,11 @@ class RocksBodies:
             raise StorageError(f"database {self._path}: write failed: {exc}") from exc
 
     def close(self) -> None:
-        """Drop the column family objects (they keep RocksDB open); the storage closes it."""
+        """Write what is buffered (best effort: the log gives it back after a restart
+        otherwise), then drop the column family objects (they keep RocksDB open); the storage
+        closes the database."""
+        try:
+            self.flush()
+        except StorageError:
+            pass
         del self._family, self._meta, self._h_bodies, self._h_meta

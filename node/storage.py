@@ -108,7 +108,7 @@ class NoDatabase(StorageError):
     created: a node joining a running cluster learns its membership first)."""
 
 
-DEFAULT_CACHE_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_CACHE_MAX_BYTES = 16 * 1024 * 1024
 """Default budget of the in-memory cache of the log tail (sizes as `entry_size_bytes`)."""
 
 DEFAULT_SNAPSHOT_CHUNK_BYTES = 4 * 1024 * 1024
@@ -726,68 +726,70 @@ class RocksStorage:
         kept = len(self._terms) if snap is None else 0  # entries kept, before truncation
 
         batch = WriteBatch(raw_mode=True)
-        incoming = self._stage_incoming(batch, ready.snapshot_chunks)
-        snap_record: tuple[int, int] | None = None  # size and chunks of a new snapshot
-        switch_bodies = False
-        if snap is not None:
-            batch.delete_range(fmt.log_key(0), fmt.LOG_KEY_END, self._h_log)
-            batch.delete(fmt.K_LOG_START, self._h_meta)  # the log starts at the snapshot
-            data = snap.data
-            if isinstance(data, StoredSnapshot):
-                # The snapshot assembled here from the leader's chunks: it becomes the node's,
-                # with the bodies its install prepared (node/rocks_bodies.py), atomically.
-                if incoming is None or incoming[0] != snap_meta:
-                    raise ValueError(f"snapshot {snap_meta.index} was not assembled here")
-                _, count, size = incoming
-                lo, hi = chunk_range(snap_meta.index)
-                batch.delete_range(b"", lo, self._h_snapshot)
-                batch.delete_range(hi, b"\xff" * (fmt.CHUNK_KEY.size + 1), self._h_snapshot)
-                record = fmt.encode_snapshot_record(snap_meta, size, count)
-                batch.put(fmt.K_SNAPSHOT, fmt.seal(fmt.K_SNAPSHOT, record), self._h_meta)
-                snap_record = (size, count)
-                incoming = None
-                switch_bodies = self.bodies.add_switch(batch, snap_meta.index)
-            else:
-                if not isinstance(data, bytes):
-                    data = data.read_at(0, len(data))
-                count = self._put_snapshot(batch, snap_meta, data)
-                snap_record = (len(data), count)
-        if entries and entries[0].index <= start:
-            entries = tuple(e for e in entries if e.index > start)
-        if entries:
-            first = entries[0].index
-            last = start + kept
-            if first > last + 1:
-                raise ValueError(f"gap in log: append at {first} after {last}")
-            prev_term: int
-            if first == start + 1:
-                prev_term = start_term
-            else:
-                prev_term = self._terms[first - start - 2]
-            for n, entry in enumerate(entries):
-                if entry.index != first + n:
-                    raise ValueError(f"entries not contiguous: {entry.index} after {first + n - 1}")
-                if entry.term < prev_term:
+        # The bodies' buffered writes go first (before a switch of their generation).
+        with self.bodies.buffered_into(batch):
+            incoming = self._stage_incoming(batch, ready.snapshot_chunks)
+            snap_record: tuple[int, int] | None = None  # size and chunks of a new snapshot
+            switch_bodies = False
+            if snap is not None:
+                batch.delete_range(fmt.log_key(0), fmt.LOG_KEY_END, self._h_log)
+                batch.delete(fmt.K_LOG_START, self._h_meta)  # the log starts at the snapshot
+                data = snap.data
+                if isinstance(data, StoredSnapshot):
+                    # The snapshot assembled here from the leader's chunks: it becomes the node's,
+                    # with the bodies its install prepared (node/rocks_bodies.py), atomically.
+                    if incoming is None or incoming[0] != snap_meta:
+                        raise ValueError(f"snapshot {snap_meta.index} was not assembled here")
+                    _, count, size = incoming
+                    lo, hi = chunk_range(snap_meta.index)
+                    batch.delete_range(b"", lo, self._h_snapshot)
+                    batch.delete_range(hi, b"\xff" * (fmt.CHUNK_KEY.size + 1), self._h_snapshot)
+                    record = fmt.encode_snapshot_record(snap_meta, size, count)
+                    batch.put(fmt.K_SNAPSHOT, fmt.seal(fmt.K_SNAPSHOT, record), self._h_meta)
+                    snap_record = (size, count)
+                    incoming = None
+                    switch_bodies = self.bodies.add_switch(batch, snap_meta.index)
+                else:
+                    if not isinstance(data, bytes):
+                        data = data.read_at(0, len(data))
+                    count = self._put_snapshot(batch, snap_meta, data)
+                    snap_record = (len(data), count)
+            if entries and entries[0].index <= start:
+                entries = tuple(e for e in entries if e.index > start)
+            if entries:
+                first = entries[0].index
+                last = start + kept
+                if first > last + 1:
+                    raise ValueError(f"gap in log: append at {first} after {last}")
+                prev_term: int
+                if first == start + 1:
+                    prev_term = start_term
+                else:
+                    prev_term = self._terms[first - start - 2]
+                for n, entry in enumerate(entries):
+                    if entry.index != first + n:
+                        raise ValueError(f"entries not contiguous: {entry.index} after {first + n - 1}")
+                    if entry.term < prev_term:
+                        raise ValueError(
+                            f"entry {entry.index} has term {entry.term} below the previous {prev_term}"
+                        )
+                    prev_term = entry.term
+                if first <= last:
+                    batch.delete_range(fmt.log_key(first), fmt.log_key(last + 1), self._h_log)
+                h_log = self._h_log
+                for entry in entries:
+                    key = fmt.log_key(entry.index)
+                    batch.put(key, fmt.encode_entry_value(key, entry), h_log)
+                kept = first - start - 1 + len(entries)
+            if hard_state is not None:
+                if hard_state.commit > start + kept:
                     raise ValueError(
-                        f"entry {entry.index} has term {entry.term} below the previous {prev_term}"
+                        f"commit index {hard_state.commit} past last index {start + kept}"
                     )
-                prev_term = entry.term
-            if first <= last:
-                batch.delete_range(fmt.log_key(first), fmt.log_key(last + 1), self._h_log)
-            h_log = self._h_log
-            for entry in entries:
-                key = fmt.log_key(entry.index)
-                batch.put(key, fmt.encode_entry_value(key, entry), h_log)
-            kept = first - start - 1 + len(entries)
-        if hard_state is not None:
-            if hard_state.commit > start + kept:
-                raise ValueError(
-                    f"commit index {hard_state.commit} past last index {start + kept}"
-                )
-            value = fmt.seal(fmt.K_HARD_STATE, fmt.encode_hard_state(hard_state))
-            batch.put(fmt.K_HARD_STATE, value, self._h_meta)
+                value = fmt.seal(fmt.K_HARD_STATE, fmt.encode_hard_state(hard_state))
+                batch.put(fmt.K_HARD_STATE, value, self._h_meta)
 
-        self._write(batch, sync=ready.must_sync or snap is not None)
+            self._write(batch, sync=ready.must_sync or snap is not None)
 
         self._incoming = incoming
         if switch_bodies:

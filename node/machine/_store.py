@@ -203,6 +203,10 @@ _SIZES: dict[int, int] = {}
 a cache of values, not state; every replica decides the same with or without it."""
 _SIZES_MAX = 4096
 
+_NOW: list[int] = [0]
+"""The last arrival time stamped on a message, as one int object: the messages enqueued in
+one millisecond share it (28 bytes per message otherwise). A cache, like `_SIZES`."""
+
 
 def admit_body(
     s: MachineState,
@@ -221,6 +225,10 @@ def admit_body(
         shared = size
         if len(_SIZES) < _SIZES_MAX:
             _SIZES[size] = size
+    if now == _NOW[0]:
+        now = _NOW[0]
+    else:
+        _NOW[0] = now
     mid = admit(s, q, None, shared, headers, None, delay_ms, ttl_ms, group, now)
     s.body_puts.append((mid, body))
     return mid

@@ -74,6 +74,11 @@ def body(i: int, size_bytes: int = BODY_BYTES) -> bytes:
     return i.to_bytes(8, "big") + b"x" * (size_bytes - 8)
 
 
+def random_body(size_bytes: int = BODY_BYTES) -> bytes:
+    """A body of `size_bytes` random bytes (incompressible, unlike `body`)."""
+    return os.urandom(size_bytes)
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of one process in bytes (VmRSS), 0 when it is gone."""
     try:
@@ -84,6 +89,29 @@ def rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def pss_bytes(pid: int) -> int:
+    """Proportional resident memory of one process (Pss: each shared page divided among the
+    processes sharing it), 0 when it is gone."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def tree_memory_bytes(pid: int) -> int:
+    """Resident memory of the process tree of `pid`: VmRSS when it is one process; with
+    children (a raftq node's forked snapshot writer shares its pages copy-on-write) the sum
+    of their Pss, so that a shared page counts once."""
+    pids = tree_pids(pid)
+    if len(pids) == 1:
+        return rss_bytes(pid)
+    return sum(pss_bytes(p) for p in pids)
 
 
 def tree_pids(pid: int) -> list[int]:
@@ -120,8 +148,8 @@ def cpu_seconds(pid: int) -> float:
 class RssSampler:
     """Samples the resident memory of named process trees in a thread; keeps each peak.
 
-    Use as a context manager around a workload. `peak_bytes[name]` is the largest sum of
-    VmRSS over the tree of `pids[name]` seen at any sample.
+    Use as a context manager around a workload. `peak_bytes[name]` is the largest
+    `tree_memory_bytes` of `pids[name]` seen at any sample.
 
     Attributes:
         pids: name (e.g. "n1") -> root pid of the tree.
@@ -138,7 +166,7 @@ class RssSampler:
     def sample(self) -> None:
         """Take one sample now."""
         for name, pid in self.pids.items():
-            total = sum(rss_bytes(p) for p in tree_pids(pid))
+            total = tree_memory_bytes(pid)
             self.peak_bytes[name] = max(self.peak_bytes.get(name, 0), total)
 
     def _run(self) -> None:
@@ -160,6 +188,11 @@ class RssSampler:
     def peak_mib(self) -> dict[str, float]:
         """name -> peak resident memory in MiB."""
         return {k: round(v / 2**20, 1) for k, v in self.peak_bytes.items()}
+
+    def current_mib(self) -> dict[str, float]:
+        """name -> resident memory in MiB now (one sample, which also counts for the peaks)."""
+        self.sample()
+        return {name: round(tree_memory_bytes(pid) / 2**20, 1) for name, pid in self.pids.items()}
 
 
 def ports_free(ports: Iterable[int], host: str = "127.0.0.1") -> bool:

@@ -30,6 +30,7 @@ from bench_peers.common import (
     ensure_packages,
     latency_figures,
     pick_base_port,
+    random_body,
     wait_port,
 )
 from bench_peers.raftq_peer import failover_figures
@@ -391,19 +392,25 @@ class RabbitSystem:
                 "n": backlog}
 
     def backlog(
-        self, n: int, in_flight: int = 1000, producers: int = 16, consumers: int = 4
+        self, n: int, in_flight: int = 1000, producers: int = 16, consumers: int = 4,
+        random_bodies: bool = False,
     ) -> dict[str, Any]:
-        """Workload 4: publish `n` (16 connections, 1,000 awaiting confirms), then drain."""
+        """Workload 4: publish `n` (16 connections, 1,000 awaiting confirms), then drain.
+        `random_bodies`: every body random bytes of its own. Returns what raftq's does."""
         q = self._declare("w4")
         with RssSampler(self.node_pids()) as rss:
-            pub = _Publishers(self, q, in_flight, producers, total=n)
+            pub = _Publishers(self, q, in_flight, producers, total=n,
+                              random_bodies=random_bodies)
             pub.run()
             enqueue_rate = pub.confirmed / (pub.end - pub.start)
+            time.sleep(2.0)
+            at_depth = rss.current_mib()
             drain_rate = self._drain(q, pub.confirmed, consumers)
         self._delete(q)
         peak = rss.peak_mib()
         return {"enqueue_rate_per_s": enqueue_rate, "drain_rate_per_s": drain_rate, "n": n,
-                "rss_mib": peak, "rss_peak_mib": max(peak.values())}
+                "rss_mib": peak, "rss_peak_mib": max(peak.values()),
+                "rss_at_depth_mib": at_depth}
 
 
 class _Publishers:
@@ -415,8 +422,10 @@ class _Publishers:
     """
 
     def __init__(self, system: RabbitSystem, queue: str, in_flight: int, producers: int,
-                 *, seconds: float | None = None, total: int | None = None) -> None:
+                 *, seconds: float | None = None, total: int | None = None,
+                 random_bodies: bool = False) -> None:
         self.system = system
+        self.random_bodies = random_bodies
         self.queue = queue
         self.windows = [in_flight // producers + (1 if p < in_flight % producers else 0)
                         for p in range(producers)]
@@ -471,7 +480,8 @@ class _Publishers:
                     state["tag"] += 1
                     self.published += 1
                     pending[state["tag"]] = time.monotonic()
-                    ch.basic_publish("", self.queue, payload, props)
+                    ch.basic_publish("", self.queue,
+                                     random_body() if self.random_bodies else payload, props)
                 if finished() and not pending and conn.is_open:
                     conn.close()
 

@@ -29,6 +29,7 @@ from bench_peers.common import (
     body,
     latency_figures,
     pick_base_port,
+    random_body,
     rate_window,
 )
 from cluster.client import AsyncClient
@@ -279,25 +280,34 @@ class RaftqSystem:
                 "failed_calls": failed}
 
     def backlog(
-        self, n: int, in_flight: int = 1000, producers: int = 16, consumers: int = 4
+        self, n: int, in_flight: int = 1000, producers: int = 16, consumers: int = 4,
+        random_bodies: bool = False,
     ) -> dict[str, Any]:
         """Workload 4: enqueue `n` messages (as workload 2), then drain them (as workload 3).
 
+        Args:
+            random_bodies: every body random bytes of its own (incompressible); else one
+                body for all.
+
         Returns:
             enqueue_rate_per_s, drain_rate_per_s, peak resident memory of each node in MiB
-            (`rss_mib`, sampled every 0.25 s during both phases).
+            (`rss_mib`, sampled every 0.25 s during both phases), and each node's resident
+            memory with all `n` queued (`rss_at_depth_mib`, 2 s after the last send).
         """
         with RssSampler(self.node_pids()) as rss:
-            out = trio.run(self._backlog, n, in_flight, producers, consumers)
+            out = trio.run(self._backlog, n, in_flight, producers, consumers, random_bodies,
+                           rss)
         out["rss_mib"] = rss.peak_mib()
         out["rss_peak_mib"] = max(out["rss_mib"].values())
         return out
 
-    async def _backlog(self, n: int, in_flight: int, producers: int, consumers: int) -> dict[str, Any]:
+    async def _backlog(self, n: int, in_flight: int, producers: int, consumers: int,
+                       random_bodies: bool, rss: RssSampler) -> dict[str, Any]:
         async with self._client() as admin:
             q = await self._new_queue(admin, "w4")
             clients = [self._client() for _ in range(producers)]
             payload = body(0)
+            make = random_body if random_bodies else (lambda: payload)
             sent = 0
             start = time.monotonic()
             async with contextlib.AsyncExitStack() as stack:
@@ -309,7 +319,7 @@ class RaftqSystem:
                     while sent < n:
                         sent += 1
                         try:
-                            await c.send(q, payload)
+                            await c.send(q, make())
                         except RaftqError:  # not enqueued, or unknown: send another
                             sent -= 1
 
@@ -319,6 +329,8 @@ class RaftqSystem:
             enqueue_s = time.monotonic() - start
             print(f"    raftq: {n:,} enqueued in {enqueue_s:.0f} s; draining", flush=True)
             depth = (await admin.queue_stats(q)).get("ready")
+            await trio.sleep(2.0)
+            at_depth = rss.current_mib()
             drain_rate, failed = await self._drain(q, n, consumers)
             with trio.move_on_after(60):
                 await admin.delete_queue(q)
@@ -327,6 +339,7 @@ class RaftqSystem:
             "drain_rate_per_s": drain_rate,
             "n": n,
             "depth_at_peak": depth,
+            "rss_at_depth_mib": at_depth,
             "failed_drain_calls": failed,
         }
 

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from node import storage_format as fmt
 from node.bodies import MemoryBodies
+from node.raft import Entry, EntryKind, HardState, Index, Ready, Term
+from node.rocks_bodies import BUFFER_MAX_BYTES
 from node.storage import RocksStorage, StorageError
 
 VOTERS = (1, 2, 3)
@@ -45,6 +48,56 @@ def test_writes_reads_and_applied_index_survive_a_reopen(tmp_path: Path) -> None
         assert list(frozen.items()) == [(1, b"one"), (3, b"three"), (4, b"four")]
         frozen.close()
         assert not path.with_name("db.checkpoint").exists()
+
+
+def _in_database(s: RocksStorage, body_key: int) -> bytes | None:
+    """The stored value of a body, read past the store's buffer and cache."""
+    b = s.bodies
+    return b._family.get(_db_key(b.generation, body_key))  # type: ignore[no-any-return]
+
+
+def _db_key(generation: int, body_key: int) -> bytes:
+    return fmt.BODY_KEY.pack(generation, body_key)
+
+
+def _append(i: int, must_sync: bool = True) -> Ready:
+    e = Entry(Term(1), Index(i), EntryKind.NORMAL, b"e%d" % i)
+    return Ready(HardState(Term(1), None, Index(i - 1)), (e,), None, (), (), (), None, (),
+                 must_sync=must_sync)
+
+
+def test_body_writes_wait_for_the_storages_next_write_and_are_read_meanwhile(
+    tmp_path: Path,
+) -> None:
+    with open_rocks(tmp_path / "db") as s:
+        b = s.bodies
+        s.persist(_append(1))
+        b.write([(1, b"one"), (2, b"two")], [], 1)
+        b.write([(3, b"three")], [2], 1)  # put and dropped before any write
+        assert _in_database(s, 1) is None  # buffered, not written
+        assert b.get_many([1, 2, 3]) == [b"one", None, b"three"] and b.reads == 1
+        with pytest.raises(ValueError, match="gap"):
+            s.persist(_append(5))  # refused: nothing written, the bodies stay buffered
+        assert _in_database(s, 1) is None
+        s.persist(_append(2))  # the log's next write carries them
+        assert _in_database(s, 1) is not None and _in_database(s, 3) is not None
+        assert _in_database(s, 2) is None
+        b.write([(4, b"four")], [], 2)
+        frozen = b.freeze()  # a checkpoint writes what is buffered first
+        assert [k for k, _ in frozen.items()] == [1, 3, 4]
+        frozen.close()
+    with open_rocks(tmp_path / "db") as s:
+        assert s.bodies.applied_index == 2
+        assert s.bodies.get_many([1, 2, 3, 4]) == [b"one", None, b"three", b"four"]
+
+
+def test_a_large_buffer_is_written_at_once(tmp_path: Path) -> None:
+    with open_rocks(tmp_path / "db") as s:
+        big = os.urandom(1024 * 1024)
+        n = BUFFER_MAX_BYTES // len(big) + 1
+        for k in range(1, n + 1):
+            s.bodies.write([(k, big)], [], k)
+        assert all(_in_database(s, k) is not None for k in range(1, n + 1))
 
 
 def _failing(n: int) -> Iterator[tuple[int, bytes]]:

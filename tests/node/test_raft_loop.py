@@ -66,6 +66,8 @@ class MemoryDisk:
 
 
 class _Job:
+    forks = False  # written in place (node/app.py's fork is tested in tests/node/test_app.py)
+
     def __init__(self, app: SlowSnapshotApp) -> None:
         self.app = app
 
