@@ -9,7 +9,8 @@ and reads the file when the child is done. The fork itself costs a copy of the p
 (milliseconds for a GiB); the pages the parent changes afterwards are copied by the kernel.
 
 The child runs only this module's `_child`: no trio, no RocksDB, no logging (their threads
-and locks are not in the child); it leaves with `os._exit`.
+and locks are not in the child); it leaves with `os._exit`, and the kernel kills it if the
+node dies first (`PR_SET_PDEATHSIG`).
 
 Files (in the directory given, beside the database): `snapshot-machine` holds the node
 snapshot's header and the machine's items, exactly as `SnapshotJob.write_machine` writes them
@@ -20,6 +21,7 @@ and the next fork overwrites them.
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import signal
@@ -33,6 +35,7 @@ __all__ = ["ForkedMachine", "SnapshotForkError"]
 
 ITEMS_FILE = "snapshot-machine"
 KEYS_FILE = "snapshot-keys"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 READ_BYTES = 4 * 1024 * 1024
 """How much of the items file `ForkedMachine.copy_to` reads at a time."""
 
@@ -41,13 +44,28 @@ class SnapshotForkError(Exception):
     """The forked child failed (its exit status says how), or its files are missing."""
 
 
-def _child(state: machine.MachineState, items_path: Path, keys_path: Path) -> None:
+def _die_with(parent_pid: int) -> None:
+    """Have the kernel kill this process when its parent dies (Linux `PR_SET_PDEATHSIG`), so
+    that a node killed mid-snapshot leaves no child behind; best effort elsewhere."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before the prctl
+        os._exit(1)
+
+
+def _child(
+    state: machine.MachineState, items_path: Path, keys_path: Path, parent_pid: int
+) -> None:
     """In the child: write both files, then leave (never returns)."""
     code = 1
     try:
         gc.disable()  # a collection would touch (and so copy) every object's page
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        _die_with(parent_pid)
         keys = machine.body_keys(state)
         with open(keys_path, "wb") as f:
             array("Q", keys).tofile(f)
@@ -79,9 +97,10 @@ class ForkedMachine:
         self.keys_path = directory / KEYS_FILE
         for path in (self.items_path, self.keys_path):
             path.unlink(missing_ok=True)
+        parent_pid = os.getpid()
         pid = os.fork()
         if pid == 0:
-            _child(state, self.items_path, self.keys_path)
+            _child(state, self.items_path, self.keys_path, parent_pid)
         self.pid: int | None = pid
 
     def wait(self) -> None:

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import io
 import random
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -80,3 +84,40 @@ def test_a_child_that_fails_is_an_error_and_leaves_nothing(tmp_path: Path) -> No
         job.write_forked(_Out())
     job.close()
     assert not any(tmp_path.iterdir())
+
+
+CHILD_OUTLIVES = """
+import os, signal, sys, time
+from pathlib import Path
+from node import machine
+from node import snapshot_fork
+
+def slow_items(state):
+    time.sleep(60)
+    yield b""
+
+snapshot_fork.machine.snapshot_items = slow_items  # the child inherits the patch
+forked = snapshot_fork.ForkedMachine(machine.new_state(), Path(sys.argv[1]))
+print(forked.pid, flush=True)
+time.sleep(0.5)  # the child is in slow_items now
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_the_child_dies_with_a_node_killed_mid_snapshot(tmp_path: Path) -> None:
+    proc = subprocess.run([sys.executable, "-c", CHILD_OUTLIVES, str(tmp_path)],
+                          capture_output=True, text=True, timeout=30, check=False)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    child = int(proc.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(child), f"the snapshot child {child} outlived its node"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
