@@ -194,6 +194,11 @@ class RssSampler:
         self.sample()
         return {name: round(tree_memory_bytes(pid) / 2**20, 1) for name, pid in self.pids.items()}
 
+    def children(self) -> dict[str, int]:
+        """name -> how many processes its tree has besides its root now (a raftq node's
+        forked snapshot writer, while it runs)."""
+        return {name: len(tree_pids(pid)) - 1 for name, pid in self.pids.items()}
+
 
 def ports_free(ports: Iterable[int], host: str = "127.0.0.1") -> bool:
     """True when every port can be bound on `host` now."""

@@ -331,6 +331,7 @@ class RaftqSystem:
             depth = (await admin.queue_stats(q)).get("ready")
             await trio.sleep(2.0)
             at_depth = rss.current_mib()
+            children = rss.children()  # a snapshot child running counts in `at_depth`
             drain_rate, failed = await self._drain(q, n, consumers)
             with trio.move_on_after(60):
                 await admin.delete_queue(q)
@@ -340,6 +341,7 @@ class RaftqSystem:
             "n": n,
             "depth_at_peak": depth,
             "rss_at_depth_mib": at_depth,
+            "children_at_depth": children,
             "failed_drain_calls": failed,
         }
 
