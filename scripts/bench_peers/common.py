@@ -79,29 +79,27 @@ def random_body(size_bytes: int = BODY_BYTES) -> bytes:
     return os.urandom(size_bytes)
 
 
-def rss_bytes(pid: int) -> int:
-    """Resident memory of one process in bytes (VmRSS), 0 when it is gone."""
+def _kib_field(path: str, name: str) -> int:
+    """The `name:` line of a /proc file in bytes (its value is in kB), 0 when it is gone."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmRSS:"):
+                if line.startswith(name):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of one process in bytes (VmRSS), 0 when it is gone."""
+    return _kib_field(f"/proc/{pid}/status", "VmRSS:")
 
 
 def pss_bytes(pid: int) -> int:
     """Proportional resident memory of one process (Pss: each shared page divided among the
     processes sharing it), 0 when it is gone."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _kib_field(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def tree_memory_bytes(pid: int) -> int:
