@@ -264,11 +264,13 @@ async def _leave_behind(c: AsyncClient, launcher: Launcher, load: Load, leader: 
     """Send until the leader's log starts past all the stopped `follower` has or will get:
     its log (`behind`), and the appends the leader sent it before it stopped (they wait in the
     leader's queue for the follower and arrive when it is back: up to `next_index` - 1)."""
-    for _ in range(200):
+    for _ in range(100):
         await load.run(batches)
         leader, ls = await _current_leader(c, launcher, leader, follower)
-        # (A wiped follower refuses the queued appends: it has no entry before them.)
-        queued_to = ls["peers"][str(follower)]["next_index"] if behind else 0
+        # Appends are queued only in the replicate state (probing, one at a time is sent,
+        # which the follower refuses when it lacks the entry before it, as a wiped one does).
+        peer = ls["peers"][str(follower)]
+        queued_to = peer["next_index"] if behind and peer["state"] == "replicate" else 0
         if ls["first_index"] > max(behind + 1, queued_to):
             return leader, ls
     raise AssertionError(f"the leader's log never started past node {follower}'s: {ls}")
@@ -295,6 +297,26 @@ async def _kill_after_own_snapshot(launcher: Launcher, load: Load, follower: int
         await load.run(1000, stop=stop)
 
 
+async def _settled(c: AsyncClient, launcher: Launcher, nid: int, quiet_s: float = 0.05,
+                   timeout_s: float = 3.0) -> None:
+    """Wait (at most `timeout_s`) until node `nid` applied its whole log, or its log and
+    applied index stayed the same for `quiet_s` (an uncommitted tail waits for the install)."""
+    last: tuple[int, int] | None = None
+    since = time.monotonic()
+    with trio.move_on_after(timeout_s):
+        while True:
+            st = await status(c, launcher, nid, timeout_s=1.0)
+            if st is not None:
+                now = (st["last_index"], st["applied_index"])
+                if now[1] >= now[0]:
+                    return
+                if now != last:
+                    last, since = now, time.monotonic()
+                elif time.monotonic() - since >= quiet_s:
+                    return
+            await trio.sleep(0.005)
+
+
 async def _kill_during_install(c: AsyncClient, launcher: Launcher, load: Load, leader: int,
                                follower: int, fraction: float) -> dict[str, Any]:
     """Start `follower`; once the leader sends it a snapshot (its progress state) and it has
@@ -317,12 +339,7 @@ async def _kill_during_install(c: AsyncClient, launcher: Launcher, load: Load, l
                         break
                     await trio.sleep(0.005)
                 seen["sending_at"] = time.monotonic()
-                with trio.move_on_after(3):
-                    while True:
-                        fs = await status(c, launcher, follower, timeout_s=1.0)
-                        if fs is not None and fs["applied_index"] >= fs["last_index"]:
-                            break
-                        await trio.sleep(0.002)
+                await _settled(c, launcher, follower)
                 meter = WalMeter(db_path(launcher, follower))
                 seen["settled_after_s"] = round(time.monotonic() - seen["sending_at"], 3)
                 snap = last_snapshot_logged(launcher.log_path(seen["leader"]))
