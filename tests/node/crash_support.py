@@ -1,9 +1,9 @@
 """Support for tests/node/test_crash_battery.py: kill -9 of real node processes at seeded
 instants, and what proves where a kill landed.
 
-- `crash_cluster`: a three-node cluster on 127.0.0.1 (ticks of 20 ms, ports from
+- `new_cluster`: a three-node cluster on 127.0.0.1 (ticks of 20 ms, ports from
   `PORT_RANGE`), its nodes importing this checkout (`PYTHONPATH`, whatever the venv's
-  editable install points at); every node it started is stopped by pid on exit.
+  editable install points at); its `Launcher` stops every node it started, by pid.
 - `Load`: producers sending `enqueue_batch`es of `BATCH` bodies of `BODY_BYTES` bytes, each
   body named by its deduplication id; a batch whose outcome is unknown is sent again with the
   same ids (as a producer must), so `confirmed` grows and nothing may be enqueued twice.
@@ -25,7 +25,6 @@ import os
 import random
 import re
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -55,15 +54,13 @@ def observe(tag: str, **facts: Any) -> None:
     print(f"OBSERVED {tag} " + json.dumps(facts, sort_keys=True, default=str), flush=True)
 
 
-@contextlib.contextmanager
-def crash_cluster(tmp: Path, **overrides: Any) -> Iterator[Launcher]:
-    """A three-node cluster in `tmp` (logs `tmp/n<id>.log`, data `tmp/n<id>/`), not started."""
+def new_cluster(tmp: Path, **overrides: Any) -> Launcher:
+    """A three-node cluster in `tmp` (logs `tmp/n<id>.log`, data `tmp/n<id>/`), not started;
+    the caller stops it (`Launcher.stop`, or use it as a context manager)."""
     base = launcher_tests.free_base_port(3, *PORT_RANGE)
     cfg = config_mod.local_cluster(tmp, 3, base)
     cfg = dataclasses.replace(cfg, tick_ms=20, **overrides)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with Launcher(cfg, env=env) as launcher:
-        yield launcher
+    return Launcher(cfg, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def db_path(launcher: Launcher, nid: int) -> Path:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import random
 import shutil
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,6 @@ from tests.node.crash_support import (
     check_delivery,
     checkpoint_path,
     converge,
-    crash_cluster,
     db_path,
     dir_identity,
     drain,
@@ -47,6 +47,7 @@ from tests.node.crash_support import (
     last_snapshot_logged,
     leader_of,
     log_has,
+    new_cluster,
     observe,
     status,
     wait_for,
@@ -58,6 +59,21 @@ ATTEMPTS = 3
 """Kills per seed at most, until one lands where the scenario aims."""
 CI_SEEDS = range(2)
 EXTENDED_SEEDS = range(100, 120)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Callable[..., Launcher]]:
+    """Makes the test's cluster (`new_cluster`); whatever happens to the test, every node it
+    started is stopped by pid at teardown, outside the test's trio run."""
+    made: list[Launcher] = []
+
+    def make(**overrides: Any) -> Launcher:
+        made.append(new_cluster(tmp_path, **overrides))
+        return made[-1]
+
+    yield make
+    for launcher in made:
+        launcher.stop()
 
 
 def _seeds() -> list[Any]:
@@ -103,13 +119,15 @@ async def _start_cluster(launcher: Launcher, c: AsyncClient) -> int:
 # -- 1. kill -9 while the cluster applies large batches -----------------------------------------
 
 @pytest.mark.parametrize(("seed", "scale"), _seeds())
-async def test_kill_9_while_applying_large_batches(tmp_path: Path, seed: int, scale: int) -> None:
+async def test_kill_9_while_applying_large_batches(
+    cluster: Callable[..., Launcher], seed: int, scale: int
+) -> None:
     """Producers send batches of 100 bodies of 1 KiB; at a seeded count of confirmed batches
     the leader (even seeds) or a follower (odd seeds) is killed, and restarted after a seeded
     pause while the producers go on."""
     rng = random.Random(seed)
     batches = 80 * scale
-    with crash_cluster(tmp_path) as launcher:
+    with cluster() as launcher:
         async with AsyncClient(launcher.servers, timeout_s=30) as c:
             leader = await _start_cluster(launcher, c)
             load = Load(c, f"s{seed}", random.Random(seed))
@@ -140,7 +158,8 @@ async def test_kill_9_while_applying_large_batches(tmp_path: Path, seed: int, sc
             db = seen["db"]
             observe(f"batches seed{seed}", victim=victim, was_leader=victim == leader,
                     confirmed_at_kill=seen["confirmed_at_kill"], confirmed_after=after_kill,
-                    new_leader=seen.get("new_leader"), db=db, errors=load.errors[:3])
+                    new_leader=seen.get("new_leader"), db=db, errors=load.errors[:3],
+                    log_ahead_of_bodies=db.last_index - db.bodies_applied)
             assert kill_after <= seen["confirmed_at_kill"] < batches
             assert after_kill > 0, "no batch was confirmed after the kill"
             assert seen["victim_status"] is not None and seen["victim_status"][
@@ -175,13 +194,15 @@ async def _new_checkpoint(checkpoint: Path, stale: tuple[int, int] | None) -> No
 
 
 @pytest.mark.parametrize(("seed", "scale"), _seeds())
-async def test_kill_9_while_taking_a_snapshot(tmp_path: Path, seed: int, scale: int) -> None:
+async def test_kill_9_while_taking_a_snapshot(
+    cluster: Callable[..., Launcher], seed: int, scale: int
+) -> None:
     """Snapshots every 20 entries (and, as always, once as many log bytes as the last
     snapshot's size were applied): the killer waits for the victim's snapshot checkpoint to
     appear (the `skip`-th one from now), then kills it after a seeded delay, or at once when
     the checkpoint goes first (the snapshot is about to be committed)."""
     rng = random.Random(seed)
-    with crash_cluster(tmp_path, snapshot_entries=20, log_margin_entries=0) as launcher:
+    with cluster(snapshot_entries=20, log_margin_entries=0) as launcher:
         async with AsyncClient(launcher.servers, timeout_s=30) as c:
             leader = await _start_cluster(launcher, c)
             victim = leader if seed % 2 == 0 else rng.choice(
@@ -364,7 +385,7 @@ async def _kill_during_install(c: AsyncClient, launcher: Launcher, load: Load, l
 
 @pytest.mark.parametrize(("seed", "scale"), _seeds())
 async def test_kill_9_while_a_follower_installs_a_snapshot(
-    tmp_path: Path, seed: int, scale: int
+    cluster: Callable[..., Launcher], tmp_path: Path, seed: int, scale: int
 ) -> None:
     """A follower is killed (its data directory moved away for odd seeds), the others go on
     until the leader's log starts past it, then it is restarted; once the leader sends it a
@@ -372,7 +393,7 @@ async def test_kill_9_while_a_follower_installs_a_snapshot(
     restarted, and left to catch up."""
     rng = random.Random(seed)
     wipe = seed % 2 == 1
-    with crash_cluster(tmp_path, snapshot_entries=20, log_margin_entries=0) as launcher:
+    with cluster(snapshot_entries=20, log_margin_entries=0) as launcher:
         async with AsyncClient(launcher.servers, timeout_s=30) as c:
             leader = await _start_cluster(launcher, c)
             follower = rng.choice([n for n in launcher.node_ids if n != leader])
