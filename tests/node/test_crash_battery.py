@@ -4,13 +4,19 @@ installs one from the leader. After each kill the node is restarted; every node 
 machine index with one digest, and every message confirmed to its producer must be received
 exactly once (`tests/node/crash_support.py`).
 
+The instants: a seeded count of confirmed batches (batches); a seeded delay after the node's
+snapshot checkpoint appears, cut short when the checkpoint goes (snapshot); a seeded fraction
+of the leader's snapshot size written to the follower's write-ahead log since the leader began
+sending it, so that both the chunks' arrival and the writing of their bodies are hit (install).
+
 A kill that landed somewhere harmless proves nothing, so each test checks where it landed:
 mid-stream (confirmations before and after it), inside a snapshot (the killed node's database,
-read as the kill left it, holds a snapshot's chunks above its committed snapshot, or the
+read as the kill left it, holds its own snapshot's chunks above its committed snapshot, or the
 snapshot's checkpoint directory is still there), inside an install (chunks of the leader's
 snapshot above the follower's log, or that snapshot's bodies written as a generation not
-switched in). A seed retries up to `ATTEMPTS` kills until one lands inside; each kill is
-checked the same way after its restart.
+switched in). A seed retries up to `ATTEMPTS` kills until one lands inside, and fails if none
+does; every kill is followed by a restart. The install test reads two lines of the nodes' logs
+("snapshot at index N (B bytes)", "installed snapshot at index N").
 
 CI runs a few seeds with tens of thousands of messages in all; the batteries of 20 seeds per
 scenario are `extended` (`pytest -m extended tests/node/test_crash_battery.py`). Replay a
