@@ -73,6 +73,17 @@ def checkpoint_path(launcher: Launcher, nid: int) -> Path:
     return db_path(launcher, nid).with_name("raft.checkpoint")
 
 
+def children(pid: int) -> list[int]:
+    """The child processes of `pid` now (a node forks one to write a snapshot's machine part,
+    where it does so)."""
+    out: list[int] = []
+    with contextlib.suppress(OSError):
+        for task in os.scandir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                out += [int(p) for p in Path(task.path, "children").read_text().split()]
+    return out
+
+
 def dir_identity(path: Path) -> tuple[int, int] | None:
     try:
         st = path.stat()

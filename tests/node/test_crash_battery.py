@@ -45,6 +45,7 @@ from tests.node.crash_support import (
     WalMeter,
     check_delivery,
     checkpoint_path,
+    children,
     converge,
     db_path,
     dir_identity,
@@ -88,11 +89,15 @@ def _seeds() -> list[Any]:
 
 
 async def _kill(launcher: Launcher, nid: int) -> dict[str, Any]:
-    """SIGKILL `nid` by pid; check it is gone."""
+    """SIGKILL `nid` by pid; check it is gone, and so are the children it had (within 5 s)."""
     pid = launcher.pids[nid]
+    kids = children(pid)
     assert launcher.kill(nid) == -9
+    at = time.monotonic()
     assert not alive(pid), f"node {nid} (pid {pid}) still runs after SIGKILL"
-    return {"pid": pid, "at": time.monotonic()}
+    await wait_for(lambda: not any(alive(k) for k in kids), 5,
+                   f"the children {kids} of killed node {nid} to end")
+    return {"pid": pid, "at": at, "children": kids}
 
 
 async def _inspect(launcher: Launcher, nid: int) -> DbState:
@@ -179,13 +184,16 @@ async def test_kill_9_while_applying_large_batches(
 
 # -- 2. kill -9 while the node takes a snapshot ------------------------------------------------
 
-def _snapshot_hit(db: DbState, checkpoint_left: bool) -> str | None:
+def _snapshot_hit(db: DbState, checkpoint_left: bool, child: bool) -> str | None:
     """Which part of its own snapshot the kill cut short, from what it left; None: none.
 
-    The frozen view (checkpoint) of the bodies exists from the start of the machine part to
-    the end of the bodies; chunks staged above the committed snapshot, at an index the node's
-    log holds, are its own snapshot written and not committed yet (a snapshot received from
-    the leader would be above its log)."""
+    A child process at the kill is the one a node forks to write a snapshot's machine part
+    (where it does so); the frozen view (checkpoint) of the bodies exists from the start of
+    the machine part to the end of the bodies; chunks staged above the committed snapshot, at
+    an index the node's log holds, are its own snapshot written and not committed yet (a
+    snapshot received from the leader would be above its log)."""
+    if child:
+        return "machine-child"
     if checkpoint_left:
         return "machine-or-bodies"
     if any(i <= db.last_index for i in db.staged):
@@ -237,12 +245,14 @@ async def test_kill_9_while_taking_a_snapshot(
                             await wait_for(lambda: not checkpoint.exists(), delay_s + 1,
                                            "the snapshot's end", step_s=0.001)
                         waited = time.monotonic() - started
-                        await _kill(launcher, victim)
+                        kids = (await _kill(launcher, victim))["children"]
                         stale = dir_identity(checkpoint)
                         db = await _inspect(launcher, victim)
-                        hit = _snapshot_hit(db, stale is not None)
+                        hit = _snapshot_hit(db, stale is not None, bool(kids))
                         attempts.append({"attempt": n, "skip": skip, "delay_s": round(delay_s, 3),
                                          "waited_s": round(waited, 3), "hit": hit,
+                                         "checkpoint_left": stale is not None,
+                                         "children": len(kids),
                                          "snapshot_index": db.snapshot_index,
                                          "staged": db.staged, "last_index": db.last_index})
                         launcher.start_node(victim)
