@@ -32,6 +32,7 @@ application says the state is small (`request_snapshot`).
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ from node.loop_api import (
     Proposal,
     ProposalFailed,
     Sender,
+    SnapshotJob,
     SnapshotWriter,
     StagedSnapshot,
 )
@@ -90,6 +92,19 @@ INLINE_SYNC_MAX_BYTES = 64 * 1024
 INLINE_SYNC_MAX_S = 0.001
 """... while synced writes take less than this on average (else a worker thread does it, so a
 slow disk never stalls heartbeats)."""
+
+class _Hasher:
+    """A snapshot sink that keeps only the SHA-256 of what is written to it."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+
+    def write(self, data: bytes) -> None:
+        self._h.update(data)
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
 
 @dataclass(eq=False)
 class _Call:
@@ -175,6 +190,8 @@ class RaftLoop:
         self._snapshot_requested = False
         self._snapshotting = False  # the machine's part is being written: applies wait
         self._snapshot_job = False  # a snapshot is being written (either part): no second one
+        self._job_done = trio.Event()  # set when no snapshot job runs (see `digest`)
+        self._job_done.set()
         self._deferred: list[Entry | Snapshot] = []
         self._serialized: tuple[StagedSnapshot, Membership] | None = None
         self._install_lock = trio.Lock()
@@ -594,6 +611,7 @@ class RaftLoop:
         self._snapshot_requested = False
         self._snapshotting = True
         self._snapshot_job = True
+        self._job_done = trio.Event()
         index = self._applied_index
         # The membership at the snapshot's index, known now (older ones are pruned as applies
         # go on while the snapshot is written).
@@ -609,6 +627,7 @@ class RaftLoop:
             await self._write_snapshot(index, membership)
         finally:
             self._snapshot_job = False
+            self._job_done.set()
 
     async def _write_snapshot(self, index: int, membership: Membership) -> None:
         staged: StagedSnapshot | None = None
@@ -628,12 +647,7 @@ class RaftLoop:
                 stage.abort()
             stage = None
         finally:
-            self._snapshotting = False
-            deferred, self._deferred = self._deferred, []
-            for item in deferred:
-                self._apply_or_defer(item)
-            self.app.flush(self._applied_index)
-            self._reads.release(self._applied_index)
+            self._resume_applies()
         if stage is None:
             return
         try:
@@ -651,6 +665,63 @@ class RaftLoop:
         self._log_bytes_since_snapshot = 0
         self._last_snapshot_bytes = staged.size_bytes
         self._wake.set()
+
+    def _resume_applies(self) -> None:
+        """The machine's part of a snapshot job is taken: apply what was held back."""
+        self._snapshotting = False
+        deferred, self._deferred = self._deferred, []
+        for item in deferred:
+            self._apply_or_defer(item)
+        self.app.flush(self._applied_index)
+        self._reads.release(self._applied_index)
+
+    async def digest(self) -> tuple[int, str]:
+        """SHA-256 of the node snapshot of the state as it is now (state and bodies: equal on
+        replicas in one state), and the machine's last index it is of.
+
+        Written as a snapshot is, into a hash instead of the storage: applies are held back
+        only while the machine's part is taken (a checkpoint and a fork in production), and the
+        loop goes on meanwhile; hashing a large state inside a loop step stopped the loop for
+        seconds (a leader lost office over it). Waits for a snapshot being written to finish
+        first (they would share the checkpoint).
+
+        Raises:
+            machine.BodyMissing, StorageError, SnapshotForkError: the snapshot could not be
+                written (the store is damaged, a write failed, the child failed).
+        """
+        while True:
+            begun = await self.call(self._begin_digest)
+            if begun is not None:
+                break
+            await self._job_done.wait()
+        job, index = begun
+        sink = _Hasher()
+        try:
+            try:
+                if job.forks:
+                    await self._blocking(job.freeze)
+                    job.fork()
+                else:
+                    await self._blocking(job.write_machine, sink)
+            finally:
+                self._resume_applies()
+            if job.forks:
+                await self._blocking(job.write_forked, sink)
+            await self._blocking(job.write_bodies, sink)
+        finally:
+            job.close()
+            self._snapshot_job = False
+            self._job_done.set()
+        return index, sink.hexdigest()
+
+    def _begin_digest(self, core: RaftNode) -> tuple[SnapshotJob, int] | None:
+        # Between Readys (`call`): the state is at `applied_index` and nothing is pending.
+        if self._snapshot_job:
+            return None
+        self._snapshot_job = True
+        self._job_done = trio.Event()
+        self._snapshotting = True
+        return self.app.snapshot_job(), self.app.last_index
 
     # -- status ---------------------------------------------------------------------------
     async def status(

@@ -148,11 +148,20 @@ def catch_up_rows(system: RaftqSystem, backlog: int, load_in_flight: int = 16) -
     )
     if r["errors"]:
         load += f", {r['errors']} errors"
+    gap = r.get("longest_confirm_gap_s")
+    if gap is not None:
+        load += f"; longest gap between confirms {gap:.2f} s"
+    before_mib, peak_mib = r.get("memory_before_mib", {}), r.get("memory_peak_mib", {})
+    memory = ", ".join(
+        f"{k} {before_mib[k]:,.0f} -> {v:,.0f}" if k in before_mib else f"{k} (new) {v:,.0f}"
+        for k, v in sorted(peak_mib.items())
+    )
     if r["timed_out"]:
         detail += "; TIMED OUT"
     return [
         (f"catch-up of a new node, {backlog:,} queued", _fmt(r["done_s"], " s"), detail),
         (f"  sends during it ({load_in_flight} in flight)", load, ""),
+        ("  memory of each node, before -> peak (MiB)", memory, ""),
     ]
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import trio
 
-from bench_peers.common import body, rate_window
+from bench_peers.common import body, rate_window, tree_memory_bytes
 from bench_peers.raftq_peer import RaftqSystem, dir_bytes, keep_sending, tcp_bytes_received
 from cluster.client import AsyncClient
 from cluster.errors import RaftqError
@@ -93,12 +93,21 @@ async def _catch_up(
             await trio.sleep(before_s)
         leader = members.leader_id
         join = next(m.client_addr for m in members.members if m.id == leader)
+        steady = {f"n{k}": tree_memory_bytes(pid) for k, pid in launcher.pids.items()}
+        peak = dict(steady)
+
+        def sample() -> None:
+            for k, pid in launcher.pids.items():
+                name = f"n{k}"
+                peak[name] = max(peak.get(name, 0), tree_memory_bytes(pid))
+
         t0 = time.monotonic()
         launcher.start_node(nid, join=join)
         learner_s = caught_up_s = voter_s = None
         lead_applied = 0
         addr = format_addr(node.client_addr)
         while time.monotonic() - t0 < timeout_s:
+            await trio.to_thread.run_sync(sample)
             try:
                 m = await c.members()
                 mine = next((x for x in m.members if x.id == nid), None)
@@ -147,4 +156,16 @@ async def _catch_up(
         "sends_during_per_s": during,
         "during_vs_before": during / before if before and during is not None else None,
         "errors": len(errors),
+        "longest_confirm_gap_s": _longest_gap(dones, t0, t_done),
+        "memory_before_mib": {k: round(v / 2**20, 1) for k, v in steady.items()},
+        "memory_peak_mib": {k: round(v / 2**20, 1) for k, v in peak.items()},
     }
+
+
+def _longest_gap(dones: list[float], lo: float, hi: float) -> float | None:
+    """The longest time between two confirmed sends (or an end of [lo, hi]) inside [lo, hi]."""
+    inside = sorted(t for t in dones if lo <= t <= hi)
+    if not inside:
+        return None
+    points = [lo, *inside, hi]
+    return max(b - a for a, b in zip(points, points[1:], strict=False))
