@@ -21,10 +21,13 @@ application has applied: the one record of it outside the core and the machine) 
 While a write runs in its thread the core is left alone (RocksStorage is not thread-safe, and
 inputs that arrive meanwhile simply make the next batch larger: that is group commit).
 
-Snapshots are serialised in a worker thread while the loop goes on replicating: committed
-entries are then held back (not applied, so the state being serialised does not change) and
-applied in order as soon as the serialisation is done; the snapshot is written to storage from
-the loop, between Readys. A snapshot is taken once at least `snapshot_entries` entries and at
+Snapshots are written while the loop goes on replicating, in two parts (node/app.py
+`SnapshotJob`): first the machine's part, while committed entries are held back (not applied,
+so the state does not change) and applied in order right after: in production only a
+checkpoint of the bodies and a fork, the forked child then encoding the state
+(node/snapshot_fork.py); in the simulator the encoding itself, in place. Then, while applies go
+on, the child's output and the bodies are copied into the snapshot in a worker thread; the loop
+commits it between Readys. `digest` writes the same stream into a hash. A snapshot is taken once at least `snapshot_entries` entries and at
 least as many log bytes as the previous snapshot's size were applied since the last one (so its
 cost stays proportional to the log it replaces, after Ra's release cursor), or soon after the
 application says the state is small (`request_snapshot`).
@@ -92,6 +95,7 @@ INLINE_SYNC_MAX_BYTES = 64 * 1024
 INLINE_SYNC_MAX_S = 0.001
 """... while synced writes take less than this on average (else a worker thread does it, so a
 slow disk never stalls heartbeats)."""
+
 
 class _Hasher:
     """A snapshot sink that keeps only the SHA-256 of what is written to it."""
@@ -635,11 +639,7 @@ class RaftLoop:
         job = self.app.snapshot_job()
         try:
             stage = self.storage.begin_snapshot(Index(index))
-            if job.forks:  # a child writes the machine's items; applies go on at once
-                await self._blocking(job.freeze)
-                job.fork()
-            else:
-                await self._blocking(job.write_machine, stage)
+            await self._take_machine_part(job, stage)
         except Exception:
             logger.exception("writing a snapshot at index %d failed", index)
             job.close()
@@ -665,6 +665,16 @@ class RaftLoop:
         self._log_bytes_since_snapshot = 0
         self._last_snapshot_bytes = staged.size_bytes
         self._wake.set()
+
+    async def _take_machine_part(self, job: SnapshotJob, out: SnapshotWriter | _Hasher) -> None:
+        """Phase 1 of a snapshot job, applies held back: forked, the bodies' checkpoint and
+        the fork (the child writes the machine's items, `write_forked` copies them later);
+        in place, the machine's items themselves, to `out`."""
+        if job.forks:
+            await self._blocking(job.freeze)
+            job.fork()
+        else:
+            await self._blocking(job.write_machine, out)
 
     def _resume_applies(self) -> None:
         """The machine's part of a snapshot job is taken: apply what was held back."""
@@ -698,11 +708,7 @@ class RaftLoop:
         sink = _Hasher()
         try:
             try:
-                if job.forks:
-                    await self._blocking(job.freeze)
-                    job.fork()
-                else:
-                    await self._blocking(job.write_machine, sink)
+                await self._take_machine_part(job, sink)
             finally:
                 self._resume_applies()
             if job.forks:

@@ -27,6 +27,7 @@ import os
 import signal
 from array import array
 from pathlib import Path
+from typing import Any
 
 from node import machine
 from node.snapshots import header_item
@@ -128,9 +129,9 @@ class ForkedMachine:
         keys.frombytes(data)
         return keys.tolist()
 
-    def copy_to(self, out: object) -> int:
+    def copy_to(self, out: Any) -> int:
         """Write the items file to `out` (has `write(bytes)`); returns the bytes written."""
-        write = out.write  # type: ignore[attr-defined]
+        write = out.write
         size = 0
         try:
             with open(self.items_path, "rb") as f:

@@ -3,6 +3,7 @@ node/snapshot_fork.py): the same bytes, of the state as of the fork even when ap
 
 from __future__ import annotations
 
+import hashlib
 import io
 import random
 import signal
@@ -62,6 +63,8 @@ def _write(job: object, app: QueueApp) -> bytes:
 def test_a_forked_snapshot_is_the_in_place_one_of_the_state_at_the_fork(tmp_path: Path) -> None:
     in_place, _ = _app(None)
     expected = _write(in_place.snapshot_job(), in_place)
+    # `node_status`'s digest (RaftLoop.digest) hashes this stream: the state's digest.
+    assert hashlib.sha256(expected).hexdigest() == in_place.digest()
     forked, _ = _app(tmp_path)
     assert forked.digest() == in_place.digest()
     before = forked.digest()
