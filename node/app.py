@@ -303,11 +303,6 @@ class QueueApp:
         after `flush`)."""
         return SnapshotJob(self.state, self.bodies, self.snapshot_fork_dir)
 
-    @property
-    def last_index(self) -> int:
-        """The log index of the last entry the state applied."""
-        return self.state.last_index
-
     def digest(self) -> str:
         """SHA-256 of the node snapshot (state and bodies): equal on replicas in one state.
 

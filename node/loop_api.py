@@ -111,11 +111,6 @@ class Application(Protocol):
         """A job writing a snapshot of the state at the last applied index."""
         ...
 
-    @property
-    def last_index(self) -> int:
-        """The log index of the last entry the state has applied (0 for none)."""
-        ...
-
     def on_leadership(self, leading: bool) -> None:
         """This node began (True) or stopped (False) leading; `RaftLoop.view` already says so."""
         ...

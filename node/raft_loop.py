@@ -27,7 +27,7 @@ so the state does not change) and applied in order right after: in production on
 checkpoint of the bodies and a fork, the forked child then encoding the state
 (node/snapshot_fork.py); in the simulator the encoding itself, in place. Then, while applies go
 on, the child's output and the bodies are copied into the snapshot in a worker thread; the loop
-commits it between Readys. `digest` writes the same stream into a hash. A snapshot is taken once at least `snapshot_entries` entries and at
+commits it between Readys. A snapshot is taken once at least `snapshot_entries` entries and at
 least as many log bytes as the previous snapshot's size were applied since the last one (so its
 cost stays proportional to the log it replaces, after Ra's release cursor), or soon after the
 application says the state is small (`request_snapshot`).
@@ -35,7 +35,6 @@ application says the state is small (`request_snapshot`).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -95,19 +94,6 @@ INLINE_SYNC_MAX_BYTES = 64 * 1024
 INLINE_SYNC_MAX_S = 0.001
 """... while synced writes take less than this on average (else a worker thread does it, so a
 slow disk never stalls heartbeats)."""
-
-
-class _Hasher:
-    """A snapshot sink that keeps only the SHA-256 of what is written to it."""
-
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
-
-    def write(self, data: bytes) -> None:
-        self._h.update(data)
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
 
 
 @dataclass(eq=False)
@@ -194,8 +180,6 @@ class RaftLoop:
         self._snapshot_requested = False
         self._snapshotting = False  # the machine's part is being written: applies wait
         self._snapshot_job = False  # a snapshot is being written (either part): no second one
-        self._job_done = trio.Event()  # set when no snapshot job runs (see `digest`)
-        self._job_done.set()
         self._deferred: list[Entry | Snapshot] = []
         self._serialized: tuple[StagedSnapshot, Membership] | None = None
         self._install_lock = trio.Lock()
@@ -615,7 +599,6 @@ class RaftLoop:
         self._snapshot_requested = False
         self._snapshotting = True
         self._snapshot_job = True
-        self._job_done = trio.Event()
         index = self._applied_index
         # The membership at the snapshot's index, known now (older ones are pruned as applies
         # go on while the snapshot is written).
@@ -631,7 +614,6 @@ class RaftLoop:
             await self._write_snapshot(index, membership)
         finally:
             self._snapshot_job = False
-            self._job_done.set()
 
     async def _write_snapshot(self, index: int, membership: Membership) -> None:
         staged: StagedSnapshot | None = None
@@ -666,7 +648,7 @@ class RaftLoop:
         self._last_snapshot_bytes = staged.size_bytes
         self._wake.set()
 
-    async def _take_machine_part(self, job: SnapshotJob, out: SnapshotWriter | _Hasher) -> None:
+    async def _take_machine_part(self, job: SnapshotJob, out: SnapshotWriter) -> None:
         """Phase 1 of a snapshot job, applies held back: forked, the bodies' checkpoint and
         the fork (the child writes the machine's items, `write_forked` copies them later);
         in place, the machine's items themselves, to `out`."""
@@ -684,50 +666,6 @@ class RaftLoop:
             self._apply_or_defer(item)
         self.app.flush(self._applied_index)
         self._reads.release(self._applied_index)
-
-    async def digest(self) -> tuple[int, str]:
-        """SHA-256 of the node snapshot of the state as it is now (state and bodies: equal on
-        replicas in one state), and the machine's last index it is of.
-
-        Written as a snapshot is, into a hash instead of the storage: applies are held back
-        only while the machine's part is taken (a checkpoint and a fork in production), and the
-        loop goes on meanwhile; hashing a large state inside a loop step stopped the loop for
-        seconds (a leader lost office over it). Waits for a snapshot being written to finish
-        first (they would share the checkpoint).
-
-        Raises:
-            machine.BodyMissing, StorageError, SnapshotForkError: the snapshot could not be
-                written (the store is damaged, a write failed, the child failed).
-        """
-        while True:
-            begun = await self.call(self._begin_digest)
-            if begun is not None:
-                break
-            await self._job_done.wait()
-        job, index = begun
-        sink = _Hasher()
-        try:
-            try:
-                await self._take_machine_part(job, sink)
-            finally:
-                self._resume_applies()
-            if job.forks:
-                await self._blocking(job.write_forked, sink)
-            await self._blocking(job.write_bodies, sink)
-        finally:
-            job.close()
-            self._snapshot_job = False
-            self._job_done.set()
-        return index, sink.hexdigest()
-
-    def _begin_digest(self, core: RaftNode) -> tuple[SnapshotJob, int] | None:
-        # Between Readys (`call`): the state is at `applied_index` and nothing is pending.
-        if self._snapshot_job:
-            return None
-        self._snapshot_job = True
-        self._job_done = trio.Event()
-        self._snapshotting = True
-        return self.app.snapshot_job(), self.app.last_index
 
     # -- status ---------------------------------------------------------------------------
     async def status(

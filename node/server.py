@@ -45,10 +45,6 @@ MAX_WAIT_MS = 20_000
 STATUS_TIMEOUT_S = 5.0
 """Longest wait for the Raft loop to answer a status request."""
 
-DIGEST_TIMEOUT_S = 120.0
-"""`node_status` with `digest`: longest wait for the digest (it reads the whole state and every
-body: seconds per million messages)."""
-
 READ_TIMEOUT_ELECTIONS = 3
 """A read waits at most this many election timeouts for the leader to confirm that it still
 leads (ReadIndex); a leader cut off from a quorum steps down within two (check-quorum), which
@@ -493,18 +489,15 @@ class ClientServer:
     # -- status ---------------------------------------------------------------------------------
     async def node_status(self, digest: bool = False, confirm: bool = False) -> dict[str, Any]:
         """This node's own view (a local read: role, term and leader as this node believes
-        them, which a cut-off leader may still believe); `digest` (a hash of the whole state and
-        its bodies, with `machine_index` then the index it is of) only when asked: it is
-        written as a snapshot is, off the loop (`RaftLoop.digest`), in time proportional to
-        the state. With `confirm`, a node that
+        them, which a cut-off leader may still believe); `digest` (a hash of the whole state)
+        only when asked: it costs time in proportion to the state. With `confirm`, a node that
         believes it leads first checks it with a heartbeat round (ReadIndex, at most
         `CONFIRM_TIMEOUT_S`) and reports `leader_confirmed` (and `leader_confirm_error`); other
         nodes report neither.
 
         Raises:
             RequestError: UNAVAILABLE when the Raft loop did not answer within
-                `STATUS_TIMEOUT_S` (it is stuck in a write), or the digest took more than
-                `DIGEST_TIMEOUT_S`.
+                `STATUS_TIMEOUT_S` (it is stuck in a write).
         """
         confirmed: dict[str, Any] = {}
         if confirm and self.loop.is_leader:
@@ -515,17 +508,11 @@ class ClientServer:
                 confirmed["leader_confirmed"] = False
                 confirmed["leader_confirm_error"] = f"{exc.code}: {exc.message}"
 
-        digest_of: tuple[int, str] | None = None
-        if digest:  # of the state at `machine_index`, written as a snapshot is, off the loop
-            with trio.move_on_after(DIGEST_TIMEOUT_S):
-                digest_of = await self.loop.digest()
-            if digest_of is None:
-                raise RequestError(
-                    "UNAVAILABLE", f"the digest took more than {DIGEST_TIMEOUT_S:g} s"
-                )
-
         def app_status() -> dict[str, Any]:  # run by the loop: matches its applied_index
-            return {"machine_index": self.app.state.last_index}
+            out: dict[str, Any] = {"machine_index": self.app.state.last_index}
+            if digest:
+                out["digest"] = self.app.digest()
+            return out
 
         st: dict[str, Any] | None = None
         with trio.move_on_after(STATUS_TIMEOUT_S):
@@ -535,8 +522,6 @@ class ClientServer:
                 "UNAVAILABLE", f"the Raft loop did not answer within {STATUS_TIMEOUT_S:g} s"
             )
         st.update(confirmed)
-        if digest_of is not None:
-            st["machine_index"], st["digest"] = digest_of
         st["leader_client_addr"] = self._leader_addr()
         st["client_addr"] = format_addr(self.cfg.node(self.node_id).client_addr)
         st["pid"] = os.getpid()

@@ -3,7 +3,6 @@ durability mark, and the loop as the only code that touches the core (calls betw
 
 from __future__ import annotations
 
-import hashlib
 import random
 import threading
 from collections.abc import Callable
@@ -90,11 +89,9 @@ class SlowSnapshotApp:
         self.release = threading.Event()
         self.serialising = threading.Event()
         self.snapshot_of: list[bytes] | None = None
-        self.last_index = 0
 
     def apply(self, entry: Entry, reply_wanted: bool) -> Any:
         self.applied.append(entry.data)
-        self.last_index = entry.index
         return len(self.applied)
 
     def flush(self, applied_index: int) -> None:
@@ -236,41 +233,6 @@ async def test_applies_go_on_while_a_snapshots_bodies_are_written_and_no_second_
             while disk.store.snapshot().meta.index == 0:
                 await loop.status()  # a few of the loop's turns
         assert disk.store.snapshot().data.startswith(b"a|b|c")
-        nursery.cancel_scope.cancel()
-
-
-async def test_a_digest_is_written_off_the_loop_of_the_state_when_asked() -> None:
-    # Real worker threads, as above. The digest's bodies wait: the loop applies meanwhile.
-    disk = MemoryDisk()
-    core = RaftNode(Config(NodeId(1)), disk.store, random.Random(1))
-    app = SlowBodiesApp()
-    loop = RaftLoop(core, disk, NoNetwork(), app, tick_s=0.01, snapshot_entries=1000)
-    send, receive = trio.open_memory_channel[Message](10)
-    got: list[tuple[int, str]] = []
-
-    async def ask() -> None:
-        got.append(await loop.digest())
-
-    async with trio.open_nursery() as nursery:
-        await nursery.start(loop.run, receive)
-        with trio.fail_after(5):
-            await wait_leading(loop)
-        first = loop.propose([b"a", b"b", b"c"])
-        for p in first:
-            await p.done.wait()
-        nursery.start_soon(ask)
-        assert await trio.to_thread.run_sync(app.in_bodies.wait, 5)
-        later = loop.propose([b"d", b"e"])
-        with trio.fail_after(5):
-            for p in later:
-                await p.done.wait()  # applied while the digest is being written
-        assert app.applied[-1] == b"e" and not got
-        app.bodies_go.set()
-        with trio.fail_after(5):
-            while not got:
-                await loop.status()
-        assert got == [(first[-1].index, hashlib.sha256(b"a|b|c").hexdigest())]
-        assert app.jobs == 1 and disk.store.snapshot().meta.index == 0  # not a snapshot
         nursery.cancel_scope.cancel()
 
 

@@ -63,7 +63,7 @@ def _write(job: object, app: QueueApp) -> bytes:
 def test_a_forked_snapshot_is_the_in_place_one_of_the_state_at_the_fork(tmp_path: Path) -> None:
     in_place, _ = _app(None)
     expected = _write(in_place.snapshot_job(), in_place)
-    # `node_status`'s digest (RaftLoop.digest) hashes this stream: the state's digest.
+    # `node_status`'s digest hashes this same stream.
     assert hashlib.sha256(expected).hexdigest() == in_place.digest()
     forked, _ = _app(tmp_path)
     assert forked.digest() == in_place.digest()
