@@ -234,18 +234,19 @@ class RocksBodies:
         del self._buffer[: len(steps)]
         unwritten = self._unwritten
         cache = self._cache
-        written_bytes = 0
+        put_bytes = 0
+        dropped_bytes = 0
         for puts, drops, _ in steps:
             for body_key, body in puts:
                 unwritten.pop(body_key, None)
                 cache[body_key] = body
-                written_bytes += len(body)
+                put_bytes += len(body)
             for body_key in drops:
                 dropped = cache.pop(body_key, None)
                 if dropped is not None:
-                    written_bytes -= len(dropped)
-        self._bytes_out += sum(len(b) for puts, _, _ in steps for _, b in puts)
-        self._cache_bytes += written_bytes
+                    dropped_bytes += len(dropped)
+        self._bytes_out += put_bytes
+        self._cache_bytes += put_bytes - dropped_bytes
         while self._cache_bytes > self._cache_max_bytes and cache:
             self._cache_bytes -= len(cache.popitem(last=False)[1])
 
